@@ -1,0 +1,280 @@
+"""GEMM core: tile controller + systolic array + accumulator buffer + requantizer.
+
+The core executes a stream of *tile operations*.  Each one consumes one weight tile
+(``rows`` weight rows of ``cols`` lanes on ``weight``), ``m_rows`` activation rows
+(``rows`` lanes each on ``act``) and, if it is the ``last`` K tile of an output tile,
+one set of requantization parameters on ``quant``; it then emits ``m_rows`` result
+rows on ``result``.  A GEMM M×K×N is a sequence of such tiles (see
+``npugen.golden.tile_program``)::
+
+            cmd ─┐    quant ─┐
+                 ▼           ▼
+    act ──► issue/zero-point ──► skew ──► R×C PE grid ──► deskew ──► accumulator ──► requantizer ──► FIFO ──► result
+                                              ▲                        buffer
+    weight ──► weight loader ──► skew ──► shadow weights (double buffer)
+
+Scheduling rules that make consecutive tiles flow back to back:
+
+* Weights of the next tile shift into the PEs' shadow registers while the current
+  tile computes; the first row of a tile carries ``swap``, which promotes the shadow
+  weights PE by PE along the wavefront.  The loader waits ``rows`` cycles after a swap
+  before shifting (the wavefront must have passed every PE), so a tile of
+  ``m_rows >= 2·rows + 1`` hides the whole weight load.
+* A row that will produce a result is issued only when the result FIFO is
+  guaranteed to have room for it (credit counter), so the array never stalls and
+  back-pressure on ``result`` only pauses issue.
+* Requantization parameters live in two slots: the next output tile may start while
+  rows of the previous one are still in flight.
+
+Errors (``error`` output, sticky until reset; the core stops accepting input and
+drains what is in flight): see :class:`CoreError`.
+
+Latency: a row accepted on ``act`` in cycle t leaves the accumulator in cycle
+``t + rows + cols + 2`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 7``.
+"""
+
+import enum
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .accumulator import AccumulatorBuffer
+from .layouts import (activation_row_layout, quant_params_layout, result_row_layout,
+                      tile_command_layout, weight_row_layout)
+from .requantizer import Requantizer
+from .systolic_array import SystolicArray
+
+__all__ = ["GemmCore", "CoreError"]
+
+
+class CoreError(enum.IntEnum):
+    """Error codes reported on ``GemmCore.error``."""
+    NONE = 0
+    #: A tile command with ``m_rows`` of 0 or above ``acc_depth``.
+    BAD_ROWS = 1
+    #: Requantization parameters with a shift outside [-31, 30].
+    BAD_SHIFT = 2
+    #: Requantization parameters with ``out_min > out_max``.
+    BAD_CLAMP = 3
+
+
+class GemmCore(wiring.Component):
+    """The INT8 GEMM engine of one :class:`~npugen.golden.config.NPUConfig`.
+
+    Ports
+    -----
+    cmd, act, weight, quant : In(stream)
+        Tile commands, activation rows, weight rows, requantization parameters.
+    result : Out(stream)
+        Result rows (``cols`` int32 lanes; int8 results sign-extended).
+    busy : Out(1)
+        A command, row or result is anywhere in the core.
+    error : Out(CoreError)
+        First error seen; the core stops accepting input when it is not ``NONE``.
+    """
+
+    def __init__(self, config):
+        from npugen.golden.config import NPUConfig
+        if not isinstance(config, NPUConfig):
+            raise TypeError(f"config must be an NPUConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "cmd": In(stream.Signature(tile_command_layout(config))),
+            "act": In(stream.Signature(activation_row_layout(config))),
+            "weight": In(stream.Signature(weight_row_layout(config))),
+            "quant": In(stream.Signature(quant_params_layout(config))),
+            "result": Out(stream.Signature(result_row_layout(config))),
+            "busy": Out(1),
+            "error": Out(CoreError),
+        })
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def latency(self):
+        """Cycles from an activation row accepted to its result entering the FIFO."""
+        cfg = self._config
+        return cfg.rows + cfg.cols + 1 + 1 + 5
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        R, C = cfg.rows, cfg.cols
+        lane = cfg.lane_bits
+
+        m.submodules.array = array = SystolicArray(
+            rows=R, cols=C, act_bits=lane + 1, weight_bits=lane, acc_bits=cfg.acc_bits)
+        m.submodules.accumulator = acc = AccumulatorBuffer(cfg, tag_shape=unsigned(1))
+        m.submodules.requantizer = requant = Requantizer(cfg)
+        m.submodules.result_fifo = fifo = SyncFIFOBuffered(
+            width=len(self.result.payload.as_value()), depth=cfg.out_fifo_depth)
+
+        failed = Signal()
+        m.d.comb += failed.eq(self.error != CoreError.NONE)
+
+        # ---------------------------------------------------------------- weights
+        shadow_full = Signal()
+        load_count = Signal(range(R))
+        swap_wait = Signal(range(R + 1))
+        load_ok = ~failed & ~shadow_full & (swap_wait == 0)
+        w_shift = Signal()
+        m.d.comb += [
+            self.weight.ready.eq(load_ok),
+            w_shift.eq(self.weight.valid & load_ok),
+            array.w_row.eq(self.weight.payload),
+            array.w_shift.eq(w_shift),
+        ]
+        with m.If(w_shift):
+            with m.If(load_count == R - 1):
+                m.d.sync += [load_count.eq(0), shadow_full.eq(1)]
+            with m.Else():
+                m.d.sync += load_count.eq(load_count + 1)
+        with m.If(swap_wait != 0):
+            m.d.sync += swap_wait.eq(swap_wait - 1)
+
+        # ---------------------------------------------------------------- commands
+        cmd_layout = tile_command_layout(cfg)
+        pending = Signal(cmd_layout)
+        pending_valid = Signal()
+        current = Signal(cmd_layout)
+        rows_left = Signal(range(cfg.acc_depth + 1))
+        row_index = Signal(range(cfg.acc_depth))
+
+        # Requantization parameter slots.
+        qlayout = quant_params_layout(cfg)
+        slots = [Signal(qlayout, name=f"quant_slot_{i}") for i in range(2)]
+        in_flight_limit = array.latency + acc.latency + 4
+        slot_rows = [Signal(range(in_flight_limit + 1), name=f"quant_slot_rows_{i}")
+                     for i in range(2)]
+        next_slot = Signal()
+        current_slot = Signal()
+
+        # Result credits: rows issued with `last` and not yet taken from `result`.
+        outstanding = Signal(range(cfg.out_fifo_depth + 1))
+
+        quant = self.quant.payload
+        shift_ok = Signal()
+        m.d.comb += shift_ok.eq(1)
+        shift_checks = [(quant.shift[c] >= -31) & (quant.shift[c] <= 30) for c in range(C)]
+        for check in shift_checks:
+            shift_ok_next = shift_ok & check
+            shift_ok = shift_ok_next
+        clamp_ok = quant.out_min <= quant.out_max
+
+        starting = rows_left == 0
+        row_last = Mux(starting, pending.last, current.last)
+        start_quant_ok = ~pending.last | (
+            self.quant.valid & shift_ok & clamp_ok &
+            Mux(next_slot, slot_rows[1] == 0, slot_rows[0] == 0))
+        can_start = pending_valid & shadow_full & start_quant_ok
+        credit_ok = ~row_last | (outstanding < cfg.out_fifo_depth)
+        issue = Signal()
+        m.d.comb += issue.eq(~failed & self.act.valid & Mux(starting, can_start, 1) & credit_ok)
+        m.d.comb += self.act.ready.eq(issue)
+
+        # Pending command register (one command of look-ahead).
+        m.d.comb += self.cmd.ready.eq(~failed & (~pending_valid | (issue & starting)))
+        with m.If(issue & starting):
+            m.d.sync += pending_valid.eq(0)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            rows = self.cmd.payload.m_rows
+            with m.If((rows == 0) | (rows > cfg.acc_depth)):
+                m.d.sync += self.error.eq(CoreError.BAD_ROWS)
+            with m.Else():
+                m.d.sync += [pending.eq(self.cmd.payload), pending_valid.eq(1)]
+
+        # Malformed requantization parameters at the head of the queue.
+        with m.If(~failed & starting & pending_valid & pending.last & self.quant.valid):
+            with m.If(~shift_ok):
+                m.d.sync += self.error.eq(CoreError.BAD_SHIFT)
+            with m.Elif(~clamp_ok):
+                m.d.sync += self.error.eq(CoreError.BAD_CLAMP)
+
+        # Issue one activation row.
+        zero_point = Mux(starting, pending.a_zero_point, current.a_zero_point)
+        for r in range(R):
+            m.d.comb += array.act[r].eq(self.act.payload[r] - zero_point)
+        m.d.comb += array.swap.eq(issue & starting)
+        m.d.comb += self.quant.ready.eq(issue & starting & pending.last)
+
+        with m.If(issue):
+            with m.If(starting):
+                m.d.sync += [
+                    current.eq(pending),
+                    rows_left.eq(pending.m_rows - 1),
+                    row_index.eq(1),
+                    shadow_full.eq(0),
+                    swap_wait.eq(R),
+                ]
+                with m.If(pending.last):
+                    m.d.sync += [current_slot.eq(next_slot), next_slot.eq(~next_slot)]
+                    with m.If(next_slot):
+                        m.d.sync += slots[1].eq(quant)
+                    with m.Else():
+                        m.d.sync += slots[0].eq(quant)
+            with m.Else():
+                m.d.sync += [rows_left.eq(rows_left - 1), row_index.eq(row_index + 1)]
+
+        # Row metadata, delayed to meet the row's partial sums below the array.
+        meta_layout = data.StructLayout({
+            "valid": 1, "first": 1, "last": 1, "slot": 1,
+            "row": range(cfg.acc_depth),
+        })
+        meta = Signal(meta_layout)
+        issue_slot = Mux(starting, next_slot, current_slot)
+        m.d.comb += [
+            meta.valid.eq(issue),
+            meta.first.eq(Mux(starting, pending.first, current.first)),
+            meta.last.eq(row_last),
+            meta.slot.eq(issue_slot),
+            meta.row.eq(Mux(starting, 0, row_index)),
+        ]
+        delayed = meta
+        for i in range(array.latency):
+            stage = Signal(meta_layout, name=f"meta_delay_{i}")
+            m.d.sync += stage.eq(delayed)
+            delayed = stage
+
+        # ---------------------------------------------------------------- accumulate
+        m.d.comb += [
+            acc.valid_in.eq(delayed.valid),
+            acc.addr.eq(delayed.row),
+            acc.first.eq(delayed.first),
+            acc.last.eq(delayed.last),
+            acc.tag_in.eq(delayed.slot),
+            acc.psum.eq(array.psum),
+        ]
+
+        # ---------------------------------------------------------------- requantize
+        m.d.comb += [
+            requant.valid_in.eq(acc.valid_out),
+            requant.acc.eq(acc.sum),
+            requant.params.eq(Mux(acc.tag_out, slots[1], slots[0])),
+        ]
+        for i in range(2):
+            inc = issue & row_last & (issue_slot == i)
+            dec = acc.valid_out & (acc.tag_out == i)
+            m.d.sync += slot_rows[i].eq(slot_rows[i] + inc - dec)
+
+        # ---------------------------------------------------------------- results
+        m.d.comb += [
+            fifo.w_data.eq(requant.result.as_value()),
+            fifo.w_en.eq(requant.valid_out),
+            self.result.payload.eq(fifo.r_data),
+            self.result.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.result.ready),
+        ]
+        taken = self.result.valid & self.result.ready
+        m.d.sync += outstanding.eq(outstanding + (issue & row_last) - taken)
+
+        # ---------------------------------------------------------------- status
+        rows_in_flight = Signal(range(in_flight_limit + cfg.out_fifo_depth + 1))
+        retired = (acc.valid_in & ~acc.last).as_unsigned() + requant.valid_out
+        m.d.sync += rows_in_flight.eq(rows_in_flight + issue - retired)
+        m.d.comb += self.busy.eq(pending_valid | (rows_left != 0) | (rows_in_flight != 0) |
+                                 fifo.r_rdy)
+        return m

@@ -1,0 +1,63 @@
+"""Payload layouts of the GEMM core's streams, derived from an :class:`NPUConfig`.
+
+Every stream of the core carries one of these ``data.StructLayout``/``ArrayLayout``
+payloads; the cocotb drivers (``npugen.sim``) and the golden tile program
+(``npugen.golden.tile_program``) pack the same fields in the same order.
+"""
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+__all__ = [
+    "SHIFT_BITS", "QPARAM_BITS",
+    "activation_row_layout", "weight_row_layout", "result_row_layout",
+    "tile_command_layout", "quant_params_layout",
+]
+
+#: Width of a per-channel requantization shift (TFLite convention, positive = left).
+SHIFT_BITS = 6
+#: Width of the output zero point and clamp bounds.
+QPARAM_BITS = 8
+
+
+def activation_row_layout(config):
+    """One row of A restricted to a K tile: ``rows`` int8 lanes (lane r ↔ k = k0 + r)."""
+    return data.ArrayLayout(signed(config.lane_bits), config.rows)
+
+
+def weight_row_layout(config):
+    """One row k of a weight tile: ``cols`` int8 lanes (lane c ↔ n = n0 + c)."""
+    return data.ArrayLayout(signed(config.lane_bits), config.cols)
+
+
+def result_row_layout(config):
+    """One output row of an N tile: ``cols`` int32 lanes (int8 results are sign-extended)."""
+    return data.ArrayLayout(signed(32), config.cols)
+
+
+def tile_command_layout(config):
+    """A tile operation: stream ``m_rows`` activation rows through one weight tile.
+
+    ``first`` starts new accumulators (otherwise the tile adds to them); ``last``
+    sends the accumulators through requantization to the result stream.
+    """
+    return data.StructLayout({
+        "m_rows": unsigned(config.acc_row_bits),
+        "first": unsigned(1),
+        "last": unsigned(1),
+        "a_zero_point": signed(config.lane_bits),
+    })
+
+
+def quant_params_layout(config):
+    """Requantization parameters of one N tile (consumed once per ``last`` tile)."""
+    cols = config.cols
+    return data.StructLayout({
+        "bias": data.ArrayLayout(signed(32), cols),
+        "multiplier": data.ArrayLayout(signed(32), cols),
+        "shift": data.ArrayLayout(signed(SHIFT_BITS), cols),
+        "out_zero_point": signed(QPARAM_BITS),
+        "out_min": signed(QPARAM_BITS),
+        "out_max": signed(QPARAM_BITS),
+        "raw": unsigned(1),
+    })

@@ -1,0 +1,133 @@
+"""R×C weight-stationary systolic array with input skew and output deskew.
+
+Activation rows enter on the left, one K-slice of R lanes per cycle; row r is delayed
+r cycles (skew) so the wavefront crosses the array diagonally.  Partial sums flow top
+to bottom; column c leaves the bottom c cycles after column 0 and is delayed
+``C-1-c`` cycles (deskew) so a whole output row appears at once.
+
+Weights shift in from the bottom of every column, one weight row per ``w_shift``
+pulse, column c delayed c cycles so its shadow chain follows the activation
+wavefront.  After R pulses shadow row r holds the r-th row pulsed in.
+
+This block is a fixed-latency pipeline without back-pressure: the controller in
+:mod:`npugen.hw.gemm_core` decides when rows and weights enter and tracks them with a
+matching delay line.
+
+Timing (cycle t = cycle in which an input is presented):
+
+* ``psum`` for the activation row presented in cycle t is readable in cycle
+  ``t + latency`` with ``latency = rows + cols + 1``.
+* A weight row presented with ``w_shift`` in cycle t lands in the shadow chains at
+  the clock edges ``t+1+c`` (column c).
+* The ``swap`` of an activation row presented in cycle t takes effect in PE(r, c)
+  at edge ``t+1+r+c``.
+"""
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .pe import ProcessingElement
+
+__all__ = ["SystolicArray"]
+
+
+class SystolicArray(wiring.Component):
+    """The PE grid of a design point.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array size (R × C).
+    act_bits : int
+        Width of a zero-point-corrected activation lane.
+    weight_bits : int
+        Width of a weight lane.
+    acc_bits : int
+        Width of the partial sums.
+    """
+
+    def __init__(self, *, rows, cols, act_bits=9, weight_bits=8, acc_bits=32):
+        for name, value in (("rows", rows), ("cols", cols)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
+                raise ValueError(f"{name} must be an integer in 1..64, not {value!r}")
+        self._rows = rows
+        self._cols = cols
+        self._act_bits = act_bits
+        self._weight_bits = weight_bits
+        self._acc_bits = acc_bits
+        super().__init__({
+            "act": In(data.ArrayLayout(signed(act_bits), rows)),
+            "swap": In(1),
+            "w_row": In(data.ArrayLayout(signed(weight_bits), cols)),
+            "w_shift": In(1),
+            "psum": Out(data.ArrayLayout(signed(acc_bits), cols)),
+        })
+
+    @property
+    def rows(self):
+        return self._rows
+
+    @property
+    def cols(self):
+        return self._cols
+
+    @property
+    def latency(self):
+        """Cycles from an activation row presented to its aligned partial-sum row."""
+        return self._rows + self._cols + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self._rows, self._cols
+
+        pes = [[ProcessingElement(act_bits=self._act_bits, weight_bits=self._weight_bits,
+                                  acc_bits=self._acc_bits)
+                for c in range(C)] for r in range(R)]
+        for r in range(R):
+            for c in range(C):
+                m.submodules[f"pe_{r}_{c}"] = pes[r][c]
+
+        # Input skew: row r passes through r registers (activation and swap flag).
+        for r in range(R):
+            act, swap = self.act[r], self.swap
+            for i in range(r):
+                act_q = Signal.like(pes[r][0].act_in, name=f"act_skew_{r}_{i}")
+                swap_q = Signal(name=f"swap_skew_{r}_{i}")
+                m.d.sync += [act_q.eq(act), swap_q.eq(swap)]
+                act, swap = act_q, swap_q
+            m.d.comb += [pes[r][0].act_in.eq(act), pes[r][0].swap_in.eq(swap)]
+
+        # Weight skew: column c's data and shift enable pass through c registers.
+        for c in range(C):
+            w, shift = self.w_row[c], self.w_shift
+            for i in range(c):
+                w_q = Signal(signed(self._weight_bits), name=f"w_skew_{c}_{i}")
+                shift_q = Signal(name=f"w_shift_skew_{c}_{i}")
+                m.d.sync += [w_q.eq(w), shift_q.eq(shift)]
+                w, shift = w_q, shift_q
+            m.d.comb += pes[R - 1][c].w_shadow_in.eq(w)
+            for r in range(R):
+                m.d.comb += pes[r][c].shift.eq(shift)
+            for r in range(R - 1):
+                m.d.comb += pes[r][c].w_shadow_in.eq(pes[r + 1][c].w_shadow_out)
+
+        # Horizontal activation flow and vertical partial-sum flow.
+        for r in range(R):
+            for c in range(1, C):
+                m.d.comb += [pes[r][c].act_in.eq(pes[r][c - 1].act_out),
+                             pes[r][c].swap_in.eq(pes[r][c - 1].swap_out)]
+        for c in range(C):
+            m.d.comb += pes[0][c].psum_in.eq(0)
+            for r in range(1, R):
+                m.d.comb += pes[r][c].psum_in.eq(pes[r - 1][c].psum_out)
+
+        # Output deskew: column c passes through C-1-c registers.
+        for c in range(C):
+            psum = pes[R - 1][c].psum_out
+            for i in range(C - 1 - c):
+                psum_q = Signal(signed(self._acc_bits), name=f"psum_deskew_{c}_{i}")
+                m.d.sync += psum_q.eq(psum)
+                psum = psum_q
+            m.d.comb += self.psum[c].eq(psum)
+        return m
