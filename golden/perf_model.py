@@ -1,0 +1,45 @@
+"""Analytic cycle model of the GEMM core, exact for uninterrupted streams.
+
+The model replays the core's scheduling rules (see ``npugen.hw.gemm_core``):
+
+* the first weight tile takes ``rows`` cycles to shift in before any row issues;
+* a tile issues one activation row per cycle; the next tile may start
+  ``max(m_rows, 2·rows + 1)`` cycles after the previous one started (its weights
+  shift in from ``rows + 1`` cycles after the previous swap, for ``rows`` cycles);
+* the last row's result reaches the ``result`` port ``rows + cols + 9`` cycles later
+  (array, accumulator, requantizer, result FIFO and the stream hand-over).
+
+It assumes the sources never pause, the sink never back-pressures, and the result
+FIFO holds the rows in flight (``out_fifo_depth > rows + cols + 9``), as in every
+preset.  Tests compare it with the simulated RTL cycle for cycle.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["tile_rows", "gemm_cycles", "result_latency"]
+
+
+def tile_rows(config, m: int, k: int, n: int) -> list[int]:
+    """``m_rows`` of every tile operation of a GEMM, in issue order."""
+    k_tiles, n_tiles = math.ceil(k / config.rows), math.ceil(n / config.cols)
+    rows = []
+    for m0 in range(0, m, config.acc_depth):
+        rows.extend([min(config.acc_depth, m - m0)] * (k_tiles * n_tiles))
+    return rows
+
+
+def result_latency(config) -> int:
+    """Cycles from the last activation row issued to its result row taken."""
+    return config.rows + config.cols + 9
+
+
+def gemm_cycles(config, m: int, k: int, n: int) -> int:
+    """Cycles from the first input offered to the last result row taken."""
+    rows = tile_rows(config, m, k, n)
+    period_floor = 2 * config.rows + 1
+    start = 1 + config.rows          # stream hand-over + first weight tile
+    for m_rows in rows[:-1]:
+        start += max(m_rows, period_floor)
+    return start + rows[-1] - 1 + result_latency(config)

@@ -1,0 +1,372 @@
+import hashlib
+import json
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment
+
+from npugen.flows import verilog
+from npugen.flows.cli import UsageError, main, parse_set_option
+from npugen.golden.config import PRESETS, NPUConfig
+
+KNOWN = "acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows"
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- --set parsing ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("rows=4", ("rows", 4)),
+    (" rows = 4 ", ("rows", 4)),
+    ("acc_bits=0x18", ("acc_bits", 24)),
+    ('modes=["int8"]', ("modes", ["int8"])),
+    ("dataflow=weight_stationary", ("dataflow", "weight_stationary")),
+    ('dataflow="weight_stationary"', ("dataflow", "weight_stationary")),
+    ("dataflow='a b'", ("dataflow", "a b")),
+    ("flag=true", ("flag", True)),
+    ("rows=four", ("rows", "four")),
+])
+def test_parse_set_option(text, expected):
+    assert parse_set_option(text) == expected
+
+
+@pytest.mark.parametrize("text, regex", [
+    ("rows", r"^--set expects KEY=VALUE, not 'rows'$"),
+    ("=4", r"^--set expects KEY=VALUE, not '=4'$"),
+    ('modes=["int8"', r"""^--set modes: '\["int8"' is not a valid TOML value$"""),
+    ("dataflow=a b", r"^--set dataflow: 'a b' is not a valid TOML value$"),
+])
+def test_parse_set_option_bad(text, regex):
+    with pytest.raises(UsageError, match=regex):
+        parse_set_option(text)
+
+
+# -- info ---------------------------------------------------------------------------------
+
+def test_info_table(capsys):
+    code, out, err = run(capsys, "info")
+    assert (code, err) == (0, "")
+    config = PRESETS["default"]
+    lines = out.splitlines()
+    assert lines[0] == f"preset default (hash {config.config_hash()})"
+    assert re.search(r"^  rows +8$", out, re.MULTILINE)
+    assert re.search(r"^  dataflow +weight_stationary$", out, re.MULTILINE)
+    assert re.search(r"^  modes +int8$", out, re.MULTILINE)
+    assert re.search(r"^  peak MACs/cycle \(int8\) +64$", out, re.MULTILINE)
+    assert re.search(r"^  accumulator buffer bytes +16384 \(16 KiB\)$", out, re.MULTILINE)
+    # One value column for both sections.
+    columns = {len(m.group(1)) for m in re.finditer(r"^(  \S.*?  +)\S", out, re.MULTILINE)}
+    assert len(columns) == 1
+
+
+def test_info_json(capsys):
+    code, out, err = run(capsys, "info", "--json", "--preset", "tiny")
+    assert (code, err) == (0, "")
+    config = PRESETS["tiny"]
+    assert json.loads(out) == {
+        "source": "preset tiny",
+        "config_hash": config.config_hash(),
+        "parameters": config.to_dict(),
+        "derived": config.derived(),
+    }
+
+
+def test_info_set(capsys):
+    code, out, _ = run(capsys, "info", "--json", "--preset", "tiny",
+                       "--set", "rows=4", "--set", 'modes=["int8"]')
+    assert code == 0
+    info = json.loads(out)
+    assert info["parameters"] == PRESETS["tiny"].replace(rows=4).to_dict()
+    assert info["source"] == "preset tiny with rows=4, modes=['int8']"
+
+
+def test_info_config_file(capsys, tmp_path):
+    path = tmp_path / "npu.toml"
+    NPUConfig(rows=4, cols=16).save(path)
+    code, out, _ = run(capsys, "info", "--json", "--config", str(path), "--set", "cols=8")
+    assert code == 0
+    assert json.loads(out)["parameters"] == NPUConfig(rows=4, cols=8).to_dict()
+
+
+def test_help(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "generate" in out and "info" in out and "bench" in out
+
+
+# -- generate -----------------------------------------------------------------------------
+
+def test_generate_tiny(capsys, tmp_path):
+    outdir = tmp_path / "out"
+    code, out, err = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
+    assert (code, err) == (0, "")
+    config = PRESETS["tiny"]
+    assert sorted(p.name for p in outdir.iterdir()) == \
+        ["config.toml", "manifest.json", "npu_gemm_core.v"]
+    for name in ("npu_gemm_core.v", "config.toml", "manifest.json"):
+        assert f"wrote {outdir / name}" in out
+
+    text = (outdir / "npu_gemm_core.v").read_bytes()
+    assert re.search(rb"^module npu_gemm_core\(", text, re.MULTILINE)
+    assert NPUConfig.load(outdir / "config.toml") == config
+
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    assert manifest["top"] == "npu_gemm_core"
+    assert manifest["files"] == {"verilog": "npu_gemm_core.v", "config": "config.toml",
+                                 "manifest": "manifest.json"}
+    assert manifest["verilog_sha256"] == hashlib.sha256(text).hexdigest()
+    assert manifest["config_hash"] == config.config_hash()
+    assert manifest["parameters"] == config.to_dict()
+    assert manifest["derived"] == config.derived()
+    assert manifest["versions"]["npugen"]
+    assert manifest["versions"]["amaranth"]
+    assert manifest["generation_seconds"] >= 0
+
+    ports = manifest["ports"]
+    assert all(set(p) == {"name", "direction", "width"} for p in ports)
+    names = [p["name"] for p in ports]
+    assert len(set(names)) == len(names)
+    assert names[:2] == ["clk", "rst"]
+    component = verilog.top_component(config)
+    Fragment.get(component, None)  # elaborated, as the generator does
+    flattened = ["__".join(map(str, path))
+                 for path, _, _ in component.signature.flatten(component)]
+    assert names[2:] == flattened
+    for port in ports:
+        width = rf"\[{port['width'] - 1}:0\] " if port["width"] > 1 else ""
+        decl = rf"^\s*{port['direction']} (signed )?{width}{port['name']};$"
+        assert re.search(decl.encode(), text, re.MULTILINE), port
+
+
+def test_generate_is_reproducible(tmp_path):
+    config = PRESETS["tiny"]
+    assert verilog.generate_verilog(config) == verilog.generate_verilog(config)
+
+
+def test_generate_name(capsys, tmp_path):
+    code, _, _ = run(capsys, "generate", "--preset", "tiny", "--name", "npu_x",
+                     "-o", str(tmp_path / "out"))
+    assert code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["top"] == "npu_x"
+    assert "module npu_x(" in (tmp_path / "out" / "npu_x.v").read_text()
+
+
+def test_generate_into_existing_dir(capsys, tmp_path):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / "notes.txt").write_text("keep me")
+    (outdir / "config.toml").write_text("stale")
+    code, _, _ = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
+    assert code == 0
+    assert (outdir / "notes.txt").read_text() == "keep me"
+    assert NPUConfig.load(outdir / "config.toml") == PRESETS["tiny"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_generate_creates_parents(capsys, tmp_path):
+    outdir = tmp_path / "a" / "b" / "out"
+    code, _, _ = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
+    assert code == 0
+    assert (outdir / "npu_gemm_core.v").is_file()
+
+
+@pytest.fixture
+def failing_write(monkeypatch):
+    """Make the second file written by write_outputs fail with ENOSPC."""
+    real = verilog._write_file
+    calls = []
+
+    def write_file(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(verilog, "_write_file", write_file)
+
+
+def test_generate_write_error_leaves_nothing(capsys, tmp_path, failing_write):
+    outdir = tmp_path / "a" / "out"
+    code, out, err = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
+    assert code == 1
+    assert re.fullmatch(rf"npugen: error: cannot write {re.escape(str(outdir))}: "
+                        r"No space left on device\n", err)
+    assert out == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_write_error_keeps_existing(capsys, tmp_path, failing_write):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / "npu_gemm_core.v").write_text("old")
+    code, _, _ = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
+    assert code == 1
+    assert [p.name for p in outdir.iterdir()] == ["npu_gemm_core.v"]
+    assert (outdir / "npu_gemm_core.v").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_generate_elaboration_error_leaves_nothing(capsys, tmp_path, monkeypatch):
+    def broken(config):
+        raise RuntimeError("elaboration failed")
+
+    monkeypatch.setattr(verilog, "top_component", broken)
+    with pytest.raises(RuntimeError, match=r"^elaboration failed$"):
+        main(["generate", "--preset", "tiny", "-o", str(tmp_path / "a" / "out")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_outputs_rejects_bad_name(tmp_path):
+    with pytest.raises(ValueError, match=r"^name must be a Verilog identifier, not '\.\./x'$"):
+        verilog.write_outputs(PRESETS["tiny"], tmp_path / "out", name="../x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_verilog_rejects_non_config():
+    with pytest.raises(TypeError, match=r"^config must be an NPUConfig, not \{'rows': 2\}$"):
+        verilog.generate_verilog({"rows": 2})
+
+
+def _malformed(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[npu\nrows = 4\n")
+    return str(path)
+
+
+def _out_of_range(tmp_path):
+    path = tmp_path / "range.toml"
+    path.write_text("[npu]\nrows = 100\n")
+    return str(path)
+
+
+GENERATE_ERRORS = [
+    (["--preset", "huge"],
+     r"preset must be one of tiny, default, large, not 'huge'"),
+    (["--set", "depth=4"], rf"--set: unknown parameter 'depth' \(known: {KNOWN}\)"),
+    (["--set", "rows=0"], r"rows must be an integer in 2\.\.64, not 0"),
+    (["--set", "rows=four"], r"rows must be an integer in 2\.\.64, not 'four'"),
+    (["--set", "dataflow=diagonal"],
+     r"dataflow must be one of weight_stationary, not 'diagonal'"),
+    (["--set", 'modes=["int3"]'], r"modes must contain only int8, not 'int3'"),
+    (["--set", "rows"], r"--set expects KEY=VALUE, not 'rows'"),
+    (["--set", "modes=[int8"], r"--set modes: '\[int8' is not a valid TOML value"),
+    (["--config", _malformed], r"{path}: not valid TOML: .+"),
+    (["--config", _out_of_range], r"{path}: rows must be an integer in 2\.\.64, not 100"),
+    (["--config", "{tmp}/missing.toml"],
+     r"{path}: cannot read configuration: No such file or directory"),
+    (["--preset", "tiny", "--config", "x.toml"],
+     r"argument --config: not allowed with argument --preset"),
+    (["--name", "top-level"], r"--name must be a Verilog identifier, not 'top-level'"),
+]
+
+
+@pytest.mark.parametrize("args, regex", GENERATE_ERRORS,
+                         ids=[" ".join(a if isinstance(a, str) else a.__name__ for a in args)
+                              for args, _ in GENERATE_ERRORS])
+def test_generate_errors(capsys, tmp_path, args, regex):
+    (tmp_path / "work").mkdir()
+    args = [a(tmp_path / "work") if callable(a) else a.format(tmp=tmp_path / "work")
+            for a in args]
+    if "--config" in args:
+        path = args[args.index("--config") + 1]
+        regex = regex.replace("{path}", re.escape(path))
+    outdir = tmp_path / "new" / "out"
+    code, out, err = run(capsys, "generate", *args, "-o", str(outdir))
+    assert code == 2
+    assert out == ""
+    assert re.fullmatch(rf"npugen: error: {regex}\n", err), err
+    assert not (tmp_path / "new").exists()
+
+
+def test_generate_requires_output(capsys):
+    code, _, err = run(capsys, "generate", "--preset", "tiny")
+    assert code == 2
+    assert err == "npugen: error: the following arguments are required: -o/--output\n"
+
+
+def test_generate_output_is_a_file(capsys, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, _, err = run(capsys, "generate", "--preset", "tiny", "-o", str(target))
+    assert code == 2
+    assert err == f"npugen: error: {target}: exists and is not a directory\n"
+    assert target.read_text() == "x"
+
+
+# -- bench ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_bench(monkeypatch):
+    """Replace npugen.sim.bench with a recorder; the real bench is tested elsewhere."""
+    calls = []
+    result = {"cycles": np.int64(40), "ideal_cycles": 32, "utilization": 0.8,
+              "macs": 128, "match": True}
+
+    def bench_gemm(config, **kwargs):
+        calls.append((config, kwargs))
+        return dict(result)
+
+    module = types.ModuleType("npugen.sim.bench")
+    module.bench_gemm = bench_gemm
+    monkeypatch.setitem(sys.modules, "npugen.sim.bench", module)
+    return types.SimpleNamespace(calls=calls, result=result)
+
+
+def test_bench_gemm(capsys, tmp_path, fake_bench):
+    path = tmp_path / "bench.json"
+    code, out, err = run(capsys, "bench", "gemm", "--m", "4", "--k", "8", "--n", "2",
+                         "--preset", "tiny", "--set", "rows=4", "--seed", "7",
+                         "--json", str(path))
+    assert (code, err) == (0, "")
+    assert fake_bench.calls == [(PRESETS["tiny"].replace(rows=4),
+                                 {"m": 4, "k": 8, "n": 2, "seed": 7, "waves": False})]
+    expected = {"cycles": 40, "ideal_cycles": 32, "utilization": 0.8, "macs": 128,
+                "match": True}
+    assert json.loads(out) == expected
+    assert json.loads(path.read_text()) == expected
+
+
+def test_bench_gemm_defaults(capsys, fake_bench):
+    code, _, _ = run(capsys, "bench", "gemm", "--m", "1", "--k", "1", "--n", "1", "--waves")
+    assert code == 0
+    assert fake_bench.calls == [(PRESETS["default"],
+                                 {"m": 1, "k": 1, "n": 1, "seed": 0, "waves": True})]
+
+
+def test_bench_gemm_mismatch(capsys, fake_bench):
+    fake_bench.result["match"] = False
+    code, out, _ = run(capsys, "bench", "gemm", "--m", "2", "--k", "2", "--n", "2")
+    assert code == 1
+    assert json.loads(out)["match"] is False
+
+
+@pytest.mark.parametrize("args, regex", [
+    (["--m", "0", "--k", "1", "--n", "1"], r"--m must be at least 1, not 0"),
+    (["--m", "1", "--k", "-3", "--n", "1"], r"--k must be at least 1, not -3"),
+    (["--m", "1", "--k", "1", "--n", "0"], r"--n must be at least 1, not 0"),
+    (["--m", "x", "--k", "1", "--n", "1"], r"argument --m: invalid int value: 'x'"),
+    (["--m", "1", "--k", "1"], r"the following arguments are required: --n"),
+    (["--m", "1", "--k", "1", "--n", "1", "--set", "cols=1"],
+     r"cols must be an integer in 2\.\.64, not 1"),
+])
+def test_bench_gemm_errors(capsys, fake_bench, args, regex):
+    code, out, err = run(capsys, "bench", "gemm", *args)
+    assert code == 2
+    assert out == ""
+    assert re.fullmatch(rf"npugen: error: {regex}\n", err), err
+    assert fake_bench.calls == []
+
+
+def test_bench_requires_kind(capsys):
+    code, _, err = run(capsys, "bench")
+    assert code == 2
+    assert err == "npugen: error: the following arguments are required: BENCH\n"

@@ -1,0 +1,202 @@
+# amaranth: UnusedElaboratable=no
+
+"""Amaranth-simulator tests of :class:`npugen.hw.systolic_array.SystolicArray`.
+
+Cycle convention: in cycle ``t`` the inputs are set and ``psum`` is read, then
+``await ctx.tick()`` moves to cycle ``t + 1``.  The activation row presented in cycle
+``t`` must appear on ``psum`` in cycle ``t + latency``.
+
+Weight-tile schedule used here (the array's double-buffering contract): tile 0's R
+weight rows are pulsed in cycles 0..R-1 and its swap row comes in cycle R.  For every
+later tile k, its weight rows are pulsed in the R cycles starting ``R`` cycles after
+the swap row of tile k-1, and its own swap row comes as soon as both tile k-1 has
+issued all its rows and one cycle has passed since the last pulse.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment
+from amaranth.sim import Simulator
+
+from npugen.hw.systolic_array import SystolicArray
+
+SEEDS = [0x5A_0001, 0x5A_0002, 0x5A_0003]
+SIZES = [(2, 2), (3, 4), (4, 3), (1, 3), (3, 1)]
+
+
+def random_tile(rng, rows, cols, m):
+    w = np.array([[rng.randint(-128, 127) for _ in range(cols)] for _ in range(rows)])
+    a = np.array([[rng.randint(-256, 255) for _ in range(rows)] for _ in range(m)])
+    return w, a
+
+
+def build_schedule(rows, cols, tiles, rng, *, tail=0):
+    """Per-cycle inputs and, per cycle, the weight matrix the presented row must use.
+
+    ``tiles`` is a list of ``(W, A)``; rows of a tile are issued back to back from its
+    swap row.  Cycles between tiles carry random activations that must still use the
+    previous tile's weights; before the first swap only zero activations are sent.
+    """
+    swaps, shifts = [], []
+    swap = rows
+    shift_start = 0
+    for k, (w, a) in enumerate(tiles):
+        if k:
+            shift_start = swaps[-1] + rows
+            swap = max(swaps[-1] + len(tiles[k - 1][1]), shift_start + rows)
+        swaps.append(swap)
+        shifts.append(shift_start)
+    end = swaps[-1] + len(tiles[-1][1]) + tail
+
+    cycles, weights = [], []
+    current = np.zeros((rows, cols), dtype=np.int64)
+    for t in range(end):
+        cycle = {"act": [0] * rows, "swap": 0, "w_row": [rng.randint(-128, 127)
+                                                          for _ in range(cols)],
+                 "w_shift": 0}
+        for k, (w, a) in enumerate(tiles):
+            if shifts[k] <= t < shifts[k] + rows:
+                cycle["w_shift"] = 1
+                cycle["w_row"] = [int(v) for v in w[t - shifts[k]]]
+            if t == swaps[k]:
+                cycle["swap"] = 1
+                current = w
+            if swaps[k] <= t < swaps[k] + len(a):
+                cycle["act"] = [int(v) for v in a[t - swaps[k]]]
+        if t >= swaps[0] and not any(swaps[k] <= t < swaps[k] + len(tiles[k][1])
+                                     for k in range(len(tiles))):
+            cycle["act"] = [rng.randint(-256, 255) for _ in range(rows)]
+        cycles.append(cycle)
+        weights.append(current)
+    return cycles, weights, swaps, shifts
+
+
+def run(dut, cycles):
+    """Drive ``cycles`` then idle for ``latency`` cycles; return psum of every cycle."""
+    trace = []
+    idle = {"act": [0] * dut.rows, "swap": 0, "w_row": [0] * dut.cols, "w_shift": 0}
+
+    async def testbench(ctx):
+        for cycle in cycles + [idle] * (dut.latency + 1):
+            for name, value in cycle.items():
+                ctx.set(getattr(dut, name), value)
+            psum = ctx.get(dut.psum)
+            trace.append([psum[c] for c in range(dut.cols)])
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return trace
+
+
+def check(dut, cycles, weights, trace):
+    for t, (cycle, w) in enumerate(zip(cycles, weights)):
+        expected = (np.array(cycle["act"], dtype=np.int64) @ w).tolist()
+        assert trace[t + dut.latency] == expected, f"row presented in cycle {t}"
+
+
+# -- constructor ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rows": 0, "cols": 2}, r"^rows must be an integer in 1\.\.64, not 0$"),
+    ({"rows": 65, "cols": 2}, r"^rows must be an integer in 1\.\.64, not 65$"),
+    ({"rows": True, "cols": 2}, r"^rows must be an integer in 1\.\.64, not True$"),
+    ({"rows": 2, "cols": 2.0}, r"^cols must be an integer in 1\.\.64, not 2\.0$"),
+    ({"rows": 2, "cols": -1}, r"^cols must be an integer in 1\.\.64, not -1$"),
+])
+def test_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SystolicArray(**kwargs)
+
+
+@pytest.mark.parametrize("rows, cols", SIZES)
+def test_properties(rows, cols):
+    dut = SystolicArray(rows=rows, cols=cols)
+    assert (dut.rows, dut.cols, dut.latency) == (rows, cols, rows + cols + 1)
+    Fragment.get(dut, None)
+
+
+# -- behaviour ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows, cols", SIZES)
+def test_weight_rows_land_in_pulse_order(rows, cols):
+    # Unit activations read the active weights back row by row: after R pulses,
+    # shadow row r holds the r-th pulsed row.
+    seed = SEEDS[0]
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    w, _ = random_tile(rng, rows, cols, 0)
+    eye = np.eye(rows, dtype=np.int64)
+    dut = SystolicArray(rows=rows, cols=cols)
+    cycles, weights, _, _ = build_schedule(rows, cols, [(w, eye)], rng)
+    trace = run(dut, cycles)
+    swap = rows
+    for r in range(rows):
+        assert trace[swap + r + dut.latency] == w[r].tolist(), f"weight row {r}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rows, cols", SIZES)
+def test_single_tile(rows, cols, seed):
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    tile = random_tile(rng, rows, cols, rng.randint(1, 3 * rows + 2))
+    dut = SystolicArray(rows=rows, cols=cols)
+    cycles, weights, _, _ = build_schedule(rows, cols, [tile], rng, tail=3)
+    trace = run(dut, cycles)
+    check(dut, cycles, weights, trace)
+    # The tile's rows against numpy directly.
+    w, a = tile
+    got = np.array([trace[rows + i + dut.latency] for i in range(len(a))])
+    np.testing.assert_array_equal(got, a @ w)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("rows, cols", SIZES)
+def test_back_to_back_tiles(rows, cols, seed):
+    # Tile 0 has exactly 2R rows, the fewest that let tile 1 follow with no gap: its
+    # weights shift in while tile 0 computes and the switch happens between two
+    # consecutive rows.  Later tiles have random lengths (short ones leave a gap in
+    # which the previous weights must stay in use while the next ones shift in).
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    lengths = [2 * rows] + [rng.randint(1, 3 * rows) for _ in range(3)]
+    tiles = [random_tile(rng, rows, cols, m) for m in lengths]
+    dut = SystolicArray(rows=rows, cols=cols)
+    cycles, weights, swaps, shifts = build_schedule(rows, cols, tiles, rng, tail=2)
+    assert swaps[1] == swaps[0] + lengths[0]           # no gap between tiles 0 and 1
+    assert swaps[1] == shifts[1] + rows                # swap right after the last pulse
+    assert shifts[1] == swaps[0] + rows                # pulses start R after the swap
+    trace = run(dut, cycles)
+    check(dut, cycles, weights, trace)
+    # The wavefront boundary: the last row of tile 0 and the first of tile 1.
+    (w0, a0), (w1, a1) = tiles[0], tiles[1]
+    assert trace[swaps[1] - 1 + dut.latency] == (a0[-1] @ w0).tolist()
+    assert trace[swaps[1] + dut.latency] == (a1[0] @ w1).tolist()
+
+
+@pytest.mark.parametrize("rows, cols", [(2, 2), (3, 4)])
+def test_same_activation_across_the_switch(rows, cols):
+    # One activation vector repeated across the tile boundary: only the weights
+    # change, so the result row changes exactly at the first row of the new tile.
+    seed = SEEDS[1]
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    vec = np.array([rng.randint(-256, 255) for _ in range(rows)])
+    w0 = random_tile(rng, rows, cols, 0)[0]
+    w1 = np.clip(-w0 - 1, -128, 127)
+    assert (vec @ w0).tolist() != (vec @ w1).tolist()
+    tiles = [(w0, np.tile(vec, (2 * rows, 1))), (w1, np.tile(vec, (2 * rows, 1)))]
+    dut = SystolicArray(rows=rows, cols=cols)
+    cycles, weights, swaps, _ = build_schedule(rows, cols, tiles, rng)
+    trace = run(dut, cycles)
+    check(dut, cycles, weights, trace)
+    out = [trace[swaps[0] + i + dut.latency] for i in range(4 * rows)]
+    assert out[:2 * rows] == [(vec @ w0).tolist()] * (2 * rows)
+    assert out[2 * rows:] == [(vec @ w1).tolist()] * (2 * rows)
