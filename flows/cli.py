@@ -171,10 +171,13 @@ def cmd_bench_gemm(args):
         if value < 1:
             raise UsageError(f"--{option} must be at least 1, not {value}")
     config, _source = _config_from_args(args)
-    from npugen.sim.bench import bench_gemm
+    from npugen.sim.bench import DTYPES, bench_gemm
 
+    if args.dtype not in DTYPES or args.dtype not in config.modes:
+        raise UsageError(f"--dtype must be one of the built modes "
+                         f"{', '.join(m for m in config.modes if m in DTYPES)}, not {args.dtype!r}")
     result = bench_gemm(config, m=args.m, k=args.k, n=args.n, seed=args.seed,
-                        waves=args.waves)
+                        dtype=args.dtype, waves=args.waves)
     text = json.dumps(result, indent=2, default=_json_default)
     print(text)
     if args.json is not None:
@@ -234,9 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=int, required=True, help="rows of the activation matrix")
     p.add_argument("--k", type=int, required=True, help="reduction dimension")
     p.add_argument("--n", type=int, required=True, help="output channels")
+    p.add_argument("--dtype", default="int8", metavar="DTYPE",
+                   help="operand data type / precision mode (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
-    p.add_argument("--waves", action="store_true", help="dump waveforms")
+    p.add_argument("--waves", action="store_true",
+                   help="record an FST waveform (its directory is in the JSON)")
     p.set_defaults(handler=cmd_bench_gemm)
     return parser
 

@@ -7,7 +7,9 @@ transparent to the write port, so a row revisited on the very next cycle (M = 1)
 sees the value just written.  Rows flagged ``last`` leave on ``sum``.
 
 Latency: a row presented in cycle t has its sum on ``sum`` in cycle ``t + 1``
-(combinational from the registered read) and is written back at the end of t + 1.
+(combinational from the registered read).  Rows that are not ``last`` are written
+back at the end of t + 1; a ``last`` row leaves on ``sum`` and is not written back,
+so the next tile for that address must start with ``first``.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned

@@ -317,6 +317,7 @@ def fake_bench(monkeypatch):
 
     module = types.ModuleType("npugen.sim.bench")
     module.bench_gemm = bench_gemm
+    module.DTYPES = ("int8",)
     monkeypatch.setitem(sys.modules, "npugen.sim.bench", module)
     return types.SimpleNamespace(calls=calls, result=result)
 
@@ -328,7 +329,8 @@ def test_bench_gemm(capsys, tmp_path, fake_bench):
                          "--json", str(path))
     assert (code, err) == (0, "")
     assert fake_bench.calls == [(PRESETS["tiny"].replace(rows=4),
-                                 {"m": 4, "k": 8, "n": 2, "seed": 7, "waves": False})]
+                                 {"m": 4, "k": 8, "n": 2, "seed": 7, "dtype": "int8",
+                                  "waves": False})]
     expected = {"cycles": 40, "ideal_cycles": 32, "utilization": 0.8, "macs": 128,
                 "match": True}
     assert json.loads(out) == expected
@@ -339,7 +341,8 @@ def test_bench_gemm_defaults(capsys, fake_bench):
     code, _, _ = run(capsys, "bench", "gemm", "--m", "1", "--k", "1", "--n", "1", "--waves")
     assert code == 0
     assert fake_bench.calls == [(PRESETS["default"],
-                                 {"m": 1, "k": 1, "n": 1, "seed": 0, "waves": True})]
+                                 {"m": 1, "k": 1, "n": 1, "seed": 0, "dtype": "int8",
+                                  "waves": True})]
 
 
 def test_bench_gemm_mismatch(capsys, fake_bench):
@@ -357,6 +360,8 @@ def test_bench_gemm_mismatch(capsys, fake_bench):
     (["--m", "1", "--k", "1"], r"the following arguments are required: --n"),
     (["--m", "1", "--k", "1", "--n", "1", "--set", "cols=1"],
      r"cols must be an integer in 2\.\.64, not 1"),
+    (["--m", "1", "--k", "1", "--n", "1", "--dtype", "int3"],
+     r"--dtype must be one of the built modes int8, not 'int3'"),
 ])
 def test_bench_gemm_errors(capsys, fake_bench, args, regex):
     code, out, err = run(capsys, "bench", "gemm", *args)
