@@ -35,7 +35,7 @@ Latency: a row accepted on ``act`` in cycle t leaves the accumulator in cycle
 
 import enum
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -158,11 +158,8 @@ class GemmCore(wiring.Component):
 
         quant = self.quant.payload
         shift_ok = Signal()
-        m.d.comb += shift_ok.eq(1)
-        shift_checks = [(quant.shift[c] >= -31) & (quant.shift[c] <= 30) for c in range(C)]
-        for check in shift_checks:
-            shift_ok_next = shift_ok & check
-            shift_ok = shift_ok_next
+        m.d.comb += shift_ok.eq(Cat((quant.shift[c] >= -31) & (quant.shift[c] <= 30)
+                                    for c in range(C)).all())
         clamp_ok = quant.out_min <= quant.out_max
 
         starting = rows_left == 0

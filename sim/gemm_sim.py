@@ -68,8 +68,13 @@ class GemmRun:
 
 def run_gemm_jobs(config: NPUConfig, jobs: list[GemmJob], *, seed: int, idle: float = 0.0,
                   backpressure: float = 0.0, waves: bool = False,
-                  testcase: str = "run_programs", work_dir: Path | None = None) -> GemmRun:
-    """Simulate ``jobs`` back to back (no reset between them) on the RTL of ``config``."""
+                  testcase: str = "run_programs", fault: str | None = None,
+                  work_dir: Path | None = None) -> GemmRun:
+    """Simulate ``jobs`` back to back (no reset between them) on the RTL of ``config``.
+
+    With ``testcase="rejects_malformed_input"`` the first job is corrupted as ``fault``
+    names (see ``tb_gemm_core.FAULTS``) and the testbench's raw record is returned.
+    """
     programs = [lower_gemm(config, job) for job in jobs]
     build_dir = build_core(config, waves=waves)
     if work_dir is None:
@@ -79,7 +84,7 @@ def run_gemm_jobs(config: NPUConfig, jobs: list[GemmJob], *, seed: int, idle: fl
     job_file, result_file = work_dir / "job.pkl", work_dir / "result.pkl"
     with open(job_file, "wb") as f:
         pickle.dump({"config": config.to_dict(), "seed": seed, "idle": idle,
-                     "backpressure": backpressure,
+                     "backpressure": backpressure, "fault": fault,
                      "programs": [_program_dict(p) for p in programs]}, f)
     failure = None
     try:

@@ -133,20 +133,31 @@ async def run_programs(dut):
     assert busy == 0, "core still busy after its last result"
 
 
+#: Malformed inputs the core must reject: how to corrupt a program, the expected code.
+FAULTS = {
+    "bad_rows": (lambda p: p["commands"].insert(0, dict(p["commands"][0], m_rows=0)), 1),
+    "bad_shift": (lambda p: p["quant"][0]["shift"].__setitem__(0, 31), 2),
+    "bad_clamp": (lambda p: p["quant"][0].update(out_min=10, out_max=-10), 3),
+}
+
+
 @cocotb.test()
-async def rejects_bad_command(dut):
-    """A command with zero rows sets BAD_ROWS; the core stops and emits nothing."""
+async def rejects_malformed_input(dut):
+    """A malformed command or parameter set sets ``error``; the core stops, emits nothing."""
     with open(os.environ["NPUGEN_JOB"], "rb") as f:
         job = pickle.load(f)
     cfg = NPUConfig.from_dict(job["config"])
+    corrupt, code = FAULTS[job["fault"]]
     tb = GemmCoreTB(dut, cfg, seed=job["seed"], idle=0.0, backpressure=0.0)
     await tb.reset()
     program = job["programs"][0]
-    bad = dict(program["commands"][0], m_rows=0)
-    tb.enqueue(dict(program, commands=[bad] + program["commands"]))
+    corrupt(program)
+    tb.enqueue(program)
     await ClockCycles(dut.clk, 4 * (cfg.rows + cfg.cols) + len(program["act_rows"]) + 50)
-    assert int(dut.error.value) == 1, f"error is {int(dut.error.value)}, expected BAD_ROWS (1)"
+    error = int(dut.error.value)
+    with open(os.environ["NPUGEN_RESULT"], "wb") as f:
+        pickle.dump({"error": error, "results": tb.result.count(),
+                     "busy": int(dut.busy.value)}, f)
+    assert error == code, f"error is {error}, expected {code} for {job['fault']}"
     assert tb.result.count() == 0, "a result row left a core in error"
     assert not tb.act.empty(), "the core kept consuming activations after the error"
-    with open(os.environ["NPUGEN_RESULT"], "wb") as f:
-        pickle.dump({"error": int(dut.error.value)}, f)

@@ -116,12 +116,14 @@ def test_back_to_back_tiles_pay_fill_once(tmp_path):
     assert ideal / run.cycles >= 0.9
 
 
-def test_bad_command_sets_error_and_stops(tmp_path):
+@pytest.mark.parametrize("fault, code", [("bad_rows", 1), ("bad_shift", 2), ("bad_clamp", 3)])
+def test_malformed_input_sets_error_and_stops(fault, code, tmp_path):
     config = PRESETS["tiny"]
     job = random_gemm_job(np.random.default_rng(3), 4, 4, 4)
-    result = run_gemm_jobs(config, [job], seed=3, testcase="rejects_bad_command",
-                           work_dir=tmp_path)
-    assert result["error"] == 1
+    result = run_gemm_jobs(config, [job], seed=3, testcase="rejects_malformed_input",
+                           fault=fault, work_dir=tmp_path)
+    assert result["error"] == code
+    assert result["results"] == 0
 
 
 @pytest.mark.slow
@@ -148,3 +150,13 @@ def test_large_preset(tmp_path):
     jobs = [random_gemm_job(rng, 70, 80, 40), random_gemm_job(rng, 5, 33, 33, raw=True)]
     run = run_gemm_jobs(config, jobs, seed=seed, idle=0.2, backpressure=0.2, work_dir=tmp_path)
     check(run)
+
+
+def test_waveforms_on_request(tmp_path):
+    """``waves=True`` builds a tracing model and leaves a waveform in the run directory."""
+    config = PRESETS["tiny"]
+    run = run_gemm_jobs(config, [random_gemm_job(np.random.default_rng(2), 3, 3, 3)], seed=2,
+                        waves=True, work_dir=tmp_path)
+    check(run)
+    dumps = list(tmp_path.glob("dump.fst")) + list(tmp_path.glob("dump.vcd"))
+    assert dumps and dumps[0].stat().st_size > 1000, f"no waveform in {tmp_path}"
