@@ -23,10 +23,12 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from .precision import MODES, PACK
+
 __all__ = ["NPUConfig", "PRESETS", "PRECISION_MODES", "DATAFLOWS", "ConfigError"]
 
 #: Precision modes known to the project; ``modes`` selects which ones are built.
-PRECISION_MODES = ("int8",)
+PRECISION_MODES = MODES
 #: Dataflows of the systolic array.
 DATAFLOWS = ("weight_stationary",)
 
@@ -68,6 +70,10 @@ class NPUConfig:
         into the array only when a result slot is guaranteed.
     modes:
         Precision modes built into the array (a subset of :data:`PRECISION_MODES`).
+    spmm_lanes:
+        Lanes ``P`` of the zero-skipping sparse engine: weight non-zeros processed per
+        cycle, each against ``rows`` activations (peak ``spmm_lanes × rows`` MACs per
+        cycle; ``spmm_lanes = cols`` matches the array's peak).
     """
 
     rows: int = 8
@@ -77,7 +83,8 @@ class NPUConfig:
     acc_bits: int = 32
     acc_depth: int = 512
     out_fifo_depth: int = 32
-    modes: tuple[str, ...] = field(default=("int8",))
+    modes: tuple[str, ...] = field(default=("int8", "int4", "binary"))
+    spmm_lanes: int = 8
 
     def __post_init__(self):
         _check_int("rows", self.rows, 2, 64)
@@ -93,6 +100,7 @@ class NPUConfig:
         _check_int("acc_bits", self.acc_bits, 18, 32)
         _check_int("acc_depth", self.acc_depth, 16, 65536, power_of_two=True)
         _check_int("out_fifo_depth", self.out_fifo_depth, 4, 1024, power_of_two=True)
+        _check_int("spmm_lanes", self.spmm_lanes, 1, 64)
         modes = self.modes
         if isinstance(modes, str) or not isinstance(modes, (tuple, list)):
             raise TypeError(f"modes must be a list of mode names, not {modes!r}")
@@ -121,7 +129,7 @@ class NPUConfig:
         """Multiply-accumulates per cycle of the whole array in ``mode``."""
         if mode not in self.modes:
             raise ValueError(f"mode must be one of the built modes {list(self.modes)}, not {mode!r}")
-        return self.pes
+        return self.pes * PACK[mode]
 
     @property
     def acc_buffer_bytes(self) -> int:
@@ -228,7 +236,7 @@ class NPUConfig:
 
 
 PRESETS: dict[str, NPUConfig] = {
-    "tiny": NPUConfig(rows=2, cols=2, acc_depth=64, out_fifo_depth=16),
+    "tiny": NPUConfig(rows=2, cols=2, acc_depth=64, out_fifo_depth=16, spmm_lanes=2),
     "default": NPUConfig(rows=8, cols=8, acc_depth=512, out_fifo_depth=32),
-    "large": NPUConfig(rows=32, cols=32, acc_depth=1024, out_fifo_depth=128),
+    "large": NPUConfig(rows=32, cols=32, acc_depth=1024, out_fifo_depth=128, spmm_lanes=32),
 }

@@ -2,6 +2,7 @@
 
 The model replays the core's scheduling rules (see ``npugen.hw.gemm_core``):
 
+* a tile covers ``rows · pack`` of K (pack = 1 int8, 2 int4, 8 binary);
 * the first weight tile takes ``rows`` cycles to shift in before any row issues;
 * a tile issues one activation row per cycle; the next tile may start
   ``max(m_rows, 2·rows + 1)`` cycles after the previous one started (its weights
@@ -18,12 +19,15 @@ from __future__ import annotations
 
 import math
 
+from .precision import PACK
+
 __all__ = ["tile_rows", "gemm_cycles", "result_latency"]
 
 
-def tile_rows(config, m: int, k: int, n: int) -> list[int]:
+def tile_rows(config, m: int, k: int, n: int, mode: str = "int8") -> list[int]:
     """``m_rows`` of every tile operation of a GEMM, in issue order."""
-    k_tiles, n_tiles = math.ceil(k / config.rows), math.ceil(n / config.cols)
+    k_tiles = math.ceil(k / (config.rows * PACK[mode]))
+    n_tiles = math.ceil(n / config.cols)
     rows = []
     for m0 in range(0, m, config.acc_depth):
         rows.extend([min(config.acc_depth, m - m0)] * (k_tiles * n_tiles))
@@ -35,9 +39,9 @@ def result_latency(config) -> int:
     return config.rows + config.cols + 9
 
 
-def gemm_cycles(config, m: int, k: int, n: int) -> int:
+def gemm_cycles(config, m: int, k: int, n: int, mode: str = "int8") -> int:
     """Cycles from the first input offered to the last result row taken."""
-    rows = tile_rows(config, m, k, n)
+    rows = tile_rows(config, m, k, n, mode)
     period_floor = 2 * config.rows + 1
     start = 1 + config.rows          # stream hand-over + first weight tile
     for m_rows in rows[:-1]:

@@ -1,11 +1,13 @@
 """Lowering of one quantized GEMM onto the GEMM core's tile operations.
 
-A GEMM ``Y = requant(A·W + bias)`` with A: M×K int8 (zero point ``a_zero_point``),
-W: K×N int8 (symmetric) is cut into tiles of ``acc_depth`` rows × ``rows`` (K) ×
-``cols`` (N).  The tile order is M tile → N tile → K tile, so the accumulator buffer
-holds one M×``cols`` output tile while its K tiles stream through the array.  Short
-edges are padded: weights with 0 (the padding never contributes) and activations with
-the zero point; padded output columns are computed and dropped.
+A GEMM ``Y = requant(A·W + bias)`` with A: M×K (zero point ``a_zero_point``) and
+W: K×N (symmetric) in one precision mode is cut into tiles of ``acc_depth`` rows ×
+``rows·pack`` (K) × ``cols`` (N), where ``pack`` is 1 (int8), 2 (int4) or 8 (binary)
+values per 8-bit lane.  The tile order is M tile → N tile → K tile, so the accumulator
+buffer holds one M×``cols`` output tile while its K tiles stream through the array.
+Short edges are padded: K with zero weights and zero-point activations (binary: with
++1 bits on both sides, which the core must mask — ``k_valid`` says how many are real);
+padded output columns are computed and dropped.
 
 This module is the executable contract of the core's streams: the cocotb testbench
 drives exactly these rows and expects exactly these results.
@@ -18,19 +20,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .binary import pack_bits
 from .gemm import matmul_integer
+from .int4 import pack_int4
+from .precision import MODES, PACK, VALUE_RANGE, mode_code
 from .quant import requantize
 
-__all__ = ["GemmJob", "TileCommand", "QuantTile", "TileProgram", "lower_gemm",
-           "assemble", "result_origins", "ideal_cycles", "random_gemm_job"]
+__all__ = ["GemmJob", "TileCommand", "QuantTile", "TileProgram", "lower_gemm", "assemble",
+           "result_origins", "ideal_cycles", "random_gemm_job"]
+
+#: Weight value range per mode (int8 weights are symmetric).
+WEIGHT_RANGE = {"int8": (-127, 127), "int4": (-8, 7), "binary": (-1, 1)}
 
 
 @dataclass
 class GemmJob:
-    """One quantized GEMM: operands and per-output-channel requantization."""
+    """One quantized GEMM: operands (unpacked values) and per-channel requantization."""
 
-    a: np.ndarray                 # M×K int8
-    w: np.ndarray                 # K×N int8 in [-127, 127]
+    a: np.ndarray                 # M×K values of the mode (binary: ±1)
+    w: np.ndarray                 # K×N values of the mode (int8 in [-127, 127])
     a_zero_point: int = 0
     bias: np.ndarray | None = None        # N int32
     multiplier: np.ndarray | None = None  # N Q31 int32
@@ -38,9 +46,11 @@ class GemmJob:
     out_zero_point: int = 0
     out_min: int = -128
     out_max: int = 127
-    raw: bool = False             # int32 output (acc + bias) instead of int8
+    raw: bool = False             # acc + bias (sign-extended) instead of requantized values
+    mode: str = "int8"
 
     def __post_init__(self):
+        mode_code(self.mode)
         self.a = np.asarray(self.a)
         self.w = np.asarray(self.w)
         if self.a.ndim != 2 or self.w.ndim != 2:
@@ -48,16 +58,20 @@ class GemmJob:
         if self.a.shape[1] != self.w.shape[0]:
             raise ValueError(f"a is {self.a.shape[0]}×{self.a.shape[1]} but w is "
                              f"{self.w.shape[0]}×{self.w.shape[1]}: inner dimensions differ")
-        if self.a.min(initial=0) < -128 or self.a.max(initial=0) > 127:
-            raise ValueError("a must hold int8 values in [-128, 127]")
-        if self.w.min(initial=0) < -127 or self.w.max(initial=0) > 127:
-            raise ValueError("w must be symmetric int8 in [-127, 127]")
-        if not -128 <= self.a_zero_point <= 127:
-            raise ValueError(f"a_zero_point must be in [-128, 127], not {self.a_zero_point}")
+        for name, values, (lo, hi) in (("a", self.a, VALUE_RANGE[self.mode]),
+                                       ("w", self.w, WEIGHT_RANGE[self.mode])):
+            if values.size and (values.min() < lo or values.max() > hi):
+                raise ValueError(f"{name} must hold {self.mode} values in [{lo}, {hi}]")
+            if self.mode == "binary" and values.size and not np.isin(values, (-1, 1)).all():
+                raise ValueError(f"{name} must hold only -1 and +1 in binary mode")
+        zp_lo, zp_hi = (0, 0) if self.mode == "binary" else VALUE_RANGE[self.mode]
+        if not zp_lo <= self.a_zero_point <= zp_hi:
+            raise ValueError(f"a_zero_point must be in [{zp_lo}, {zp_hi}] for {self.mode}, "
+                             f"not {self.a_zero_point}")
         n = self.w.shape[1]
-        self.bias = _per_channel(self.bias, n, 0, "bias")
-        self.multiplier = _per_channel(self.multiplier, n, 1 << 30, "multiplier")
-        self.shift = _per_channel(self.shift, n, 0, "shift")
+        self.bias = _per_channel(self.bias, n, 0)
+        self.multiplier = _per_channel(self.multiplier, n, 1 << 30)
+        self.shift = _per_channel(self.shift, n, 0)
         for name in ("out_zero_point", "out_min", "out_max"):
             value = getattr(self, name)
             if not -128 <= value <= 127:
@@ -76,24 +90,29 @@ class GemmJob:
         return m * k * n
 
     def reference(self, acc_bits: int = 32) -> np.ndarray:
-        """The kernel-level golden result (M×N int64 holding int8 or int32 values)."""
-        acc = matmul_integer(self.a.astype(np.int32), self.w.astype(np.int32), self.a_zero_point, 0,
-                             acc_bits=acc_bits)
-        return _finish(acc, self.bias, self.multiplier, self.shift, self)
+        """The kernel-level golden result (M×N int64 holding output or int32 values)."""
+        acc = matmul_integer(self.a.astype(np.int8), self.w.astype(np.int8), self.a_zero_point,
+                             0, acc_bits=acc_bits)
+        return _finish(acc, self.bias, self.multiplier, self.shift, self, acc_bits)
 
 
-def _per_channel(value, n, default, name):
+def _per_channel(value, n, default):
     if value is None:
         return np.full(n, default, dtype=np.int64)
-    arr = np.broadcast_to(np.asarray(value, dtype=np.int64), (n,)).copy()
-    return arr
+    return np.broadcast_to(np.asarray(value, dtype=np.int64), (n,)).copy()
 
 
-def _finish(acc, bias, multiplier, shift, job):
+def _wrap(values, bits):
+    half = 1 << (bits - 1)
+    return (np.asarray(values, dtype=np.int64) + half) % (1 << bits) - half
+
+
+def _finish(acc, bias, multiplier, shift, job, acc_bits):
+    """Add the bias into the accumulator (wrapping at ``acc_bits``), then requantize."""
+    total = _wrap(acc.astype(np.int64) + bias.astype(np.int64), acc_bits)
     if job.raw:
-        total = acc.astype(np.int64) + bias.astype(np.int64)
-        return ((total + (1 << 31)) % (1 << 32)) - (1 << 31)
-    return requantize(acc, multiplier, shift, bias=bias, out_zero_point=job.out_zero_point,
+        return total
+    return requantize(total, multiplier, shift, out_zero_point=job.out_zero_point,
                       out_min=job.out_min, out_max=job.out_max).astype(np.int64)
 
 
@@ -104,6 +123,8 @@ class TileCommand:
     first: bool
     last: bool
     a_zero_point: int
+    mode: int
+    k_valid: int
 
 
 @dataclass
@@ -127,39 +148,56 @@ class TileProgram:
     quant: list[QuantTile] = field(default_factory=list)
     result_rows: list[np.ndarray] = field(default_factory=list)   # each: cols lanes
 
-    def extend(self, other: "TileProgram") -> None:
-        for name in ("commands", "weight_rows", "act_rows", "quant", "result_rows"):
-            getattr(self, name).extend(getattr(other, name))
+
+def _pack_lanes(values, mode):
+    """Pack values along the last axis into 8-bit lanes (int8 numbers) of ``mode``."""
+    if mode == "int8":
+        return values.astype(np.int64)
+    if mode == "int4":
+        return pack_int4(values, axis=-1).astype(np.int64)
+    return pack_bits(values, axis=-1).astype(np.int64)
 
 
 def lower_gemm(config, job: GemmJob) -> TileProgram:
     """Cut ``job`` into tile operations for the GEMM core of ``config``."""
     R, C, depth = config.rows, config.cols, config.acc_depth
+    mode = job.mode
+    if mode not in config.modes:
+        raise ValueError(f"mode {mode!r} is not built in this configuration "
+                         f"(modes: {', '.join(config.modes)})")
     M, K, N = job.shape
-    k_tiles, n_tiles = math.ceil(K / R), math.ceil(N / C)
-    a = np.full((M, k_tiles * R), job.a_zero_point, dtype=np.int64)
+    k_tile = R * PACK[mode]
+    k_tiles, n_tiles = math.ceil(K / k_tile), math.ceil(N / C)
+    pad_a = 1 if mode == "binary" else job.a_zero_point
+    pad_w = 1 if mode == "binary" else 0
+    a = np.full((M, k_tiles * k_tile), pad_a, dtype=np.int64)
     a[:, :K] = job.a
-    w = np.zeros((k_tiles * R, n_tiles * C), dtype=np.int64)
+    w = np.full((k_tiles * k_tile, n_tiles * C), pad_w, dtype=np.int64)
     w[:K, :N] = job.w
+    a_lanes = _pack_lanes(a, mode)                       # M × (k_tiles·R)
+    w_lanes = _pack_lanes(w.T, mode).T                   # (k_tiles·R) × (n_tiles·C)
     pad = n_tiles * C - N
     bias = np.concatenate([job.bias, np.zeros(pad, np.int64)])
     multiplier = np.concatenate([job.multiplier, np.zeros(pad, np.int64)])
     shift = np.concatenate([job.shift, np.zeros(pad, np.int64)])
-    acc = matmul_integer(a.astype(np.int32), w.astype(np.int32), job.a_zero_point, 0,
-                         acc_bits=config.acc_bits)
-    expected = _finish(acc, bias, multiplier, shift, job)
+    padded = GemmJob(a[:, :K], w[:K, :], job.a_zero_point,
+                     bias, multiplier, shift, job.out_zero_point, job.out_min, job.out_max,
+                     job.raw, mode)
+    expected = padded.reference(config.acc_bits)
 
     program = TileProgram()
+    code = mode_code(mode)
     for m0 in range(0, M, depth):
         m_rows = min(depth, M - m0)
         for nt in range(n_tiles):
             n0 = nt * C
             for kt in range(k_tiles):
-                k0 = kt * R
                 last = kt == k_tiles - 1
-                program.commands.append(TileCommand(m_rows, kt == 0, last, job.a_zero_point))
-                program.weight_rows.extend(w[k0:k0 + R, n0:n0 + C])
-                program.act_rows.extend(a[m0:m0 + m_rows, k0:k0 + R])
+                k_valid = min(k_tile, K - kt * k_tile)
+                program.commands.append(TileCommand(m_rows, kt == 0, last, job.a_zero_point,
+                                                    code, k_valid))
+                program.weight_rows.extend(w_lanes[kt * R:(kt + 1) * R, n0:n0 + C])
+                program.act_rows.extend(a_lanes[m0:m0 + m_rows, kt * R:(kt + 1) * R])
                 if last:
                     program.quant.append(QuantTile(
                         bias[n0:n0 + C], multiplier[n0:n0 + C], shift[n0:n0 + C],
@@ -170,13 +208,13 @@ def lower_gemm(config, job: GemmJob) -> TileProgram:
 
 def assemble(config, job: GemmJob, rows) -> np.ndarray:
     """Place result rows (in program order) back into the M×N output matrix."""
-    program_origin = result_origins(config, job)
+    origins = result_origins(config, job)
     M, _, N = job.shape
     out = np.zeros((M, N), dtype=np.int64)
     rows = list(rows)
-    if len(rows) != len(program_origin):
-        raise ValueError(f"expected {len(program_origin)} result rows, got {len(rows)}")
-    for row, (m, n0) in zip(rows, program_origin):
+    if len(rows) != len(origins):
+        raise ValueError(f"expected {len(origins)} result rows, got {len(rows)}")
+    for row, (m, n0) in zip(rows, origins):
         width = min(config.cols, N - n0)
         out[m, n0:n0 + width] = np.asarray(row)[:width]
     return out
@@ -193,31 +231,36 @@ def result_origins(config, job: GemmJob) -> list[tuple[int, int]]:
     return origins
 
 
-def ideal_cycles(config, m: int, k: int, n: int) -> int:
-    """⌈M·K·N / (R·C)⌉: cycles of a perfectly utilised array."""
-    return math.ceil(m * k * n / config.pes)
+def ideal_cycles(config, m: int, k: int, n: int, mode: str = "int8") -> int:
+    """⌈M·K·N / (R·C·pack)⌉: cycles of a perfectly utilised array in ``mode``."""
+    return math.ceil(m * k * n / config.peak_macs_per_cycle(mode))
 
 
 def random_gemm_job(rng: np.random.Generator, m: int, k: int, n: int, *,
-                    raw: bool = False, extremes: bool = False) -> GemmJob:
+                    raw: bool = False, extremes: bool = False, mode: str = "int8") -> GemmJob:
     """A random GEMM with nonzero zero points and realistic requantization parameters.
 
-    ``extremes`` draws operands only from {-128, 127} (activations) and {-127, 127}
-    (weights) to exercise the widest products and sums.
+    ``extremes`` draws operands only from the ends of their ranges to exercise the
+    widest products and sums.  int4 jobs clamp to [-8, 7] half of the time.
     """
-    if extremes:
-        a = rng.choice(np.array([-128, 127]), size=(m, k))
-        w = rng.choice(np.array([-127, 127]), size=(k, n))
+    mode_code(mode)
+    (a_lo, a_hi), (w_lo, w_hi) = VALUE_RANGE[mode], WEIGHT_RANGE[mode]
+    if mode == "binary" or extremes:
+        a = rng.choice(np.array([a_lo, a_hi]), size=(m, k))
+        w = rng.choice(np.array([w_lo, w_hi]), size=(k, n))
     else:
-        a = rng.integers(-128, 128, size=(m, k))
-        w = rng.integers(-127, 128, size=(k, n))
-    a_zp = int(rng.integers(-128, 128))
+        a = rng.integers(a_lo, a_hi, size=(m, k), endpoint=True)
+        w = rng.integers(w_lo, w_hi, size=(k, n), endpoint=True)
+    a_zp = 0 if mode == "binary" else int(rng.integers(a_lo, a_hi, endpoint=True))
     bias = rng.integers(-(1 << 20), 1 << 20, size=n)
     # Real multipliers spanning typical requantization scales (about 2^-14 .. 2^-4).
     multiplier = rng.integers(1 << 30, (1 << 31) - 1, size=n, endpoint=True)
-    shift = rng.integers(-14, -3, size=n, endpoint=True)
+    low_shift = {"int8": -14, "int4": -8, "binary": -6}[mode]
+    shift = rng.integers(low_shift, -1, size=n, endpoint=True)
     out_zp = int(rng.integers(-128, 128))
     out_min, out_max = sorted(int(v) for v in rng.integers(-128, 128, size=2))
     if rng.random() < 0.5:
         out_min, out_max = -128, 127
-    return GemmJob(a, w, a_zp, bias, multiplier, shift, out_zp, out_min, out_max, raw)
+    if mode == "int4" and rng.random() < 0.5:
+        out_zp, out_min, out_max = int(rng.integers(-8, 8)), -8, 7
+    return GemmJob(a, w, a_zp, bias, multiplier, shift, out_zp, out_min, out_max, raw, mode)

@@ -40,6 +40,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from npugen.golden.precision import MODE_CODES, PACK
+
 from .accumulator import AccumulatorBuffer
 from .layouts import (activation_row_layout, quant_params_layout, result_row_layout,
                       tile_command_layout, weight_row_layout)
@@ -58,6 +60,12 @@ class CoreError(enum.IntEnum):
     BAD_SHIFT = 2
     #: Requantization parameters with ``out_min > out_max``.
     BAD_CLAMP = 3
+    #: A tile command asking for a precision mode that is not built.
+    BAD_MODE = 4
+    #: A tile command with ``k_valid`` of 0 or above the K of one tile in its mode.
+    BAD_K = 5
+    #: An int4 tile command whose activation zero point is outside [-8, 7].
+    BAD_ZERO_POINT = 6
 
 
 class GemmCore(wiring.Component):
@@ -107,7 +115,8 @@ class GemmCore(wiring.Component):
         lane = cfg.lane_bits
 
         m.submodules.array = array = SystolicArray(
-            rows=R, cols=C, act_bits=lane + 1, weight_bits=lane, acc_bits=cfg.acc_bits)
+            rows=R, cols=C, act_bits=lane + 1, weight_bits=lane, acc_bits=cfg.acc_bits,
+            modes=cfg.modes)
         m.submodules.accumulator = acc = AccumulatorBuffer(cfg, tag_shape=unsigned(1))
         m.submodules.requantizer = requant = Requantizer(cfg)
         m.submodules.result_fifo = fifo = SyncFIFOBuffered(
@@ -177,12 +186,26 @@ class GemmCore(wiring.Component):
         m.d.comb += self.cmd.ready.eq(~failed & (~pending_valid | (issue & starting)))
         with m.If(issue & starting):
             m.d.sync += pending_valid.eq(0)
+        command = self.cmd.payload
+        mode_built = Cat(command.mode == MODE_CODES[mode] for mode in cfg.modes).any()
+        k_limit = Signal.like(command.k_valid)
+        m.d.comb += k_limit.eq(R)
+        for mode in cfg.modes:
+            with m.If(command.mode == MODE_CODES[mode]):
+                m.d.comb += k_limit.eq(R * PACK[mode])
         with m.If(self.cmd.valid & self.cmd.ready):
-            rows = self.cmd.payload.m_rows
+            rows = command.m_rows
             with m.If((rows == 0) | (rows > cfg.acc_depth)):
                 m.d.sync += self.error.eq(CoreError.BAD_ROWS)
+            with m.Elif(~mode_built):
+                m.d.sync += self.error.eq(CoreError.BAD_MODE)
+            with m.Elif((command.k_valid == 0) | (command.k_valid > k_limit)):
+                m.d.sync += self.error.eq(CoreError.BAD_K)
+            with m.Elif((command.mode == MODE_CODES["int4"]) &
+                        ((command.a_zero_point < -8) | (command.a_zero_point > 7))):
+                m.d.sync += self.error.eq(CoreError.BAD_ZERO_POINT)
             with m.Else():
-                m.d.sync += [pending.eq(self.cmd.payload), pending_valid.eq(1)]
+                m.d.sync += [pending.eq(command), pending_valid.eq(1)]
 
         # Malformed requantization parameters at the head of the queue.
         with m.If(~failed & starting & pending_valid & pending.last & self.quant.valid):
@@ -191,11 +214,25 @@ class GemmCore(wiring.Component):
             with m.Elif(~clamp_ok):
                 m.d.sync += self.error.eq(CoreError.BAD_CLAMP)
 
-        # Issue one activation row.
+        # Issue one activation row: zero-point correction / unpacking per mode.
         zero_point = Mux(starting, pending.a_zero_point, current.a_zero_point)
+        row_mode = Mux(starting, pending.mode, current.mode)
+        row_k = Mux(starting, pending.k_valid, current.k_valid)
         for r in range(R):
-            m.d.comb += array.act[r].eq(self.act.payload[r] - zero_point)
-        m.d.comb += array.swap.eq(issue & starting)
+            byte = self.act.payload[r]
+            m.d.comb += array.act[r].eq(byte - zero_point)
+            if "int4" in cfg.modes:
+                with m.If(row_mode == MODE_CODES["int4"]):
+                    m.d.comb += array.act[r].eq(Cat((byte[0:4].as_signed() - zero_point)[:5],
+                                                    (byte[4:8].as_signed() - zero_point)[:5]))
+            if "binary" in cfg.modes:
+                valid_bits = Cat(row_k > 8 * r + i for i in range(8))
+                with m.If(row_mode == MODE_CODES["binary"]):
+                    m.d.comb += array.act[r].eq(Cat(byte.as_unsigned(), valid_bits))
+        if "binary" in cfg.modes:
+            with m.If(row_mode == MODE_CODES["binary"]):
+                m.d.comb += array.psum_top.eq(-row_k)
+        m.d.comb += [array.mode.eq(row_mode), array.swap.eq(issue & starting)]
         m.d.comb += self.quant.ready.eq(issue & starting & pending.last)
 
         with m.If(issue):

@@ -8,6 +8,8 @@ payloads; the cocotb drivers (``npugen.sim``) and the golden tile program
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
+from npugen.golden.precision import PACK
+
 __all__ = [
     "SHIFT_BITS", "QPARAM_BITS",
     "activation_row_layout", "weight_row_layout", "result_row_layout",
@@ -39,13 +41,19 @@ def tile_command_layout(config):
     """A tile operation: stream ``m_rows`` activation rows through one weight tile.
 
     ``first`` starts new accumulators (otherwise the tile adds to them); ``last``
-    sends the accumulators through requantization to the result stream.
+    sends the accumulators through requantization to the result stream.  ``mode`` is
+    the precision mode code (``npugen.golden.precision.MODE_CODES``); ``k_valid`` is the
+    number of K elements of the tile that are real (the rest is padding; binary mode
+    masks it, the other modes rely on zero weights).
     """
+    k_max = config.rows * max(PACK[mode] for mode in config.modes)
     return data.StructLayout({
         "m_rows": unsigned(config.acc_row_bits),
         "first": unsigned(1),
         "last": unsigned(1),
         "a_zero_point": signed(config.lane_bits),
+        "mode": unsigned(2),
+        "k_valid": range(k_max + 1),
     })
 
 

@@ -1,57 +1,108 @@
-"""Weight-stationary INT8 processing element.
+"""Weight-stationary processing element with run-time precision modes.
 
-Each PE holds an *active* weight used by its multiplier and a *shadow* weight that the
+Each PE holds an *active* weight used by its datapath and a *shadow* weight that the
 next tile's weights shift through (column-wise, bottom to top) while the array keeps
 computing.  The ``swap`` flag travels with the first activation row of a tile; when it
 arrives the shadow weight becomes active, so the switch follows the skewed wavefront
-exactly and consecutive tiles need no drain.
+exactly and consecutive tiles need no drain.  The precision ``mode`` travels with every
+activation the same way, so rows of different modes can follow each other.
 
 Per clock edge::
 
-    act_reg  <= act_in          (passed right as act_out)
-    w_active <= w_shadow        if swap_in
-    product  <= act_reg * w_active
-    psum_out <= psum_in + product   (wraps modulo 2**acc_bits)
-    w_shadow <= w_shadow_in     if shift  (passed up as w_shadow_out)
+    act_reg  <= act_in;  mode_reg <= mode_in       (passed right as act_out, mode_out)
+    w_active <= w_shadow                            if swap_in
+    product  <= X(act_reg) * Y(w_active)            one multiplier for int8 and int4
+    matches  <= popcount(~(act ^ w) & mask)         binary only
+    psum_out <= psum_in + contribution              (wraps modulo 2**acc_bits)
+    w_shadow <= w_shadow_in                         if shift  (passed up as w_shadow_out)
 
-Latency: ``act_out`` 1 cycle after ``act_in``; ``psum_out`` carries the product of
+Activation bus of one lane (``act_in``), by mode:
+
+* int8: bits [0, act_bits) hold the zero-point-corrected value (signed).
+* int4: bits [0, 5) and [5, 10) hold the corrected low and high values (signed 5-bit).
+* binary: bits [0, 8) are the activation signs, bits [8, 16) mark the valid bits.
+
+Contribution: int8 ``a·w``; int4 ``a_lo·w_lo + a_hi·w_hi``; binary
+``2·popcount(XNOR(a, w) & valid)`` (the array adds ``−K`` once per row at the top).
+
+The two int4 products share the int8 multiplier: with ``X = a_lo + a_hi·2⁹`` and
+``Y = w_hi + w_lo·2⁹``, ``X·Y = a_lo·w_hi + (a_lo·w_lo + a_hi·w_hi)·2⁹ + a_hi·w_lo·2¹⁸``;
+since ``|a_lo·w_hi| ≤ 120 < 2⁸``, bits [9, 18) of ``X·Y + 2⁸`` are the wanted sum.  A
+14×13-bit product fits one 18×18 DSP.  Modes that are not built leave no logic.
+
+Latency: ``act_out`` 1 cycle after ``act_in``; ``psum_out`` carries the contribution of
 an activation 2 cycles after it reached ``act_reg``, so a column of PEs fed with a
 1-cycle skew per row accumulates in one pass.
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["ProcessingElement"]
+from npugen.golden.precision import MODE_CODES, MODES
+
+__all__ = ["ProcessingElement", "MODE_BITS", "act_lane_shape"]
+
+#: Width of the ``mode`` field travelling with activations.
+MODE_BITS = 2
+#: Bit offset of the int4 pair packing in the shared multiplier.
+INT4_SPLIT = 9
+
+
+def act_lane_shape(modes, act_bits=9):
+    """Shape of one lane of the activation bus for the built ``modes``.
+
+    An int8-only PE carries a plain signed value; packed modes share a bit bus.
+    """
+    if tuple(modes) == ("int8",):
+        return signed(act_bits)
+    width = act_bits
+    if "int4" in modes:
+        width = max(width, 10)
+    if "binary" in modes:
+        width = max(width, 16)
+    return unsigned(width)
 
 
 class ProcessingElement(wiring.Component):
-    """One MAC cell: ``(lane_bits+1)``-bit zero-point-corrected activation × int8 weight.
+    """One MAC cell.
 
     Parameters
     ----------
     act_bits : int
-        Width of the activation after zero-point subtraction (``lane_bits + 1``).
+        Width of an int8-mode activation after zero-point subtraction (``lane_bits + 1``).
     weight_bits : int
-        Width of a weight.
+        Width of a weight lane.
     acc_bits : int
         Width of the partial sum.
+    modes : tuple of str
+        Precision modes to build (``"int8"`` always; ``"int4"``, ``"binary"``).
     """
 
-    def __init__(self, *, act_bits=9, weight_bits=8, acc_bits=32):
+    def __init__(self, *, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
         for name, value, lo, hi in (("act_bits", act_bits, 2, 33),
                                     ("weight_bits", weight_bits, 2, 32),
                                     ("acc_bits", acc_bits, 2, 64)):
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
+        if isinstance(modes, str) or not all(mode in MODES for mode in modes) or \
+                "int8" not in modes:
+            raise ValueError(f"modes must be a tuple of {', '.join(MODES)} including 'int8', "
+                             f"not {modes!r}")
+        if set(modes) != {"int8"} and (act_bits, weight_bits) != (9, 8):
+            raise ValueError(f"packed modes need act_bits=9 and weight_bits=8, not "
+                             f"{act_bits} and {weight_bits}")
         self._act_bits = act_bits
         self._weight_bits = weight_bits
         self._acc_bits = acc_bits
+        self._modes = tuple(mode for mode in MODES if mode in modes)
+        bus = act_lane_shape(self._modes, act_bits)
         super().__init__({
-            "act_in": In(signed(act_bits)),
+            "act_in": In(bus),
+            "mode_in": In(MODE_BITS),
             "swap_in": In(1),
-            "act_out": Out(signed(act_bits)),
+            "act_out": Out(bus),
+            "mode_out": Out(MODE_BITS),
             "swap_out": Out(1),
             "psum_in": In(signed(acc_bits)),
             "psum_out": Out(signed(acc_bits)),
@@ -72,20 +123,52 @@ class ProcessingElement(wiring.Component):
     def acc_bits(self):
         return self._acc_bits
 
+    @property
+    def modes(self):
+        return self._modes
+
     def elaborate(self, platform):
         m = Module()
+        modes = self._modes
         w_active = Signal(signed(self._weight_bits))
-        product = Signal(signed(self._act_bits + self._weight_bits))
+        mode_late = Signal(MODE_BITS)   # the mode of the row in the product register
+        act = self.act_out
+        int8_value = act[:self._act_bits].as_signed()
 
         m.d.sync += [
             self.act_out.eq(self.act_in),
+            self.mode_out.eq(self.mode_in),
             self.swap_out.eq(self.swap_in),
-            product.eq(self.act_out * w_active),
-            self.psum_out.eq(self.psum_in + product),
+            mode_late.eq(self.mode_out),
         ]
         with m.If(self.swap_in):
             m.d.sync += w_active.eq(self.w_shadow_out)
         with m.If(self.shift):
             m.d.sync += self.w_shadow_out.eq(self.w_shadow_in)
-        return m
 
+        # Shared multiplier (int8, int4 pair).
+        if "int4" in modes:
+            is_int4 = self.mode_out == MODE_CODES["int4"]
+            a_lo, a_hi = act[0:5].as_signed(), act[5:10].as_signed()
+            w_lo, w_hi = w_active[0:4].as_signed(), w_active[4:8].as_signed()
+            x = Mux(is_int4, a_lo + (a_hi << INT4_SPLIT), int8_value)
+            y = Mux(is_int4, w_hi + (w_lo << INT4_SPLIT), w_active)
+            product = Signal(signed(len(x) + len(y)))
+        else:
+            x, y = int8_value, w_active
+            product = Signal(signed(self._act_bits + self._weight_bits))
+        m.d.sync += product.eq(x * y)
+
+        contribution = product
+        if "int4" in modes:
+            pair_sum = ((product[:2 * INT4_SPLIT] + (1 << (INT4_SPLIT - 1)))
+                        [INT4_SPLIT:2 * INT4_SPLIT]).as_signed()
+            contribution = Mux(mode_late == MODE_CODES["int4"], pair_sum, contribution)
+        if "binary" in modes:
+            matches = Signal(range(9))
+            agree = ~(act[0:8] ^ w_active.as_unsigned()[0:8]) & act[8:16]
+            m.d.sync += matches.eq(sum(agree[i] for i in range(8)))
+            contribution = Mux(mode_late == MODE_CODES["binary"], matches << 1, contribution)
+
+        m.d.sync += self.psum_out.eq(self.psum_in + contribution)
+        return m

@@ -2,13 +2,14 @@
 
 For each lane, with ``shift`` in TFLite convention (positive = left shift)::
 
-    x      = acc + bias                               (wraps modulo 2**32)
+    x      = acc + bias                               (wraps modulo 2**acc_bits)
     x      = x << max(shift, 0)                       (wraps modulo 2**32)
     y      = SaturatingRoundingDoublingHighMul(x, multiplier)
     y      = RoundingDivideByPOT(y, max(-shift, 0))
     result = clamp(y + out_zero_point, out_min, out_max)
 
-With ``raw`` set, ``result = acc + bias`` (int32, for int32-output GEMMs).
+With ``raw`` set, ``result = acc + bias`` (sign-extended, for int32-output GEMMs).
+The bias joins the accumulator at its own width, as in ``golden.gemm.qgemm``.
 
 Five pipeline stages: a row presented in cycle t is readable in cycle ``t + 5``.  The
 parameters are sampled together with the accumulator row and carried along, so
@@ -74,7 +75,7 @@ class Requantizer(wiring.Component):
         for lane in range(cols):
             # Stage 1: bias and left shift.
             x = Signal(signed(32), name=f"x_{lane}")
-            x_sum = (self.acc[lane] + p_in.bias[lane])[:32].as_signed()
+            x_sum = (self.acc[lane] + p_in.bias[lane])[:self._config.acc_bits].as_signed()
             left = Mux(p_in.shift[lane] > 0, p_in.shift[lane].as_unsigned(), 0)[:5]
             m.d.sync += [
                 raw_value[0][lane].eq(x_sum),

@@ -5,6 +5,10 @@ r cycles (skew) so the wavefront crosses the array diagonally.  Partial sums flo
 to bottom; column c leaves the bottom c cycles after column 0 and is delayed
 ``C-1-c`` cycles (deskew) so a whole output row appears at once.
 
+The precision ``mode`` of a row travels with it (see :mod:`npugen.hw.pe`).  ``psum_top``
+is added to the row's partial sums at the top of every column (binary mode uses it for
+the ``−K`` of ``2·popcount − K``); it follows row 0 along a register chain.
+
 Weights shift in from the bottom of every column, one weight row per ``w_shift``
 pulse, column c delayed c cycles so its shadow chain follows the activation
 wavefront.  After R pulses shadow row r holds the r-th row pulsed in.
@@ -27,7 +31,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import ProcessingElement
+from .pe import MODE_BITS, ProcessingElement, act_lane_shape
 
 __all__ = ["SystolicArray"]
 
@@ -40,14 +44,16 @@ class SystolicArray(wiring.Component):
     rows, cols : int
         Array size (R × C).
     act_bits : int
-        Width of a zero-point-corrected activation lane.
+        Width of a zero-point-corrected int8 activation lane.
     weight_bits : int
         Width of a weight lane.
     acc_bits : int
         Width of the partial sums.
+    modes : tuple of str
+        Precision modes built into the PEs.
     """
 
-    def __init__(self, *, rows, cols, act_bits=9, weight_bits=8, acc_bits=32):
+    def __init__(self, *, rows, cols, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
         for name, value in (("rows", rows), ("cols", cols)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
                 raise ValueError(f"{name} must be an integer in 1..64, not {value!r}")
@@ -56,9 +62,13 @@ class SystolicArray(wiring.Component):
         self._act_bits = act_bits
         self._weight_bits = weight_bits
         self._acc_bits = acc_bits
+        self._modes = modes
+        self._lane_shape = act_lane_shape(modes, act_bits)
         super().__init__({
-            "act": In(data.ArrayLayout(signed(act_bits), rows)),
+            "act": In(data.ArrayLayout(self._lane_shape, rows)),
+            "mode": In(MODE_BITS),
             "swap": In(1),
+            "psum_top": In(signed(acc_bits)),
             "w_row": In(data.ArrayLayout(signed(weight_bits), cols)),
             "w_shift": In(1),
             "psum": Out(data.ArrayLayout(signed(acc_bits), cols)),
@@ -82,21 +92,23 @@ class SystolicArray(wiring.Component):
         R, C = self._rows, self._cols
 
         pes = [[ProcessingElement(act_bits=self._act_bits, weight_bits=self._weight_bits,
-                                  acc_bits=self._acc_bits)
+                                  acc_bits=self._acc_bits, modes=self._modes)
                 for c in range(C)] for r in range(R)]
         for r in range(R):
             for c in range(C):
                 m.submodules[f"pe_{r}_{c}"] = pes[r][c]
 
-        # Input skew: row r passes through r registers (activation and swap flag).
+        # Input skew: row r passes through r registers (activation, mode, swap flag).
         for r in range(R):
-            act, swap = self.act[r], self.swap
+            act, mode, swap = self.act[r], self.mode, self.swap
             for i in range(r):
                 act_q = Signal.like(pes[r][0].act_in, name=f"act_skew_{r}_{i}")
+                mode_q = Signal(MODE_BITS, name=f"mode_skew_{r}_{i}")
                 swap_q = Signal(name=f"swap_skew_{r}_{i}")
-                m.d.sync += [act_q.eq(act), swap_q.eq(swap)]
-                act, swap = act_q, swap_q
-            m.d.comb += [pes[r][0].act_in.eq(act), pes[r][0].swap_in.eq(swap)]
+                m.d.sync += [act_q.eq(act), mode_q.eq(mode), swap_q.eq(swap)]
+                act, mode, swap = act_q, mode_q, swap_q
+            m.d.comb += [pes[r][0].act_in.eq(act), pes[r][0].mode_in.eq(mode),
+                         pes[r][0].swap_in.eq(swap)]
 
         # Weight skew: column c's data and shift enable pass through c registers.
         for c in range(C):
@@ -116,9 +128,22 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             for c in range(1, C):
                 m.d.comb += [pes[r][c].act_in.eq(pes[r][c - 1].act_out),
+                             pes[r][c].mode_in.eq(pes[r][c - 1].mode_out),
                              pes[r][c].swap_in.eq(pes[r][c - 1].swap_out)]
+
+        # psum_top follows row 0: PE(0, c) adds it in the cycle the row's product is
+        # ready, c + 2 cycles after the row was presented.
+        # Only binary mode needs it; otherwise the top partial sums are zero.
+        top = self.psum_top
+        for i in range(C + 1):
+            if "binary" not in self._modes:
+                break
+            top_q = Signal(signed(self._acc_bits), name=f"psum_top_{i}")
+            m.d.sync += top_q.eq(top)
+            top = top_q
+            if i >= 1:
+                m.d.comb += pes[0][i - 1].psum_in.eq(top)
         for c in range(C):
-            m.d.comb += pes[0][c].psum_in.eq(0)
             for r in range(1, R):
                 m.d.comb += pes[r][c].psum_in.eq(pes[r - 1][c].psum_out)
 

@@ -40,7 +40,8 @@ def _program_dict(program: TileProgram) -> dict:
     as_ints = lambda rows: [[int(v) for v in row] for row in rows]
     return {
         "commands": [{"m_rows": c.m_rows, "first": int(c.first), "last": int(c.last),
-                      "a_zero_point": c.a_zero_point} for c in program.commands],
+                      "a_zero_point": c.a_zero_point, "mode": c.mode, "k_valid": c.k_valid}
+                     for c in program.commands],
         "quant": [{"bias": [int(v) for v in q.bias], "multiplier": [int(v) for v in q.multiplier],
                    "shift": [int(v) for v in q.shift], "out_zero_point": q.out_zero_point,
                    "out_min": q.out_min, "out_max": q.out_max, "raw": int(q.raw)}

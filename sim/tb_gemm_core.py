@@ -22,6 +22,7 @@ from cocotb.utils import get_sim_time
 from cocotbext.axi.stream import define_stream
 
 from npugen.golden.config import NPUConfig
+from npugen.golden.precision import MODE_CODES
 from npugen.hw.layouts import (activation_row_layout, quant_params_layout, tile_command_layout,
                                weight_row_layout)
 from npugen.sim.payload import pack, unpack_lanes
@@ -138,6 +139,10 @@ FAULTS = {
     "bad_rows": (lambda p: p["commands"].insert(0, dict(p["commands"][0], m_rows=0)), 1),
     "bad_shift": (lambda p: p["quant"][0]["shift"].__setitem__(0, 31), 2),
     "bad_clamp": (lambda p: p["quant"][0].update(out_min=10, out_max=-10), 3),
+    "mode_not_built": (lambda p: p["commands"][0].update(mode=MODE_CODES["int4"]), 4),
+    "bad_k": (lambda p: p["commands"][0].update(k_valid=0), 5),
+    "bad_zero_point": (lambda p: p["commands"][0].update(mode=MODE_CODES["int4"],
+                                                         a_zero_point=8), 6),
 }
 
 

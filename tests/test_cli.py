@@ -12,7 +12,8 @@ from npugen.flows import verilog
 from npugen.flows.cli import UsageError, main, parse_set_option
 from npugen.golden.config import PRESETS, NPUConfig
 
-KNOWN = "acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows"
+KNOWN = ("acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows, "
+         "spmm_lanes")
 
 
 def run(capsys, *argv):
@@ -59,7 +60,7 @@ def test_info_table(capsys):
     assert lines[0] == f"preset default (hash {config.config_hash()})"
     assert re.search(r"^  rows +8$", out, re.MULTILINE)
     assert re.search(r"^  dataflow +weight_stationary$", out, re.MULTILINE)
-    assert re.search(r"^  modes +int8$", out, re.MULTILINE)
+    assert re.search(r"^  modes +int8, int4, binary$", out, re.MULTILINE)
     assert re.search(r"^  peak MACs/cycle \(int8\) +64$", out, re.MULTILINE)
     assert re.search(r"^  accumulator buffer bytes +16384 \(16 KiB\)$", out, re.MULTILINE)
     # One value column for both sections.
@@ -84,7 +85,7 @@ def test_info_set(capsys):
                        "--set", "rows=4", "--set", 'modes=["int8"]')
     assert code == 0
     info = json.loads(out)
-    assert info["parameters"] == PRESETS["tiny"].replace(rows=4).to_dict()
+    assert info["parameters"] == PRESETS["tiny"].replace(rows=4, modes=("int8",)).to_dict()
     assert info["source"] == "preset tiny with rows=4, modes=['int8']"
 
 
@@ -256,7 +257,7 @@ GENERATE_ERRORS = [
     (["--set", "rows=four"], r"rows must be an integer in 2\.\.64, not 'four'"),
     (["--set", "dataflow=diagonal"],
      r"dataflow must be one of weight_stationary, not 'diagonal'"),
-    (["--set", 'modes=["int3"]'], r"modes must contain only int8, not 'int3'"),
+    (["--set", 'modes=["int3"]'], r"modes must contain only int8, int4, binary, not 'int3'"),
     (["--set", "rows"], r"--set expects KEY=VALUE, not 'rows'"),
     (["--set", "modes=[int8"], r"--set modes: '\[int8' is not a valid TOML value"),
     (["--config", _malformed], r"{path}: not valid TOML: .+"),

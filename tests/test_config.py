@@ -11,7 +11,7 @@ import pytest
 from npugen.golden.config import (DATAFLOWS, PRECISION_MODES, PRESETS, ConfigError,
                                   NPUConfig)
 
-KNOWN = "acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows"
+KNOWN = "acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows, spmm_lanes"
 
 
 # -- validation: one case per parameter and kind of mistake ------------------------------
@@ -64,11 +64,17 @@ BAD_VALUES = [
     # modes
     ("modes", "int8", TypeError, r"^modes must be a list of mode names, not 'int8'$"),
     ("modes", None, TypeError, r"^modes must be a list of mode names, not None$"),
-    ("modes", ["int3"], ValueError, r"^modes must contain only int8, not 'int3'$"),
-    ("modes", [8], TypeError, r"^modes must contain only int8, not 8$"),
+    ("modes", ["int3"], ValueError,
+     r"^modes must contain only int8, int4, binary, not 'int3'$"),
+    ("modes", [8], TypeError, r"^modes must contain only int8, int4, binary, not 8$"),
     ("modes", ["int8", "int8"], ValueError,
      r"^modes must not repeat a mode, not \['int8', 'int8'\]$"),
     ("modes", [], ValueError, r"^modes must include 'int8', not \[\]$"),
+    # spmm_lanes
+    ("spmm_lanes", 0, ValueError, r"^spmm_lanes must be an integer in 1\.\.64, not 0$"),
+    ("spmm_lanes", 65, ValueError, r"^spmm_lanes must be an integer in 1\.\.64, not 65$"),
+    ("spmm_lanes", 4.0, TypeError, r"^spmm_lanes must be an integer in 1\.\.64, not 4\.0$"),
+    ("spmm_lanes", True, TypeError, r"^spmm_lanes must be an integer in 1\.\.64, not True$"),
 ]
 
 
@@ -141,7 +147,7 @@ def test_toml_round_trip(name, tmp_path):
 
 def test_toml_partial_table_uses_defaults():
     config = NPUConfig.from_toml('[npu]\nrows = 4\nmodes = ["int8"]\n')
-    assert config == NPUConfig(rows=4)
+    assert config == NPUConfig(rows=4, modes=("int8",))
 
 
 def test_toml_unknown_key():
@@ -209,7 +215,7 @@ def test_from_dict_unknown_key():
 # -- hashing and equality -----------------------------------------------------------------
 
 def test_hash_equal_configs():
-    a = NPUConfig(rows=4, cols=16)
+    a = NPUConfig(rows=4, cols=16, modes=("int8",))
     b = NPUConfig.from_dict({"cols": 16, "modes": ["int8"], "rows": 4})
     assert a == b
     assert hash(a) == hash(b)
@@ -255,7 +261,8 @@ def test_modes_canonical_order(modes):
 
 def test_modes_list_and_tuple_equal():
     assert NPUConfig(modes=["int8"]) == NPUConfig(modes=("int8",))
-    assert hash(NPUConfig(modes=["int8"])) == hash(NPUConfig())
+    assert hash(NPUConfig(modes=["int8"])) == hash(NPUConfig(modes=("int8",)))
+    assert NPUConfig(modes=["binary", "int8"]) == NPUConfig(modes=("int8", "binary"))
 
 
 def test_known_names():
@@ -266,12 +273,15 @@ def test_known_names():
 # -- derived figures ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, expected", [
-    ("tiny", {"pes": 4, "peak_macs_per_cycle": {"int8": 4}, "acc_buffer_bytes": 512,
+    ("tiny", {"pes": 4, "peak_macs_per_cycle": {"int8": 4, "int4": 8, "binary": 32},
+              "acc_buffer_bytes": 512,
               "weight_registers_bytes": 8, "max_tile_m": 64, "tile_k": 2, "tile_n": 2}),
-    ("default", {"pes": 64, "peak_macs_per_cycle": {"int8": 64}, "acc_buffer_bytes": 16384,
+    ("default", {"pes": 64, "peak_macs_per_cycle": {"int8": 64, "int4": 128, "binary": 512},
+                 "acc_buffer_bytes": 16384,
                  "weight_registers_bytes": 128, "max_tile_m": 512, "tile_k": 8,
                  "tile_n": 8}),
-    ("large", {"pes": 1024, "peak_macs_per_cycle": {"int8": 1024},
+    ("large", {"pes": 1024, "peak_macs_per_cycle": {"int8": 1024, "int4": 2048,
+                                                     "binary": 8192},
                "acc_buffer_bytes": 131072, "weight_registers_bytes": 2048,
                "max_tile_m": 1024, "tile_k": 32, "tile_n": 32}),
 ])
@@ -300,4 +310,4 @@ def test_acc_row_bits(depth, bits):
 def test_peak_macs_unbuilt_mode():
     with pytest.raises(ValueError,
                        match=r"^mode must be one of the built modes \['int8'\], not 'int4'$"):
-        NPUConfig().peak_macs_per_cycle("int4")
+        NPUConfig(modes=("int8",)).peak_macs_per_cycle("int4")

@@ -11,17 +11,23 @@ import pytest
 
 from npugen.golden.config import NPUConfig, PRESETS
 from npugen.golden.perf_model import gemm_cycles
+from npugen.golden.precision import PACK
 from npugen.golden.tile_program import GemmJob, random_gemm_job
 from npugen.sim.gemm_sim import run_gemm_jobs
 
+#: A design without the packed modes (no int4 or popcount logic).
+INT8_ONLY = NPUConfig(rows=2, cols=2, acc_depth=16, out_fifo_depth=16, modes=("int8",))
 
-def random_shapes(rng, config, count):
-    """Shapes that straddle the tile edges: K around multiples of R, M/N around C."""
-    R, C = config.rows, config.cols
+
+def random_shapes(rng, config, count, mode="int8"):
+    """Shapes that straddle the tile edges: K around the lane packing and multiples of
+    the tile's K, M/N around C."""
+    R, C, pack = config.rows, config.cols, PACK[mode]
     shapes = []
     for _ in range(count):
         m = int(rng.choice([1, 2, C - 1, C + 1, int(rng.integers(1, 3 * C + 2))]))
-        k = int(rng.choice([1, R - 1, R + 1, 2 * R + 1, int(rng.integers(1, 4 * R + 2))]))
+        k = int(rng.choice([1, pack - 1, pack, pack + 1, R * pack - 1, R * pack + 1,
+                            2 * R * pack + 1, int(rng.integers(1, 4 * R * pack + 2))]))
         n = int(rng.choice([1, C - 1, C + 1, int(rng.integers(1, 3 * C + 2))]))
         shapes.append((max(m, 1), max(k, 1), max(n, 1)))
     return shapes
@@ -116,14 +122,56 @@ def test_back_to_back_tiles_pay_fill_once(tmp_path):
     assert ideal / run.cycles >= 0.9
 
 
-@pytest.mark.parametrize("fault, code", [("bad_rows", 1), ("bad_shift", 2), ("bad_clamp", 3)])
+@pytest.mark.parametrize("fault, code", [("bad_rows", 1), ("bad_shift", 2), ("bad_clamp", 3),
+                                         ("mode_not_built", 4), ("bad_k", 5),
+                                         ("bad_zero_point", 6)])
 def test_malformed_input_sets_error_and_stops(fault, code, tmp_path):
-    config = PRESETS["tiny"]
+    # An int8-only design refuses int4; the others run on the tiny preset.
+    config = INT8_ONLY if fault == "mode_not_built" else PRESETS["tiny"]
     job = random_gemm_job(np.random.default_rng(3), 4, 4, 4)
     result = run_gemm_jobs(config, [job], seed=3, testcase="rejects_malformed_input",
                            fault=fault, work_dir=tmp_path)
     assert result["error"] == code
     assert result["results"] == 0
+
+
+@pytest.mark.parametrize("seed", [61, 62])
+def test_modes_switch_back_to_back(seed, tmp_path):
+    """int8, int4 and binary jobs interleaved without reset, K around the packing."""
+    print(f"seed={seed}")
+    config = PRESETS["tiny"]
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for mode in ("int4", "binary", "int8", "binary", "int4"):
+        for m, k, n in random_shapes(rng, config, 2, mode):
+            jobs.append(random_gemm_job(rng, m, k, n, mode=mode, raw=bool(rng.random() < 0.3),
+                                        extremes=bool(rng.random() < 0.3)))
+    run = run_gemm_jobs(config, jobs, seed=seed, idle=0.25, backpressure=0.35,
+                        work_dir=tmp_path)
+    check(run)
+
+
+@pytest.mark.parametrize("mode", ["int4", "binary"])
+def test_packed_modes_default_preset(mode, tmp_path):
+    seed = 71
+    print(f"seed={seed}")
+    config = PRESETS["default"]
+    rng = np.random.default_rng(seed)
+    jobs = [random_gemm_job(rng, m, k, n, mode=mode) for m, k, n in
+            random_shapes(rng, config, 2, mode)]
+    jobs.append(random_gemm_job(rng, 11, 8 * PACK[mode] + 3, 9, mode=mode, extremes=True))
+    run = run_gemm_jobs(config, jobs, seed=seed, idle=0.1, backpressure=0.3, work_dir=tmp_path)
+    check(run)
+
+
+@pytest.mark.parametrize("mode", ["int4", "binary"])
+def test_packed_mode_cycles_match_model(mode, tmp_path):
+    config = PRESETS["tiny"]
+    shape = (9, 4 * config.rows * PACK[mode] + 1, 3)
+    run = run_gemm_jobs(config, [random_gemm_job(np.random.default_rng(4), *shape, mode=mode)],
+                        seed=4, work_dir=tmp_path)
+    check(run)
+    assert run.cycles == gemm_cycles(config, *shape, mode)
 
 
 @pytest.mark.slow
@@ -133,9 +181,12 @@ def test_random_gemms_long(preset, seed, tmp_path):
     print(f"seed={seed}")
     config = PRESETS[preset]
     rng = np.random.default_rng(seed)
-    jobs = [random_gemm_job(rng, m, k, n, raw=bool(rng.random() < 0.2),
-                            extremes=bool(rng.random() < 0.2))
-            for m, k, n in random_shapes(rng, config, 10)]
+    jobs = []
+    for _ in range(10):
+        mode = str(rng.choice(config.modes))
+        (m, k, n), = random_shapes(rng, config, 1, mode)
+        jobs.append(random_gemm_job(rng, m, k, n, mode=mode, raw=bool(rng.random() < 0.2),
+                                    extremes=bool(rng.random() < 0.2)))
     run = run_gemm_jobs(config, jobs, seed=seed, idle=float(rng.uniform(0, 0.6)),
                         backpressure=float(rng.uniform(0, 0.7)), work_dir=tmp_path)
     check(run)

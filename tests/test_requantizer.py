@@ -2,11 +2,12 @@
 
 """Amaranth-simulator tests of :class:`npugen.hw.requantizer.Requantizer`.
 
-Every row is compared with the golden model ``npugen.golden.quant.requantize`` (raw
-mode: ``wrap32(acc + bias)``).  The multiplier ``INT32_MIN`` lies outside the domain
-of ``requantize`` (``m0`` in ``[0, 2**31 - 1]``) but is representable on the port; for
-it the reference is composed from the golden pieces it is defined by,
-``clamp(multiply_by_quantized_multiplier(wrap32(acc + bias), m0, shift) + zp)``.
+Every row is compared with the golden model ``npugen.golden.quant.requantize`` applied
+to ``wrap(acc + bias)``, the bias joining the accumulator at its own width ``acc_bits``
+as in ``golden.gemm.qgemm`` (raw mode returns that sum).  The multiplier ``INT32_MIN``
+lies outside the domain of ``requantize`` (``m0`` in ``[0, 2**31 - 1]``) but is
+representable on the port; for it the reference is composed from the golden pieces it
+is defined by, ``clamp(multiply_by_quantized_multiplier(wrap(acc + bias), m0, shift) + zp)``.
 
 Cycle convention: in cycle ``t`` the inputs are set and the outputs read, then
 ``await ctx.tick()`` moves to cycle ``t + 1``; a row presented in cycle ``t`` is
@@ -38,8 +39,12 @@ CONFIG = NPUConfig(rows=2, cols=4)
 LANES = CONFIG.cols
 
 
+def wrap(value, bits=32):
+    return (value + (1 << (bits - 1))) % (1 << bits) - (1 << (bits - 1))
+
+
 def wrap32(value):
-    return (value + (1 << 31)) % (1 << 32) - (1 << 31)
+    return wrap(value, 32)
 
 
 def make_params(bias, multiplier, shift, *, zp=0, out_min=-128, out_max=127, raw=0):
@@ -47,18 +52,19 @@ def make_params(bias, multiplier, shift, *, zp=0, out_min=-128, out_max=127, raw
             "out_zero_point": zp, "out_min": out_min, "out_max": out_max, "raw": raw}
 
 
-def reference(acc, p):
+def reference(acc, p, acc_bits=32):
     """Expected result row for accumulators ``acc`` and parameters ``p``."""
     if p["raw"]:
-        return [wrap32(a + b) for a, b in zip(acc, p["bias"])]
+        return [wrap(a + b, acc_bits) for a, b in zip(acc, p["bias"])]
     out = []
     for lane, a in enumerate(acc):
         b, m, s = p["bias"][lane], p["multiplier"][lane], p["shift"][lane]
+        total = wrap(a + b, acc_bits)
         if m >= 0:
-            v = requantize(a, m, s, bias=b, out_zero_point=p["out_zero_point"],
+            v = requantize(total, m, s, out_zero_point=p["out_zero_point"],
                            out_min=p["out_min"], out_max=p["out_max"])
         else:
-            scaled = multiply_by_quantized_multiplier(wrap32(a + b), m, s)
+            scaled = multiply_by_quantized_multiplier(total, m, s)
             v = np.clip(int(scaled) + p["out_zero_point"], p["out_min"], p["out_max"])
         out.append(int(v))
     return out
@@ -85,12 +91,13 @@ def simulate(dut, rows):
     return trace
 
 
-def check(trace, rows):
+def check(trace, rows, acc_bits=32):
     for t, (valid, acc, params) in enumerate(rows):
         got_valid, got = trace[t + LATENCY]
         assert got_valid == valid, f"row of cycle {t}"
         if valid:
-            assert got == reference(acc, params), f"row of cycle {t}: acc={acc} {params}"
+            assert got == reference(acc, params, acc_bits), \
+                f"row of cycle {t}: acc={acc} {params}"
     assert all(v == 0 for v, _ in trace[:LATENCY])
 
 
@@ -163,7 +170,7 @@ def test_random_stream(seed, acc_bits):
         valid = int(rng.random() < 0.9)
         rows.append((valid, acc, params))
     trace = simulate(Requantizer(config), rows)
-    check(trace, rows)
+    check(trace, rows, acc_bits)
     # The stream covered the interesting regimes, not only the clamp rails.
     inside = rails = int32min = 0
     for valid, acc, p in rows:
@@ -345,9 +352,10 @@ def test_narrow_accumulator_sign_extends():
          make_params([0, -5, 1, 0], [HALF] * 4, [0] * 4, raw=1)),
     ]
     trace = simulate(Requantizer(config), rows)
-    assert trace[LATENCY] == (1, [0, -128, 127, -1])
-    assert trace[LATENCY + 1] == (1, [-1, lo - 5, 1 << 17, -3])
-    check(trace, rows)
+    # lo - 5 wraps at 18 bits to a large positive sum, which saturates.
+    assert trace[LATENCY] == (1, [0, 127, 127, -1])
+    assert trace[LATENCY + 1] == (1, [-1, wrap(lo - 5, 18), -(1 << 17), -3])
+    check(trace, rows, 18)
 
 
 def test_latency():
