@@ -189,6 +189,56 @@ def cmd_bench_gemm(args):
     return 0 if result["match"] else 1
 
 
+def _write_json(path, text):
+    try:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    except OSError as e:
+        print(f"{PROG}: error: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_bench_spmm(args):
+    for option in ("m", "k", "n"):
+        value = getattr(args, option)
+        if value < 1:
+            raise UsageError(f"--{option} must be at least 1, not {value}")
+    if args.sweep == (args.density is not None):
+        raise UsageError("give either --density D or --sweep")
+    if args.density is not None and not 0.0 < args.density <= 1.0:
+        raise UsageError(f"--density must be in (0, 1], not {args.density}")
+    config, _source = _config_from_args(args)
+    if args.k > config.acc_depth:
+        raise UsageError(f"--k must be at most acc_depth = {config.acc_depth} (the sparse "
+                         f"engine's activation buffer), not {args.k}")
+    from npugen.sim.bench import SWEEP_DENSITIES, bench_spmm, bench_spmm_sweep, plot_spmm_sweep
+
+    options = {"m": args.m, "k": args.k, "n": args.n, "seed": args.seed, "waves": args.waves}
+    if not args.sweep:
+        result = bench_spmm(config, density=args.density, **options)
+        text = json.dumps(result, indent=2, default=_json_default)
+        print(text)
+        if args.json is not None and not _write_json(args.json, text):
+            return 1
+        return 0 if result["match"] else 1
+
+    path = Path(args.json if args.json is not None else "spmm_sweep.json")
+    records = bench_spmm_sweep(config, densities=SWEEP_DENSITIES, **options)
+    text = json.dumps({"kernel": "spmm_sweep", "densities": list(SWEEP_DENSITIES),
+                       "records": records}, indent=2, default=_json_default)
+    print(text)
+    if not _write_json(path, text):
+        return 1
+    plot = path.with_suffix(".png")
+    try:
+        plot_spmm_sweep(records, plot)
+    except OSError as e:
+        print(f"{PROG}: error: cannot write {plot}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path} and {plot}", file=sys.stderr)
+    return 0 if all(r["match"] for r in records) else 1
+
+
 # -- argument parsing -------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -244,6 +294,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--waves", action="store_true",
                    help="record an FST waveform (its directory is in the JSON)")
     p.set_defaults(handler=cmd_bench_gemm)
+
+    p = benches.add_parser("spmm", parents=[config_options],
+                           help="sparse weights x dense activations on the zero-skipping engine",
+                           description="Prune the weights of a random M×K×N GEMM to a density, "
+                                       "run it on the sparse engine and compare its cycles "
+                                       "with the dense GEMM core of the same configuration.")
+    p.add_argument("--density", type=float, metavar="D",
+                   help="fraction of weights kept by magnitude pruning, in (0, 1]")
+    p.add_argument("--sweep", action="store_true",
+                   help="run densities 0.1, 0.25, 0.5, 0.75, 1.0 and plot speedup vs density "
+                        "(PNG next to the JSON)")
+    p.add_argument("--m", type=int, default=64, help="rows of the activation matrix "
+                                                      "(default: %(default)s)")
+    p.add_argument("--k", type=int, default=256, help="reduction dimension, at most acc_depth "
+                                                       "(default: %(default)s)")
+    p.add_argument("--n", type=int, default=64, help="output channels (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the result to FILE (--sweep: default spmm_sweep.json)")
+    p.add_argument("--waves", action="store_true",
+                   help="record an FST waveform (its directory is in the JSON)")
+    p.set_defaults(handler=cmd_bench_spmm)
+
+    from npugen.flows.fpga_cli import add_commands as add_fpga_commands
+    add_fpga_commands(commands, config_options)  # synth, dse, cost, build-board
     return parser
 
 

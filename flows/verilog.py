@@ -32,10 +32,11 @@ MANIFEST_VERSION = 1
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def top_component(config: NPUConfig):
-    """The top-level Amaranth component for ``config``."""
+def top_component(config: NPUConfig, *, pe_module: str | None = None):
+    """The top-level Amaranth component for ``config`` (PEs as ``pe_module`` instances
+    when a name is given, inline otherwise)."""
     from npugen.hw.gemm_core import GemmCore
-    return GemmCore(config)
+    return GemmCore(config, pe_module=pe_module)
 
 
 def _check_args(config, name):
@@ -46,9 +47,16 @@ def _check_args(config, name):
 
 
 def _convert(config, name):
-    component = top_component(config)
+    """The top module ``name`` followed by the PE module ``<name>_pe`` it instantiates.
+
+    Generating the PE once and instantiating it by name keeps the array hierarchical and
+    makes elaboration time independent of the number of PEs.
+    """
+    pe_name = f"{name}_pe"
+    component = top_component(config, pe_module=pe_name)
     text = _verilog.convert(component, name=name, emit_src=False)
-    return component, text
+    pe_text = _verilog.convert(component.pe_component(), name=pe_name, emit_src=False)
+    return component, text + "\n" + pe_text
 
 
 def generate_verilog(config: NPUConfig, name: str = DEFAULT_NAME) -> str:

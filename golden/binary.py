@@ -26,7 +26,10 @@ def binarize_weights(w, *, axis=-1):
         raise ValueError("w must not be empty")
     if not np.isfinite(w).all():
         raise ValueError("w must be finite")
-    axis = axis % w.ndim
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or \
+            not -w.ndim <= axis < w.ndim:
+        raise ValueError(f"axis must be in [{-w.ndim}, {w.ndim - 1}], not {axis!r}")
+    axis = int(axis) % w.ndim
     reduce = tuple(i for i in range(w.ndim) if i != axis)
     alpha = np.abs(w).mean(axis=reduce).astype(np.float32)
     return binarize_activations(w), alpha
@@ -77,6 +80,9 @@ def xnor_popcount_gemm(a_packed, w_packed, k):
     """``2·popcount(XNOR(a, w) & valid) − K`` for packed M×⌈K/8⌉ and ⌈K/8⌉×N operands."""
     a_packed = np.asarray(a_packed)
     w_packed = np.asarray(w_packed)
+    for name, packed in (("a_packed", a_packed), ("w_packed", w_packed)):
+        if packed.dtype not in (np.int8, np.uint8):
+            raise TypeError(f"{name} must be int8 or uint8 bytes, not {packed.dtype}")
     nbytes = -(-k // 8)
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")

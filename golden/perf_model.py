@@ -26,6 +26,12 @@ __all__ = ["tile_rows", "gemm_cycles", "result_latency"]
 
 def tile_rows(config, m: int, k: int, n: int, mode: str = "int8") -> list[int]:
     """``m_rows`` of every tile operation of a GEMM, in issue order."""
+    if mode not in config.modes:
+        raise ValueError(f"mode must be one of the built modes {list(config.modes)}, "
+                         f"not {mode!r}")
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
     k_tiles = math.ceil(k / (config.rows * PACK[mode]))
     n_tiles = math.ceil(n / config.cols)
     rows = []

@@ -53,6 +53,9 @@ class GemmJob:
         mode_code(self.mode)
         self.a = np.asarray(self.a)
         self.w = np.asarray(self.w)
+        for name, values in (("a", self.a), ("w", self.w)):
+            if not np.issubdtype(values.dtype, np.integer):
+                raise TypeError(f"{name} must hold integers, not {values.dtype}")
         if self.a.ndim != 2 or self.w.ndim != 2:
             raise ValueError(f"a and w must be matrices, not shapes {self.a.shape} and {self.w.shape}")
         if self.a.shape[1] != self.w.shape[0]:
@@ -69,9 +72,10 @@ class GemmJob:
             raise ValueError(f"a_zero_point must be in [{zp_lo}, {zp_hi}] for {self.mode}, "
                              f"not {self.a_zero_point}")
         n = self.w.shape[1]
-        self.bias = _per_channel(self.bias, n, 0)
-        self.multiplier = _per_channel(self.multiplier, n, 1 << 30)
-        self.shift = _per_channel(self.shift, n, 0)
+        self.bias = _per_channel(self.bias, n, 0, "bias", -(1 << 31), (1 << 31) - 1)
+        self.multiplier = _per_channel(self.multiplier, n, 1 << 30, "multiplier", 0,
+                                       (1 << 31) - 1)
+        self.shift = _per_channel(self.shift, n, 0, "shift", -31, 30)
         for name in ("out_zero_point", "out_min", "out_max"):
             value = getattr(self, name)
             if not -128 <= value <= 127:
@@ -96,10 +100,21 @@ class GemmJob:
         return _finish(acc, self.bias, self.multiplier, self.shift, self, acc_bits)
 
 
-def _per_channel(value, n, default):
+def _per_channel(value, n, default, name, lo, hi):
     if value is None:
         return np.full(n, default, dtype=np.int64)
-    return np.broadcast_to(np.asarray(value, dtype=np.int64), (n,)).copy()
+    raw = np.asarray(value)
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise TypeError(f"{name} must hold integers, not {raw.dtype}")
+    try:
+        arr = np.broadcast_to(raw.astype(np.int64), (n,)).copy()
+    except ValueError:
+        raise ValueError(f"{name} must be a scalar or one value per output channel ({n}), "
+                         f"not shape {raw.shape}") from None
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        bad = arr[(arr < lo) | (arr > hi)][0]
+        raise ValueError(f"{name} must be in [{lo}, {hi}], found {int(bad)}")
+    return arr
 
 
 def _wrap(values, bits):

@@ -43,6 +43,7 @@ from amaranth.lib.wiring import In, Out
 from npugen.golden.precision import MODE_CODES, PACK
 
 from .accumulator import AccumulatorBuffer
+from .pe import ProcessingElement
 from .layouts import (activation_row_layout, quant_params_layout, result_row_layout,
                       tile_command_layout, weight_row_layout)
 from .requantizer import Requantizer
@@ -71,6 +72,9 @@ class CoreError(enum.IntEnum):
 class GemmCore(wiring.Component):
     """The INT8 GEMM engine of one :class:`~npugen.golden.config.NPUConfig`.
 
+    ``pe_module`` names the Verilog module every PE is instantiated as (generated once
+    from :meth:`pe_component`); ``None`` builds the PEs inline.
+
     Ports
     -----
     cmd, act, weight, quant : In(stream)
@@ -83,11 +87,12 @@ class GemmCore(wiring.Component):
         First error seen; the core stops accepting input when it is not ``NONE``.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, pe_module=None):
         from npugen.golden.config import NPUConfig
         if not isinstance(config, NPUConfig):
             raise TypeError(f"config must be an NPUConfig, not {config!r}")
         self._config = config
+        self._pe_module = pe_module
         super().__init__({
             "cmd": In(stream.Signature(tile_command_layout(config))),
             "act": In(stream.Signature(activation_row_layout(config))),
@@ -102,6 +107,18 @@ class GemmCore(wiring.Component):
     def config(self):
         return self._config
 
+    def _array(self):
+        cfg = self._config
+        return SystolicArray(rows=cfg.rows, cols=cfg.cols, act_bits=cfg.lane_bits + 1,
+                             weight_bits=cfg.lane_bits, acc_bits=cfg.acc_bits, modes=cfg.modes,
+                             pe_module=self._pe_module)
+
+    def pe_component(self):
+        """The PE to generate as the ``pe_module`` Verilog module (see ``SystolicArray``)."""
+        cfg = self._config
+        return ProcessingElement(act_bits=cfg.lane_bits + 1, weight_bits=cfg.lane_bits,
+                                 acc_bits=cfg.acc_bits, modes=cfg.modes)
+
     @property
     def latency(self):
         """Cycles from an activation row accepted to its result entering the FIFO."""
@@ -112,11 +129,8 @@ class GemmCore(wiring.Component):
         m = Module()
         cfg = self._config
         R, C = cfg.rows, cfg.cols
-        lane = cfg.lane_bits
 
-        m.submodules.array = array = SystolicArray(
-            rows=R, cols=C, act_bits=lane + 1, weight_bits=lane, acc_bits=cfg.acc_bits,
-            modes=cfg.modes)
+        m.submodules.array = array = self._array()
         m.submodules.accumulator = acc = AccumulatorBuffer(cfg, tag_shape=unsigned(1))
         m.submodules.requantizer = requant = Requantizer(cfg)
         m.submodules.result_fifo = fifo = SyncFIFOBuffered(

@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 
 from npugen.golden.precision import MODE_CODES, MODES
 
-__all__ = ["ProcessingElement", "MODE_BITS", "act_lane_shape"]
+__all__ = ["ProcessingElement", "MODE_BITS", "act_lane_shape", "pe_signature"]
 
 #: Width of the ``mode`` field travelling with activations.
 MODE_BITS = 2
@@ -64,6 +64,37 @@ def act_lane_shape(modes, act_bits=9):
     return unsigned(width)
 
 
+def pe_signature(*, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
+    """The port signature of a PE with these parameters (validated)."""
+    for name, value, lo, hi in (("act_bits", act_bits, 2, 33),
+                                ("weight_bits", weight_bits, 2, 32),
+                                ("acc_bits", acc_bits, 2, 64)):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
+    if isinstance(modes, str) or not isinstance(modes, (tuple, list)) or \
+            not all(mode in MODES for mode in modes) or "int8" not in modes or \
+            len(set(modes)) != len(modes):
+        raise ValueError(f"modes must be a tuple of distinct {', '.join(MODES)} including "
+                         f"'int8', not {modes!r}")
+    if set(modes) != {"int8"} and (act_bits, weight_bits) != (9, 8):
+        raise ValueError(f"packed modes need act_bits=9 and weight_bits=8, not "
+                         f"{act_bits} and {weight_bits}")
+    bus = act_lane_shape(modes, act_bits)
+    return wiring.Signature({
+        "act_in": In(bus),
+        "mode_in": In(MODE_BITS),
+        "swap_in": In(1),
+        "act_out": Out(bus),
+        "mode_out": Out(MODE_BITS),
+        "swap_out": Out(1),
+        "psum_in": In(signed(acc_bits)),
+        "psum_out": Out(signed(acc_bits)),
+        "shift": In(1),
+        "w_shadow_in": In(signed(weight_bits)),
+        "w_shadow_out": Out(signed(weight_bits)),
+    })
+
+
 class ProcessingElement(wiring.Component):
     """One MAC cell.
 
@@ -80,36 +111,13 @@ class ProcessingElement(wiring.Component):
     """
 
     def __init__(self, *, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
-        for name, value, lo, hi in (("act_bits", act_bits, 2, 33),
-                                    ("weight_bits", weight_bits, 2, 32),
-                                    ("acc_bits", acc_bits, 2, 64)):
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
-        if isinstance(modes, str) or not all(mode in MODES for mode in modes) or \
-                "int8" not in modes:
-            raise ValueError(f"modes must be a tuple of {', '.join(MODES)} including 'int8', "
-                             f"not {modes!r}")
-        if set(modes) != {"int8"} and (act_bits, weight_bits) != (9, 8):
-            raise ValueError(f"packed modes need act_bits=9 and weight_bits=8, not "
-                             f"{act_bits} and {weight_bits}")
+        signature = pe_signature(act_bits=act_bits, weight_bits=weight_bits,
+                                 acc_bits=acc_bits, modes=modes)
         self._act_bits = act_bits
         self._weight_bits = weight_bits
         self._acc_bits = acc_bits
         self._modes = tuple(mode for mode in MODES if mode in modes)
-        bus = act_lane_shape(self._modes, act_bits)
-        super().__init__({
-            "act_in": In(bus),
-            "mode_in": In(MODE_BITS),
-            "swap_in": In(1),
-            "act_out": Out(bus),
-            "mode_out": Out(MODE_BITS),
-            "swap_out": Out(1),
-            "psum_in": In(signed(acc_bits)),
-            "psum_out": Out(signed(acc_bits)),
-            "shift": In(1),
-            "w_shadow_in": In(signed(weight_bits)),
-            "w_shadow_out": Out(signed(weight_bits)),
-        })
+        super().__init__(signature)
 
     @property
     def act_bits(self):

@@ -27,11 +27,11 @@ Timing (cycle t = cycle in which an input is presented):
   at edge ``t+1+r+c``.
 """
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import MODE_BITS, ProcessingElement, act_lane_shape
+from .pe import MODE_BITS, ProcessingElement, act_lane_shape, pe_signature
 
 __all__ = ["SystolicArray"]
 
@@ -51,18 +51,30 @@ class SystolicArray(wiring.Component):
         Width of the partial sums.
     modes : tuple of str
         Precision modes built into the PEs.
+    pe_module : str or None
+        ``None`` builds the PEs inline (simulatable with the Amaranth simulator).  A name
+        instantiates every PE as that Verilog module instead, to be generated once from
+        :meth:`pe_component`; this keeps the hierarchy and makes large arrays elaborate
+        in seconds.
     """
 
-    def __init__(self, *, rows, cols, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
+    def __init__(self, *, rows, cols, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",),
+                 pe_module=None):
         for name, value in (("rows", rows), ("cols", cols)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
                 raise ValueError(f"{name} must be an integer in 1..64, not {value!r}")
+        self._pe_signature = pe_signature(act_bits=act_bits, weight_bits=weight_bits,
+                                          acc_bits=acc_bits, modes=modes)
+        if pe_module is not None and (not isinstance(pe_module, str) or
+                                      not pe_module.isidentifier()):
+            raise ValueError(f"pe_module must be a Verilog identifier or None, not {pe_module!r}")
         self._rows = rows
         self._cols = cols
         self._act_bits = act_bits
         self._weight_bits = weight_bits
         self._acc_bits = acc_bits
-        self._modes = modes
+        self._modes = tuple(modes)
+        self._pe_module = pe_module
         self._lane_shape = act_lane_shape(modes, act_bits)
         super().__init__({
             "act": In(data.ArrayLayout(self._lane_shape, rows)),
@@ -73,6 +85,11 @@ class SystolicArray(wiring.Component):
             "w_shift": In(1),
             "psum": Out(data.ArrayLayout(signed(acc_bits), cols)),
         })
+
+    def pe_component(self):
+        """A standalone PE of this array (what ``pe_module`` must be generated from)."""
+        return ProcessingElement(act_bits=self._act_bits, weight_bits=self._weight_bits,
+                                 acc_bits=self._acc_bits, modes=self._modes)
 
     @property
     def rows(self):
@@ -91,12 +108,7 @@ class SystolicArray(wiring.Component):
         m = Module()
         R, C = self._rows, self._cols
 
-        pes = [[ProcessingElement(act_bits=self._act_bits, weight_bits=self._weight_bits,
-                                  acc_bits=self._acc_bits, modes=self._modes)
-                for c in range(C)] for r in range(R)]
-        for r in range(R):
-            for c in range(C):
-                m.submodules[f"pe_{r}_{c}"] = pes[r][c]
+        pes = [[self._place_pe(m, r, c) for c in range(C)] for r in range(R)]
 
         # Input skew: row r passes through r registers (activation, mode, swap flag).
         for r in range(R):
@@ -156,3 +168,17 @@ class SystolicArray(wiring.Component):
                 psum = psum_q
             m.d.comb += self.psum[c].eq(psum)
         return m
+
+    def _place_pe(self, m, r, c):
+        """Add PE (r, c) to ``m``; return the object whose attributes are its ports."""
+        name = f"pe_{r}_{c}"
+        if self._pe_module is None:
+            pe = m.submodules[name] = self.pe_component()
+            return pe
+        ports = self._pe_signature.create(path=(name,))
+        connections = {"i_clk": ClockSignal(), "i_rst": ResetSignal()}
+        for member_name, member in self._pe_signature.members.items():
+            prefix = "i_" if member.flow == In else "o_"
+            connections[prefix + member_name] = getattr(ports, member_name)
+        m.submodules[name] = Instance(self._pe_module, **connections)
+        return ports

@@ -190,8 +190,8 @@ def plot_spmm_sweep(records: list[dict], path) -> None:
     fig = Figure(figsize=(6, 4), dpi=120)
     ax = fig.subplots()
     ax.plot(density, speedup, "o-", label="sparse engine (measured)")
-    ideal_x = [min(density), 1.0]
-    ax.plot(ideal_x, [1 / x for x in ideal_x], "--", color="gray", label="ideal 1 / density")
+    ideal_x = np.linspace(min(density), 1.0, 100)
+    ax.plot(ideal_x, 1 / ideal_x, "--", color="gray", label="ideal 1 / density")
     ax.axhline(1.0, color="black", linewidth=0.8, label="dense GEMM core")
     for x, y in zip(density, speedup):
         ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)

@@ -217,7 +217,7 @@ def test_generate_write_error_keeps_existing(capsys, tmp_path, failing_write):
 
 
 def test_generate_elaboration_error_leaves_nothing(capsys, tmp_path, monkeypatch):
-    def broken(config):
+    def broken(config, **kwargs):
         raise RuntimeError("elaboration failed")
 
     monkeypatch.setattr(verilog, "top_component", broken)
@@ -376,3 +376,70 @@ def test_bench_requires_kind(capsys):
     code, _, err = run(capsys, "bench")
     assert code == 2
     assert err == "npugen: error: the following arguments are required: BENCH\n"
+
+
+# -- bench spmm -------------------------------------------------------------------------------
+
+@pytest.fixture
+def fake_spmm(monkeypatch):
+    """Replace npugen.sim.bench with a recorder of the sparse benchmarks."""
+    calls, plots = [], []
+
+    def bench_spmm(config, **kwargs):
+        calls.append((config, kwargs))
+        return {"cycles": np.int64(100), "speedup": 2.0, "efficiency": 1.0,
+                "achieved_density": kwargs["density"], "match": True}
+
+    def bench_spmm_sweep(config, *, densities, **kwargs):
+        return [bench_spmm(config, density=d, **kwargs) for d in densities]
+
+    def plot_spmm_sweep(records, path):
+        plots.append((len(records), path))
+        path.write_bytes(b"\x89PNG")
+
+    module = types.ModuleType("npugen.sim.bench")
+    module.bench_spmm, module.bench_spmm_sweep = bench_spmm, bench_spmm_sweep
+    module.plot_spmm_sweep, module.SWEEP_DENSITIES = plot_spmm_sweep, (0.1, 0.25, 0.5, 0.75, 1.0)
+    monkeypatch.setitem(sys.modules, "npugen.sim.bench", module)
+    return types.SimpleNamespace(calls=calls, plots=plots)
+
+
+def test_bench_spmm(capsys, tmp_path, fake_spmm):
+    path = tmp_path / "spmm.json"
+    code, out, err = run(capsys, "bench", "spmm", "--density", "0.25", "--preset", "tiny",
+                         "--k", "32", "--json", str(path))
+    assert (code, err) == (0, "")
+    assert fake_spmm.calls == [(PRESETS["tiny"], {"density": 0.25, "m": 64, "k": 32, "n": 64,
+                                                  "seed": 0, "waves": False})]
+    assert json.loads(out) == json.loads(path.read_text())
+    assert json.loads(out)["cycles"] == 100
+
+
+def test_bench_spmm_sweep_writes_plot_next_to_json(capsys, tmp_path, fake_spmm):
+    path = tmp_path / "sweep.json"
+    code, out, err = run(capsys, "bench", "spmm", "--sweep", "--json", str(path))
+    assert code == 0
+    record = json.loads(path.read_text())
+    assert [r["achieved_density"] for r in record["records"]] == [0.1, 0.25, 0.5, 0.75, 1.0]
+    assert fake_spmm.plots == [(5, tmp_path / "sweep.png")]
+    assert (tmp_path / "sweep.png").exists()
+    assert err == f"wrote {path} and {tmp_path / 'sweep.png'}\n"
+
+
+@pytest.mark.parametrize("args, regex", [
+    ([], r"give either --density D or --sweep"),
+    (["--density", "0.5", "--sweep"], r"give either --density D or --sweep"),
+    (["--density", "0"], r"--density must be in \(0, 1\], not 0\.0"),
+    (["--density", "1.5"], r"--density must be in \(0, 1\], not 1\.5"),
+    (["--density", "0.5", "--m", "0"], r"--m must be at least 1, not 0"),
+    (["--density", "0.5", "--preset", "tiny", "--k", "65"],
+     r"--k must be at most acc_depth = 64 \(the sparse engine's activation buffer\), not 65"),
+    (["--density", "0.5", "--set", "spmm_lanes=0"],
+     r"spmm_lanes must be an integer in 1\.\.64, not 0"),
+])
+def test_bench_spmm_errors(capsys, fake_spmm, args, regex):
+    code, out, err = run(capsys, "bench", "spmm", *args)
+    assert code == 2
+    assert out == ""
+    assert re.fullmatch(rf"npugen: error: {regex}\n", err), err
+    assert fake_spmm.calls == []

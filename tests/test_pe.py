@@ -245,3 +245,305 @@ def test_random_against_model(seed, widths):
     for t, inputs in enumerate(cycles):
         assert trace[t] == model.outputs(), f"cycle {t}"
         model.edge(inputs)
+
+
+# -- precision modes ------------------------------------------------------------------
+
+ALL_MODES = ("int8", "int4", "binary")
+CODE = {"int8": 0, "int4": 1, "binary": 2}
+MODE_INPUTS = INPUTS + ("mode_in",)
+MODE_OUTPUTS = OUTPUTS + ("mode_out",)
+
+
+def sext(value, bits):
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def contribution(mode, act, w):
+    """What one activation bus value adds with weight lane ``w`` in ``mode``."""
+    if mode == "int8":
+        return sext(act, 9) * w
+    if mode == "int4":
+        return sext(act, 5) * sext(w, 4) + sext(act >> 5, 5) * sext(w >> 4, 4)
+    agree = ~(act ^ w) & 0xFF & (act >> 8)
+    return 2 * bin(agree).count("1")
+
+
+def int8_bus(value, garbage=0):
+    """An int8-mode lane: the 9-bit corrected value, bits 9 and up ignored."""
+    return (value & 0x1FF) | (garbage << 9)
+
+
+def int4_bus(lo, hi, garbage=0):
+    """An int4-mode lane: corrected values in bits [0, 5) and [5, 10)."""
+    return (lo & 31) | ((hi & 31) << 5) | (garbage << 10)
+
+
+def binary_bus(signs, valid):
+    """A binary-mode lane: sign bits [0, 8), valid mask [8, 16)."""
+    return (signs & 0xFF) | ((valid & 0xFF) << 8)
+
+
+def int4_weight(lo, hi):
+    """Weight lane of two int4 values, element 0 in the low nibble (as int8)."""
+    return sext((lo & 0xF) | ((hi & 0xF) << 4), 8)
+
+
+def mode_idle(**fields):
+    cycle = dict.fromkeys(MODE_INPUTS, 0)
+    cycle.update(fields)
+    return cycle
+
+
+def simulate_modes(dut, cycles):
+    trace = []
+
+    async def testbench(ctx):
+        for inputs in cycles:
+            for name, value in inputs.items():
+                ctx.set(getattr(dut, name), value)
+            trace.append({name: ctx.get(getattr(dut, name)) for name in MODE_OUTPUTS})
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return trace
+
+
+class ModePEModel:
+    """Per-edge model of the mode PE: the contribution is registered with its row."""
+
+    def __init__(self, acc_bits):
+        self.acc_bits = acc_bits
+        self.act_reg = self.mode_reg = self.swap_reg = self.w_active = 0
+        self.contrib = self.psum_out = self.w_shadow = 0
+
+    def outputs(self):
+        return {"act_out": self.act_reg, "mode_out": self.mode_reg, "swap_out": self.swap_reg,
+                "psum_out": self.psum_out, "w_shadow_out": self.w_shadow}
+
+    def edge(self, i):
+        w_active = self.w_shadow if i["swap_in"] else self.w_active
+        contrib = contribution(ALL_MODES[self.mode_reg], self.act_reg, self.w_active)
+        psum_out = wrap(i["psum_in"] + self.contrib, self.acc_bits)
+        w_shadow = i["w_shadow_in"] if i["shift"] else self.w_shadow
+        (self.act_reg, self.mode_reg, self.swap_reg, self.w_active, self.contrib,
+         self.psum_out, self.w_shadow) = (i["act_in"], i["mode_in"], i["swap_in"], w_active,
+                                          contrib, psum_out, w_shadow)
+
+
+def per_cycle_weights(rows):
+    """Cycles applying ``rows`` of (mode, act bus, weight, psum_in) one per cycle.
+
+    Each weight is shifted in the cycle before its activation and promoted by the
+    activation's swap; psum_in is placed two cycles after the activation.  The result
+    of row i is read in cycle ``i + 4``.
+    """
+    cycles = [mode_idle(shift=1, w_shadow_in=rows[0][2])]
+    for i, (mode, act, _, _) in enumerate(rows):
+        nxt = rows[i + 1][2] if i + 1 < len(rows) else 0
+        cycles.append(mode_idle(act_in=act, mode_in=CODE[mode], swap_in=1,
+                                shift=int(i + 1 < len(rows)), w_shadow_in=nxt))
+    cycles += [mode_idle() for _ in range(3)]
+    for i, (_, _, _, p) in enumerate(rows):
+        cycles[1 + i + 2]["psum_in"] = p
+    return cycles
+
+
+@pytest.mark.parametrize("modes, width", [
+    (("int8",), None), (("int8", "int4"), 10), (("int8", "binary"), 16),
+    (("binary", "int8", "int4"), 16), (["int4", "int8"], 10),
+])
+def test_mode_bus_and_properties(modes, width):
+    pe = ProcessingElement(modes=modes)
+    assert pe.modes == tuple(m for m in ALL_MODES if m in modes)
+    shape = pe.act_in.shape()
+    if width is None:
+        assert shape.width == 9 and shape.signed
+    else:
+        assert shape.width == width and not shape.signed
+    assert pe.act_out.shape() == shape
+    assert pe.mode_in.shape().width == 2 and pe.mode_out.shape().width == 2
+    Fragment.get(pe, None)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"modes": "int8"},
+     r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not 'int8'$"),
+    ({"modes": ()}, r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not \(\)$"),
+    ({"modes": ("int4",)},
+     r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not \('int4',\)$"),
+    ({"modes": ("int4", "binary")}, r"^modes must be a tuple of distinct int8, int4, binary including "
+                                    r"'int8', not \('int4', 'binary'\)$"),
+    ({"modes": ("int8", "bf16")},
+     r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not \('int8', 'bf16'\)$"),
+    ({"modes": ("int8", 4)},
+     r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not \('int8', 4\)$"),
+    ({"modes": ("int8", "int8")}, r"^modes must be a tuple of distinct int8, int4, binary "
+                                  r"including 'int8', not \('int8', 'int8'\)$"),
+    ({"modes": None}, r"^modes must be a tuple of distinct int8, int4, binary including "
+                      r"'int8', not None$"),
+    ({"modes": ("int8", "int4"), "act_bits": 8},
+     r"^packed modes need act_bits=9 and weight_bits=8, not 8 and 8$"),
+    ({"modes": ("int8", "binary"), "weight_bits": 4},
+     r"^packed modes need act_bits=9 and weight_bits=8, not 9 and 4$"),
+    ({"modes": ("int8", "int4", "binary"), "act_bits": 17, "weight_bits": 16},
+     r"^packed modes need act_bits=9 and weight_bits=8, not 17 and 16$"),
+])
+def test_bad_modes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ProcessingElement(**kwargs)
+
+
+def test_int8_only_keeps_other_widths():
+    pe = ProcessingElement(modes=("int8",), act_bits=17, weight_bits=16)
+    assert pe.modes == ("int8",)
+    Fragment.get(pe, None)
+
+
+@pytest.mark.parametrize("acc_bits", [32, 18])
+def test_int4_pair_products_extremes(acc_bits):
+    # Corrected activations at the ends of [-15, 15], weights at the ends of [-8, 7],
+    # with garbage above bit 10 and psum_in near both ends of the accumulator.
+    lo_acc, hi_acc = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1)) - 1
+    values_a = (-15, 15, -1, 0)
+    values_w = (-8, 7, -1)
+    rows, expect = [], []
+    for i, (a_lo, a_hi, w_lo, w_hi) in enumerate(
+            (a_lo, a_hi, w_lo, w_hi) for a_lo in values_a for a_hi in values_a
+            for w_lo in values_w for w_hi in values_w):
+        p = (0, hi_acc, lo_acc, -1, 12345)[i % 5]
+        act = int4_bus(a_lo, a_hi, garbage=(i * 37) & 0x3F)
+        w = int4_weight(w_lo, w_hi)
+        rows.append(("int4", act, w, p))
+        expect.append(wrap(p + a_lo * w_lo + a_hi * w_hi, acc_bits))
+    pe = ProcessingElement(modes=("int8", "int4", "binary"), acc_bits=acc_bits)
+    trace = simulate_modes(pe, per_cycle_weights(rows))
+    got = [trace[1 + i + 3]["psum_out"] for i in range(len(rows))]
+    assert got == expect
+    # The widest sums are reached in both directions.
+    sums = [a_lo * w_lo + a_hi * w_hi for a_lo in values_a for a_hi in values_a
+            for w_lo in values_w for w_hi in values_w]
+    assert max(sums) == 240 and min(sums) == -240
+
+
+def test_int4_all_weight_bytes():
+    # Every weight byte against extreme activation pairs (the cross term a_lo·w_hi
+    # must never leak into the wanted sum).
+    seed = SEEDS[2]
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    rows, expect = [], []
+    for byte in range(256):
+        a_lo, a_hi = rng.choice((-15, 15)), rng.choice((-15, 15, rng.randint(-15, 15)))
+        w = sext(byte, 8)
+        rows.append(("int4", int4_bus(a_lo, a_hi, rng.randint(0, 63)), w, 0))
+        expect.append(a_lo * sext(byte, 4) + a_hi * sext(byte >> 4, 4))
+    trace = simulate_modes(ProcessingElement(modes=("int8", "int4")), per_cycle_weights(rows))
+    assert [trace[1 + i + 3]["psum_out"] for i in range(len(rows))] == expect
+
+
+def test_binary_popcount_with_valid_mask():
+    seed = SEEDS[0]
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    rows, expect = [], []
+    masks = [0xFF, 0x00, 0x01, 0x80, 0x7F, 0x0F] + [rng.randint(0, 255) for _ in range(60)]
+    for i, valid in enumerate(masks):
+        signs, w = rng.randint(0, 255), rng.randint(-128, 127)
+        p = rng.randint(-(1 << 31), (1 << 31) - 1)
+        rows.append(("binary", binary_bus(signs, valid), w, p))
+        agree = sum(1 for b in range(8) if valid >> b & 1 and (signs >> b & 1) == (w >> b & 1))
+        expect.append(wrap(p + 2 * agree, 32))
+    # Exact agreement and exact disagreement on all bits.
+    rows.append(("binary", binary_bus(0xA5, 0xFF), sext(0xA5, 8), 0))
+    expect.append(16)
+    rows.append(("binary", binary_bus(0xA5, 0xFF), sext(0x5A, 8), 0))
+    expect.append(0)
+    rows.append(("binary", binary_bus(0xA5, 0x00), sext(0xA5, 8), 0))
+    expect.append(0)
+    trace = simulate_modes(ProcessingElement(modes=("int8", "binary")), per_cycle_weights(rows))
+    assert [trace[1 + i + 3]["psum_out"] for i in range(len(rows))] == expect
+
+
+def test_int8_on_the_packed_bus():
+    # Bits [0, 9) carry the signed value; bits above are ignored.
+    rows, expect = [], []
+    for i, (a, w) in enumerate([(-256, 127), (255, -128), (-256, -128), (255, 127), (1, -1),
+                                (0, 99), (-1, -1), (100, -7)]):
+        rows.append(("int8", int8_bus(a, garbage=(0x7F, 0x55, 0)[i % 3]), w, 0))
+        expect.append(a * w)
+    for modes in (("int8", "int4"), ("int8", "binary"), ALL_MODES):
+        trace = simulate_modes(ProcessingElement(modes=modes), per_cycle_weights(rows))
+        assert [trace[1 + i + 3]["psum_out"] for i in range(len(rows))] == expect, modes
+
+
+def test_mode_switches_every_cycle():
+    # One weight and one bus value read in every mode, back to back.
+    w = sext(0x9C, 8)                         # int8 -100; int4 (lo, hi) = (-4, -7)
+    act = 0xC3 | (0x0F << 8)                  # bits [0, 16) = 0x0FC3
+    int8_value = sext(act, 9)                 # 0x1C3 → -61
+    int4_lo, int4_hi = sext(act, 5), sext(act >> 5, 5)   # 3, -2
+    agree = ~(0xC3 ^ 0x9C) & 0x0F             # valid low nibble: XNOR = 0xA0 → 0 of 4
+    expect_by_mode = {"int8": int8_value * -100, "int4": int4_lo * -4 + int4_hi * -7,
+                      "binary": 2 * bin(agree).count("1")}
+    assert expect_by_mode == {"int8": 6100, "int4": 2, "binary": 0}
+    order = ["int8", "int4", "binary", "binary", "int8", "int4", "int8", "binary", "int4"]
+    cycles = [mode_idle(shift=1, w_shadow_in=w), mode_idle(act_in=act, mode_in=0, swap_in=1)]
+    for mode in order:
+        cycles.append(mode_idle(act_in=act, mode_in=CODE[mode]))
+    cycles += [mode_idle() for _ in range(3)]
+    trace = simulate_modes(ProcessingElement(modes=ALL_MODES), cycles)
+    got = [trace[2 + i + 3]["psum_out"] for i in range(len(order))]
+    assert got == [expect_by_mode[mode] for mode in order]
+    assert [trace[2 + i + 1]["mode_out"] for i in range(len(order))] == \
+        [CODE[mode] for mode in order]
+    # A second bus value where the binary contribution is not zero.
+    act = 0x3C | (0xFF << 8)
+    assert contribution("binary", act, w) == 2 * bin(~(0x3C ^ 0x9C) & 0xFF).count("1") == 12
+    cycles = [mode_idle(shift=1, w_shadow_in=w), mode_idle(act_in=act, mode_in=2, swap_in=1)]
+    cycles += [mode_idle() for _ in range(3)]
+    assert simulate_modes(ProcessingElement(modes=ALL_MODES), cycles)[4]["psum_out"] == 12
+
+
+def random_bus(rng, mode, width):
+    """A random lane value of ``mode`` with random bits up to the bus ``width``."""
+    garbage = rng.getrandbits(16)
+    if mode == "int8":
+        bus = int8_bus(rng.randint(-256, 255), garbage)
+    elif mode == "int4":
+        ends = (-15, 15)
+        lo = rng.choice(ends) if rng.random() < 0.3 else rng.randint(-15, 15)
+        hi = rng.choice(ends) if rng.random() < 0.3 else rng.randint(-15, 15)
+        bus = int4_bus(lo, hi, garbage)
+    else:
+        bus = garbage
+    return bus & ((1 << width) - 1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("modes, acc_bits", [(ALL_MODES, 32), (ALL_MODES, 18),
+                                             (("int8", "int4"), 32), (("int8", "binary"), 24)],
+                         ids=["all-acc32", "all-acc18", "int4-acc32", "binary-acc24"])
+def test_random_modes_against_model(seed, modes, acc_bits):
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    pe = ProcessingElement(modes=modes, acc_bits=acc_bits)
+    width = pe.act_in.shape().width
+    cycles = []
+    for _ in range(200):
+        mode = rng.choice(modes)
+        cycles.append(mode_idle(act_in=random_bus(rng, mode, width), mode_in=CODE[mode],
+                                swap_in=int(rng.random() < 0.3),
+                                psum_in=rng.randint(-(1 << (acc_bits - 1)),
+                                                    (1 << (acc_bits - 1)) - 1),
+                                shift=int(rng.random() < 0.5),
+                                w_shadow_in=rng.randint(-128, 127)))
+    trace = simulate_modes(pe, cycles)
+    model = ModePEModel(acc_bits)
+    for t, inputs in enumerate(cycles):
+        assert trace[t] == model.outputs(), f"cycle {t}"
+        model.edge(inputs)

@@ -200,3 +200,186 @@ def test_same_activation_across_the_switch(rows, cols):
     out = [trace[swaps[0] + i + dut.latency] for i in range(4 * rows)]
     assert out[:2 * rows] == [(vec @ w0).tolist()] * (2 * rows)
     assert out[2 * rows:] == [(vec @ w1).tolist()] * (2 * rows)
+
+
+# -- precision modes ------------------------------------------------------------------
+
+MODES = ("int8", "int4", "binary")
+CODE = {"int8": 0, "int4": 1, "binary": 2}
+
+
+def sext(value, bits):
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def wrap32(value):
+    return sext(value, 32)
+
+
+def lane_contribution(mode, act, w):
+    """One PE's contribution for an activation bus value and a weight lane (PE docstring)."""
+    if mode == "int8":
+        return sext(act, 9) * w
+    if mode == "int4":
+        return sext(act, 5) * sext(w, 4) + sext(act >> 5, 5) * sext(w >> 4, 4)
+    return 2 * bin(~(act ^ w) & 0xFF & (act >> 8)).count("1")
+
+
+def mixed_tile(rng, mode, rows, cols, m):
+    """A tile of ``mode``: weight lanes, activation bus rows, psum_top per row, and the
+    expected output rows computed with numpy from the unpacked values."""
+    garbage = rng.integers(0, 1 << 16, (m, rows))
+    if mode == "int8":
+        w = rng.integers(-128, 128, (rows, cols))
+        a = rng.integers(-256, 256, (m, rows))
+        lanes = w
+        bus = (a & 0x1FF) | ((garbage << 9) & 0xFE00)
+        top = np.zeros(m, np.int64)
+        expect = a @ w
+    elif mode == "int4":
+        w = rng.integers(-8, 8, (2 * rows, cols))
+        a = rng.integers(-15, 16, (m, 2 * rows))
+        ends = rng.random((m, 2 * rows)) < 0.3
+        a = np.where(ends, rng.choice([-15, 15], (m, 2 * rows)), a)
+        lanes = np.vectorize(lambda v: sext(v, 8))((w[0::2] & 0xF) | ((w[1::2] & 0xF) << 4))
+        bus = (a[:, 0::2] & 31) | ((a[:, 1::2] & 31) << 5) | ((garbage << 10) & 0xFC00)
+        top = np.zeros(m, np.int64)
+        expect = a @ w
+    else:
+        k = 8 * rows
+        w = rng.choice([-1, 1], (k, cols))
+        a = rng.choice([-1, 1], (m, k))
+        # Whole tiles, a single element, and random partial masks.
+        k_valid = rng.integers(1, k + 1, m)
+        k_valid[0] = k
+        if m > 1:
+            k_valid[1] = 1
+        bits_w = (w > 0).astype(np.int64)
+        lanes = np.vectorize(lambda v: sext(v, 8))(
+            sum(bits_w[i::8] << i for i in range(8)))
+        bits_a = (a > 0).astype(np.int64)
+        # Bits past k_valid hold garbage: they must be masked, whatever they are.
+        noise = rng.integers(0, 2, (m, k))
+        valid = np.arange(k)[None, :] < k_valid[:, None]
+        bits_a = np.where(valid, bits_a, noise)
+        signs = sum(bits_a[:, i::8] << i for i in range(8))
+        mask = sum(valid[:, i::8].astype(np.int64) << i for i in range(8))
+        bus = signs | (mask << 8)
+        top = -k_valid
+        expect = np.array([a[i, :k_valid[i]] @ w[:k_valid[i]] for i in range(m)])
+    return {"mode": mode, "w": lanes.astype(np.int64), "bus": bus.astype(np.int64),
+            "top": top.astype(np.int64), "expect": expect.astype(np.int64)}
+
+
+def build_mixed_schedule(rows, cols, tiles, rng, *, tail=2):
+    """As :func:`build_schedule`, with a mode and psum_top on every cycle.
+
+    Cycles between tiles carry random bus values, modes and psum_top values that must
+    use the previous tile's weight lanes.  Returns the cycles, per cycle the expected
+    psum row (from the per-lane contributions) and the swap cycles.
+    """
+    swaps, shifts = [], []
+    swap, shift_start = rows, 0
+    for k, tile in enumerate(tiles):
+        if k:
+            shift_start = swaps[-1] + rows
+            swap = max(swaps[-1] + len(tiles[k - 1]["bus"]), shift_start + rows)
+        swaps.append(swap)
+        shifts.append(shift_start)
+    end = swaps[-1] + len(tiles[-1]["bus"]) + tail
+
+    cycles, expected = [], []
+    current = np.zeros((rows, cols), dtype=np.int64)
+    for t in range(end):
+        cycle = {"act": [0] * rows, "mode": 0, "swap": 0, "psum_top": 0,
+                 "w_row": [int(v) for v in rng.integers(-128, 128, cols)], "w_shift": 0}
+        busy = False
+        for k, tile in enumerate(tiles):
+            if shifts[k] <= t < shifts[k] + rows:
+                cycle["w_shift"] = 1
+                cycle["w_row"] = [int(v) for v in tile["w"][t - shifts[k]]]
+            if t == swaps[k]:
+                cycle["swap"] = 1
+                current = tile["w"]
+            if swaps[k] <= t < swaps[k] + len(tile["bus"]):
+                i = t - swaps[k]
+                busy = True
+                cycle["act"] = [int(v) for v in tile["bus"][i]]
+                cycle["mode"] = CODE[tile["mode"]]
+                cycle["psum_top"] = int(tile["top"][i])
+        if t >= swaps[0] and not busy:
+            cycle["act"] = [int(v) for v in rng.integers(0, 1 << 16, rows)]
+            cycle["mode"] = int(rng.integers(0, 3))
+            cycle["psum_top"] = int(rng.integers(-(1 << 31), 1 << 31))
+        mode = MODES[cycle["mode"]]
+        expected.append([wrap32(sum(lane_contribution(mode, cycle["act"][r], int(current[r][c]))
+                                    for r in range(rows)) + cycle["psum_top"])
+                         for c in range(cols)])
+        cycles.append(cycle)
+    return cycles, expected, swaps
+
+
+def run_mixed(dut, cycles):
+    trace = []
+    idle = {"act": [0] * dut.rows, "mode": 0, "swap": 0, "psum_top": 0,
+            "w_row": [0] * dut.cols, "w_shift": 0}
+
+    async def testbench(ctx):
+        for cycle in cycles + [idle] * (dut.latency + 1):
+            for name, value in cycle.items():
+                ctx.set(getattr(dut, name), value)
+            psum = ctx.get(dut.psum)
+            trace.append([psum[c] for c in range(dut.cols)])
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return trace
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mixed_mode_tiles_back_to_back(seed):
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    rows, cols = 3, 4
+    # The first tiles have 2R rows so each follows the previous one with no gap: the
+    # mode changes between two consecutive rows together with the weights.  Then a
+    # random order with random lengths (gaps carry random modes on old weights).
+    order = ["int8", "int4", "binary", "int8", "binary", "int4"]
+    order += [str(m) for m in rng.choice(MODES, 4)]
+    lengths = [2 * rows] * 6 + [int(v) for v in rng.integers(1, 3 * rows + 1, 4)]
+    tiles = [mixed_tile(rng, mode, rows, cols, m) for mode, m in zip(order, lengths)]
+    dut = SystolicArray(rows=rows, cols=cols, modes=MODES)
+    assert dut.latency == rows + cols + 1
+    cycles, expected, swaps = build_mixed_schedule(rows, cols, tiles, rng)
+    for k in range(1, 6):
+        assert swaps[k] == swaps[k - 1] + 2 * rows
+    trace = run_mixed(dut, cycles)
+    for t, row in enumerate(expected):
+        assert trace[t + dut.latency] == row, f"row presented in cycle {t}"
+    # Every tile's rows against numpy on the unpacked operands.
+    for k, tile in enumerate(tiles):
+        got = np.array([trace[swaps[k] + i + dut.latency] for i in range(len(tile["bus"]))])
+        np.testing.assert_array_equal(got, tile["expect"], err_msg=f"tile {k} ({tile['mode']})")
+
+
+def test_psum_top_ignored_without_binary():
+    # Without binary mode the top partial sums are zero whatever psum_top holds.
+    seed = SEEDS[2]
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    rows, cols = 2, 3
+    tiles = [mixed_tile(rng, mode, rows, cols, 2 * rows) for mode in ("int4", "int8", "int4")]
+    dut = SystolicArray(rows=rows, cols=cols, modes=("int8", "int4"))
+    cycles, _, swaps = build_mixed_schedule(rows, cols, tiles, rng)
+    for cycle in cycles:
+        cycle["psum_top"] = int(rng.integers(-(1 << 31), 1 << 31))
+        cycle["act"] = [v & 0x3FF for v in cycle["act"]]
+        cycle["mode"] = min(cycle["mode"], 1)
+    trace = run_mixed(dut, cycles)
+    for k, tile in enumerate(tiles):
+        got = np.array([trace[swaps[k] + i + dut.latency] for i in range(len(tile["bus"]))])
+        np.testing.assert_array_equal(got, tile["expect"], err_msg=f"tile {k} ({tile['mode']})")

@@ -1,0 +1,138 @@
+"""The registry of synthesizable units: what ``npugen synth --unit`` and ``npugen cost`` build.
+
+A unit is one Amaranth component synthesized alone (out of context), with the number of
+multiply-accumulates it performs per cycle so the cost table can report LUTs per MAC.
+Adding a unit is one entry in :data:`UNITS`::
+
+    "bf16_mul_lut": Unit(lambda c: Bf16Multiplier(dsp=False), 1, "BF16 multiplier in LUTs",
+                         group="float-mul-lut", partial_products=(7 + 1) ** 2),
+
+``factory`` receives the :class:`~npugen.golden.config.NPUConfig` of the run (units that
+do not depend on it ignore it); ``macs_per_cycle`` is a number or a function of the
+configuration.  ``partial_products`` is the size of the multiplier's partial-product
+array (``(m+1)²`` for a float significand of ``m`` stored bits); units of one ``group``
+are compared by the ratio of their measured LUTs against the ratio of this model.
+
+The hardware modules are imported inside the factories, so the registry can be listed
+(and the flow scripts tested) without elaborating anything.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Union
+
+__all__ = ["Unit", "UNITS", "NPU_TOP", "unit_names", "get_unit", "build_unit", "unit_macs"]
+
+#: Name of the design built when no unit is chosen: the NPU top (the GEMM core today).
+NPU_TOP = "gemm_core"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One entry of the unit registry.
+
+    Parameters
+    ----------
+    factory : callable
+        ``factory(config)`` returns a fresh ``wiring.Component`` with a ``sync`` domain.
+    macs_per_cycle : int or callable
+        Multiply-accumulates per cycle (``macs_per_cycle(config)`` when callable); 0 for
+        units that do no MACs (requantizer, buffers).
+    description : str
+        One line for tables and ``--help``.
+    group : str or None
+        Units whose areas are compared with each other (same ``group``).
+    partial_products : int or None
+        Partial-product bits of the multiplier model, e.g. ``(m+1)**2``.
+    """
+
+    factory: Callable
+    macs_per_cycle: Union[int, Callable]
+    description: str
+    group: str | None = None
+    partial_products: int | None = None
+
+
+def _with_modes(cls, modes, **kwargs):
+    """``cls(**kwargs)``, passing ``modes`` when the component is built for several modes."""
+    if "modes" in inspect.signature(cls.__init__).parameters:
+        kwargs["modes"] = tuple(modes)
+    elif tuple(modes) != ("int8",):
+        raise ValueError(f"{cls.__name__} has no precision modes, cannot build {list(modes)}")
+    return cls(**kwargs)
+
+
+def _int8_pe(config):
+    from npugen.hw.pe import ProcessingElement
+    return _with_modes(ProcessingElement, ("int8",), act_bits=config.lane_bits + 1,
+                       weight_bits=config.lane_bits, acc_bits=config.acc_bits)
+
+
+def _pe(config):
+    from npugen.hw.pe import ProcessingElement
+    return _with_modes(ProcessingElement, config.modes, act_bits=config.lane_bits + 1,
+                       weight_bits=config.lane_bits, acc_bits=config.acc_bits)
+
+
+def _array(config):
+    from npugen.hw.systolic_array import SystolicArray
+    return _with_modes(SystolicArray, config.modes, rows=config.rows, cols=config.cols,
+                       act_bits=config.lane_bits + 1, weight_bits=config.lane_bits,
+                       acc_bits=config.acc_bits)
+
+
+def _accumulator(config):
+    from npugen.hw.accumulator import AccumulatorBuffer
+    return AccumulatorBuffer(config)
+
+
+def _requantizer(config):
+    from npugen.hw.requantizer import Requantizer
+    return Requantizer(config)
+
+
+def _gemm_core(config):
+    from npugen.flows.verilog import top_component
+    return top_component(config)
+
+
+def _peak_macs(config):
+    return max(config.peak_macs_per_cycle(mode) for mode in config.modes)
+
+
+#: name → :class:`Unit`.  One line per unit; the order is the order of the cost table.
+UNITS: dict[str, Unit] = {
+    "int8_pe": Unit(_int8_pe, 1, "INT8 MAC processing element (9-bit × 8-bit, int32 psum)",
+                    group="int-mac", partial_products=9 * 8),
+    "pe": Unit(_pe, lambda c: max(c.peak_macs_per_cycle(m) for m in c.modes) // c.pes,
+               "processing element with the configuration's precision modes"),
+    "array": Unit(_array, _peak_macs, "rows × cols systolic array core with skew/deskew"),
+    "accumulator": Unit(_accumulator, 0, "accumulator buffer (acc_depth rows × cols, RMW)"),
+    "requantizer": Unit(_requantizer, 0, "per-column TFLite requantizer (cols lanes, 5 stages)"),
+    NPU_TOP: Unit(_gemm_core, _peak_macs, "GEMM core: controller, array, accumulator, "
+                                         "requantizer, result FIFO (the NPU top today)"),
+}
+
+
+def unit_names() -> list[str]:
+    return list(UNITS)
+
+
+def get_unit(name: str) -> Unit:
+    try:
+        return UNITS[name]
+    except KeyError:
+        raise ValueError(f"unit must be one of {', '.join(UNITS)}, not {name!r}") from None
+
+
+def build_unit(name: str, config):
+    """A fresh component of unit ``name`` for ``config``."""
+    return get_unit(name).factory(config)
+
+
+def unit_macs(name: str, config) -> int:
+    """Multiply-accumulates per cycle of unit ``name`` for ``config``."""
+    macs = get_unit(name).macs_per_cycle
+    return int(macs(config) if callable(macs) else macs)
