@@ -30,7 +30,7 @@ Errors (``error`` output, sticky until reset; the core stops accepting input and
 drains what is in flight): see :class:`CoreError`.
 
 Latency: a row accepted on ``act`` in cycle t leaves the accumulator in cycle
-``t + rows + cols + 2`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 7``.
+``t + rows + cols + 2`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 9``.
 """
 
 import enum
@@ -46,7 +46,7 @@ from .accumulator import AccumulatorBuffer
 from .pe import ProcessingElement
 from .layouts import (activation_row_layout, quant_params_layout, result_row_layout,
                       tile_command_layout, weight_row_layout)
-from .requantizer import Requantizer
+from .requantizer import LATENCY as REQUANT_LATENCY, Requantizer
 from .systolic_array import SystolicArray
 
 __all__ = ["GemmCore", "CoreError"]
@@ -123,7 +123,7 @@ class GemmCore(wiring.Component):
     def latency(self):
         """Cycles from an activation row accepted to its result entering the FIFO."""
         cfg = self._config
-        return cfg.rows + cfg.cols + 1 + 1 + 5
+        return cfg.rows + cfg.cols + 1 + 1 + REQUANT_LATENCY
 
     def elaborate(self, platform):
         m = Module()

@@ -159,8 +159,8 @@ class ProcessingElement(wiring.Component):
             is_int4 = self.mode_out == MODE_CODES["int4"]
             a_lo, a_hi = act[0:5].as_signed(), act[5:10].as_signed()
             w_lo, w_hi = w_active[0:4].as_signed(), w_active[4:8].as_signed()
-            x = Mux(is_int4, a_lo + (a_hi << INT4_SPLIT), int8_value)
-            y = Mux(is_int4, w_hi + (w_lo << INT4_SPLIT), w_active)
+            x = Mux(is_int4, a_lo + a_hi.shift_left(INT4_SPLIT), int8_value)
+            y = Mux(is_int4, w_hi + w_lo.shift_left(INT4_SPLIT), w_active)
             product = Signal(signed(len(x) + len(y)))
         else:
             x, y = int8_value, w_active
@@ -176,7 +176,8 @@ class ProcessingElement(wiring.Component):
             matches = Signal(range(9))
             agree = ~(act[0:8] ^ w_active.as_unsigned()[0:8]) & act[8:16]
             m.d.sync += matches.eq(sum(agree[i] for i in range(8)))
-            contribution = Mux(mode_late == MODE_CODES["binary"], matches << 1, contribution)
+            contribution = Mux(mode_late == MODE_CODES["binary"], matches.shift_left(1),
+                               contribution)
 
         m.d.sync += self.psum_out.eq(self.psum_in + contribution)
         return m

@@ -11,7 +11,9 @@ For each lane, with ``shift`` in TFLite convention (positive = left shift)::
 With ``raw`` set, ``result = acc + bias`` (sign-extended, for int32-output GEMMs).
 The bias joins the accumulator at its own width, as in ``golden.gemm.qgemm``.
 
-Five pipeline stages: a row presented in cycle t is readable in cycle ``t + 5``.  The
+Seven pipeline stages (bias and shift; two partial products; their sum; nudge;
+truncating division; rounding shift; zero point and clamp): a row presented in cycle t
+is readable in cycle ``t + 7``.  The
 parameters are sampled together with the accumulator row and carried along, so
 consecutive rows may use different parameters.  The executable specification is
 ``npugen.golden.quant.requantize``.
@@ -26,7 +28,7 @@ from .layouts import quant_params_layout
 __all__ = ["Requantizer", "LATENCY"]
 
 #: Cycles from a row presented to its result.
-LATENCY = 5
+LATENCY = 7
 
 _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
@@ -82,23 +84,32 @@ class Requantizer(wiring.Component):
                 x.eq((x_sum << left)[:32].as_signed()),
             ]
 
-            # Stage 2: the 32×32 → 64-bit product.
-            prod = Signal(signed(64), name=f"prod_{lane}")
-            overflow = Signal(name=f"overflow_{lane}")
+            # Stages 2-3: the 32×32 → 64-bit product from two registered partial
+            # products (the multiplier halves map onto DSP blocks with a register after).
+            multiplier = p[0].multiplier[lane]
+            prod_lo = Signal(signed(50), name=f"prod_lo_{lane}")
+            prod_hi = Signal(signed(48), name=f"prod_hi_{lane}")
+            overflow = [Signal(name=f"overflow_{lane}_s{i}") for i in range(2, 5)]
             m.d.sync += [
-                prod.eq(x * p[0].multiplier[lane]),
-                overflow.eq((x == _INT32_MIN) & (p[0].multiplier[lane] == _INT32_MIN)),
+                prod_lo.eq(x * multiplier[:16]),
+                prod_hi.eq(x * multiplier[16:].as_signed()),
+                overflow[0].eq((x == _INT32_MIN) & (multiplier == _INT32_MIN)),
+                overflow[1].eq(overflow[0]),
+                overflow[2].eq(overflow[1]),
             ]
+            prod = Signal(signed(64), name=f"prod_{lane}")
+            m.d.sync += prod.eq(prod_lo + prod_hi.shift_left(16))
 
-            # Stage 3: SaturatingRoundingDoublingHighMul (nudge, divide by 2**31 toward 0).
-            high = Signal(signed(32), name=f"high_{lane}")
+            # Stages 4-5: SaturatingRoundingDoublingHighMul: nudge, then divide by 2**31
+            # rounding toward zero (C++ integer division), saturating INT32_MIN².
             nudged = Signal(signed(65), name=f"nudged_{lane}")
-            m.d.comb += nudged.eq(prod + Mux(prod >= 0, 1 << 30, 1 - (1 << 30)))
+            m.d.sync += nudged.eq(prod + Mux(prod >= 0, 1 << 30, 1 - (1 << 30)))
+            high = Signal(signed(32), name=f"high_{lane}")
             quotient = (nudged >> 31) + ((nudged < 0) & (nudged[:31] != 0))
-            m.d.sync += high.eq(Mux(overflow, _INT32_MAX, quotient[:32].as_signed()))
+            m.d.sync += high.eq(Mux(overflow[2], _INT32_MAX, quotient[:32].as_signed()))
 
-            # Stage 4: RoundingDivideByPOT (round half away from zero).
-            right = Mux(p[2].shift[lane] < 0, (-p[2].shift[lane])[:5], 0)[:5]
+            # Stage 6: RoundingDivideByPOT (round half away from zero).
+            right = Mux(p[4].shift[lane] < 0, (-p[4].shift[lane])[:5], 0)[:5]
             mask = Signal(unsigned(32), name=f"mask_{lane}")
             m.d.comb += mask.eq((Const(1, 33) << right) - 1)
             remainder = high.as_unsigned() & mask
@@ -106,10 +117,10 @@ class Requantizer(wiring.Component):
             divided = Signal(signed(32), name=f"divided_{lane}")
             m.d.sync += divided.eq((high >> right) + (remainder > threshold))
 
-            # Stage 5: output zero point and clamp (no wrap), or the raw sum.
+            # Stage 7: output zero point and clamp (no wrap), or the raw sum.
             shifted = Signal(signed(34), name=f"offset_{lane}")
-            m.d.comb += shifted.eq(divided + p[3].out_zero_point)
-            clamped = Mux(shifted < p[3].out_min, p[3].out_min,
-                          Mux(shifted > p[3].out_max, p[3].out_max, shifted))
-            m.d.sync += self.result[lane].eq(Mux(p[3].raw, raw_value[3][lane], clamped))
+            m.d.comb += shifted.eq(divided + p[5].out_zero_point)
+            clamped = Mux(shifted < p[5].out_min, p[5].out_min,
+                          Mux(shifted > p[5].out_max, p[5].out_max, shifted))
+            m.d.sync += self.result[lane].eq(Mux(p[5].raw, raw_value[5][lane], clamped))
         return m
