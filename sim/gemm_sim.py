@@ -8,8 +8,6 @@ testbench and returns what the RTL produced, assembled into output matrices.
 from __future__ import annotations
 
 import functools
-import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from npugen.golden.config import NPUConfig
 from npugen.golden.tile_program import GemmJob, TileProgram, assemble, lower_gemm
 
 from . import runner
+from .jobs import run_job
 
 __all__ = ["TOPLEVEL", "GemmRun", "build_core", "run_gemm_jobs"]
 
@@ -78,31 +77,18 @@ def run_gemm_jobs(config: NPUConfig, jobs: list[GemmJob], *, seed: int, idle: fl
     """
     programs = [lower_gemm(config, job) for job in jobs]
     build_dir = build_core(config, waves=waves)
-    if work_dir is None:
-        work_dir = Path(tempfile.mkdtemp(prefix="gemm-", dir=build_dir))
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    job_file, result_file = work_dir / "job.pkl", work_dir / "result.pkl"
-    with open(job_file, "wb") as f:
-        pickle.dump({"config": config.to_dict(), "seed": seed, "idle": idle,
-                     "backpressure": backpressure, "fault": fault,
-                     "programs": [_program_dict(p) for p in programs]}, f)
-    failure = None
-    try:
-        runner.run(build_dir, TOPLEVEL, "npugen.sim.tb_gemm_core", testcase=testcase,
-                   env={"NPUGEN_JOB": str(job_file), "NPUGEN_RESULT": str(result_file)},
-                   waves=waves, seed=seed, test_dir=work_dir)
-    except runner.SimulationFailed as e:
-        failure = e
+    job_spec = {"config": config.to_dict(), "seed": seed, "idle": idle,
+                "backpressure": backpressure, "fault": fault,
+                "programs": [_program_dict(p) for p in programs]}
+    result, failure, work_dir = run_job(build_dir, TOPLEVEL, "npugen.sim.tb_gemm_core", job_spec,
+                                        testcase=testcase, seed=seed, waves=waves,
+                                        work_dir=work_dir, prefix="gemm-")
     if testcase != "run_programs":
         if failure:
             raise failure
-        with open(result_file, "rb") as f:
-            return pickle.load(f)
-    if not result_file.exists():
+        return result
+    if result is None:
         raise failure or runner.SimulationFailed(f"no results in {work_dir}")
-    with open(result_file, "rb") as f:
-        result = pickle.load(f)
     outputs, expected, offset = [], [], 0
     for job, program in zip(jobs, programs):
         count = len(program.result_rows)

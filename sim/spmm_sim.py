@@ -9,8 +9,6 @@ produced, assembled into output matrices, next to the dense golden results.
 from __future__ import annotations
 
 import functools
-import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from npugen.golden.spmm import SpmmProgram, assemble_spmm, dense_reference, lowe
 from npugen.golden.tile_program import GemmJob
 
 from . import runner
+from .jobs import run_job
 
 __all__ = ["TOPLEVEL", "SpmmRun", "sparse_engine_verilog", "build_engine", "run_spmm_jobs"]
 
@@ -75,31 +74,18 @@ def run_spmm_jobs(config: NPUConfig, jobs: list[GemmJob], *, seed: int, idle: fl
     """
     programs = [lower_spmm(config, job) for job in jobs]
     build_dir = build_engine(config, waves=waves)
-    if work_dir is None:
-        work_dir = Path(tempfile.mkdtemp(prefix="spmm-", dir=build_dir))
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    job_file, result_file = work_dir / "job.pkl", work_dir / "result.pkl"
-    with open(job_file, "wb") as f:
-        pickle.dump({"config": config.to_dict(), "seed": seed, "idle": idle,
-                     "backpressure": backpressure, "fault": fault,
-                     "programs": [_program_dict(p) for p in programs]}, f)
-    failure = None
-    try:
-        runner.run(build_dir, TOPLEVEL, "npugen.sim.tb_sparse_engine", testcase=testcase,
-                   env={"NPUGEN_JOB": str(job_file), "NPUGEN_RESULT": str(result_file)},
-                   waves=waves, seed=seed, test_dir=work_dir)
-    except runner.SimulationFailed as e:
-        failure = e
+    job_spec = {"config": config.to_dict(), "seed": seed, "idle": idle,
+                "backpressure": backpressure, "fault": fault,
+                "programs": [_program_dict(p) for p in programs]}
+    result, failure, work_dir = run_job(build_dir, TOPLEVEL, "npugen.sim.tb_sparse_engine", job_spec,
+                                        testcase=testcase, seed=seed, waves=waves,
+                                        work_dir=work_dir, prefix="spmm-")
     if testcase != "run_programs":
         if failure:
             raise failure
-        with open(result_file, "rb") as f:
-            return pickle.load(f)
-    if not result_file.exists():
+        return result
+    if result is None:
         raise failure or runner.SimulationFailed(f"no results in {work_dir}")
-    with open(result_file, "rb") as f:
-        result = pickle.load(f)
     outputs, expected, offset = [], [], 0
     for job, program in zip(jobs, programs):
         count = len(program.result_rows)
