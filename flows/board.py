@@ -176,9 +176,11 @@ def SelfTest(config: NPUConfig, *, jobs: int = 16, expected: int | None = None):
                 quant.raw.eq(1), quant.out_min.eq(-128), quant.out_max.eq(127),
             ]
             m.d.comb += core.weight.valid.eq(go & (n_weight < jobs * R))
+            # With 2:4 built the weight row is a value/index struct; dense tiles use values.
+            w_lanes = core.weight.payload.value if cfg.sparse_2_4 else core.weight.payload
             for c in range(C):
                 byte = (weight_next.word_select(c % 4, 8) ^ ((0x5A * (c // 4)) & 0xFF))
-                m.d.comb += core.weight.payload[c].eq(byte.as_signed())
+                m.d.comb += w_lanes[c].eq(byte.as_signed())
             m.d.comb += core.act.valid.eq(go & (n_act < jobs * M))
             for r in range(R):
                 byte = (act_next.word_select(r % 4, 8) ^ ((0x5A * (r // 4)) & 0xFF))

@@ -176,8 +176,13 @@ def cmd_bench_gemm(args):
     if args.dtype not in DTYPES or args.dtype not in config.modes:
         raise UsageError(f"--dtype must be one of the built modes "
                          f"{', '.join(m for m in config.modes if m in DTYPES)}, not {args.dtype!r}")
+    sparsity = None if args.sparsity == "dense" else args.sparsity
+    if sparsity is not None and (args.dtype != "int8" or not config.sparse_2_4):
+        raise UsageError(f"--sparsity {sparsity} needs --dtype int8 and a configuration "
+                         f"with sparse_2_4 = true")
+    options = {"sparsity": sparsity} if sparsity is not None else {}
     result = bench_gemm(config, m=args.m, k=args.k, n=args.n, seed=args.seed,
-                        dtype=args.dtype, waves=args.waves)
+                        dtype=args.dtype, waves=args.waves, **options)
     text = json.dumps(result, indent=2, default=_json_default)
     print(text)
     if args.json is not None:
@@ -289,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, required=True, help="output channels")
     p.add_argument("--dtype", default="int8", metavar="DTYPE",
                    help="operand data type / precision mode (default: %(default)s)")
+    p.add_argument("--sparsity", default="dense", choices=("dense", "2:4"),
+                   help="weight sparsity: 2:4 prunes the weights to 2:4 and runs them "
+                        "compressed, reporting speedup vs the dense GEMM (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
     p.add_argument("--waves", action="store_true",

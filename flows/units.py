@@ -110,7 +110,7 @@ UNITS: dict[str, Unit] = {
                "processing element with the configuration's precision modes"),
     "array": Unit(_array, _peak_macs, "rows × cols systolic array core with skew/deskew"),
     "accumulator": Unit(_accumulator, 0, "accumulator buffer (acc_depth rows × cols, RMW)"),
-    "requantizer": Unit(_requantizer, 0, "per-column TFLite requantizer (cols lanes, 5 stages)"),
+    "requantizer": Unit(_requantizer, 0, "per-column TFLite requantizer (cols lanes, 11 stages)"),
     NPU_TOP: Unit(_gemm_core, _peak_macs, "GEMM core: controller, array, accumulator, "
                                          "requantizer, result FIFO (the NPU top today)"),
 }

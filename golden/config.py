@@ -74,6 +74,10 @@ class NPUConfig:
         Lanes ``P`` of the zero-skipping sparse engine: weight non-zeros processed per
         cycle, each against ``rows`` activations (peak ``spmm_lanes × rows`` MACs per
         cycle; ``spmm_lanes = cols`` matches the array's peak).
+    sparse_2_4:
+        Build 2:4 structured weight sparsity into the systolic array (int8 jobs with
+        the tile command's ``sparse`` flag cover ``2·rows`` of K per tile).  A pair of
+        PE rows shares a group of 4 K elements, so ``rows`` must be even.
     """
 
     rows: int = 8
@@ -82,9 +86,10 @@ class NPUConfig:
     lane_bits: int = 8
     acc_bits: int = 32
     acc_depth: int = 512
-    out_fifo_depth: int = 32
+    out_fifo_depth: int = 64
     modes: tuple[str, ...] = field(default=("int8", "int4", "binary"))
     spmm_lanes: int = 8
+    sparse_2_4: bool = False
 
     def __post_init__(self):
         _check_int("rows", self.rows, 2, 64)
@@ -101,6 +106,11 @@ class NPUConfig:
         _check_int("acc_depth", self.acc_depth, 16, 65536, power_of_two=True)
         _check_int("out_fifo_depth", self.out_fifo_depth, 4, 1024, power_of_two=True)
         _check_int("spmm_lanes", self.spmm_lanes, 1, 64)
+        if not isinstance(self.sparse_2_4, bool):
+            raise TypeError(f"sparse_2_4 must be a boolean, not {self.sparse_2_4!r}")
+        if self.sparse_2_4 and self.rows % 2:
+            raise ValueError(f"sparse_2_4 needs an even number of rows (a pair of rows "
+                             f"shares a group of 4 K elements), not rows={self.rows}")
         modes = self.modes
         if isinstance(modes, str) or not isinstance(modes, (tuple, list)):
             raise TypeError(f"modes must be a list of mode names, not {modes!r}")
@@ -236,7 +246,8 @@ class NPUConfig:
 
 
 PRESETS: dict[str, NPUConfig] = {
-    "tiny": NPUConfig(rows=2, cols=2, acc_depth=64, out_fifo_depth=16, spmm_lanes=2),
-    "default": NPUConfig(rows=8, cols=8, acc_depth=512, out_fifo_depth=32),
+    "tiny": NPUConfig(rows=2, cols=2, acc_depth=64, out_fifo_depth=32, spmm_lanes=2,
+                      sparse_2_4=True),
+    "default": NPUConfig(rows=8, cols=8, acc_depth=512, out_fifo_depth=64, sparse_2_4=True),
     "large": NPUConfig(rows=32, cols=32, acc_depth=1024, out_fifo_depth=128, spmm_lanes=32),
 }

@@ -2,12 +2,15 @@
 
 One 8-bit operand lane carries one int8 value, two int4 values (low nibble first) or
 eight binary values (bit i = element i, 1 → +1, 0 → −1).  A PE performs ``pack``
-multiply-accumulates per cycle, so one weight tile covers ``rows · pack`` of K.
+multiply-accumulates per cycle, so one weight tile covers ``rows · pack`` of K.  With
+2:4 structured weight sparsity (int8 only) a pair of PE rows covers a group of 4 K
+elements, so a tile covers ``2 · rows`` of K.
 """
 
 from __future__ import annotations
 
-__all__ = ["MODES", "MODE_CODES", "PACK", "VALUE_RANGE", "mode_code", "k_per_tile"]
+__all__ = ["MODES", "MODE_CODES", "PACK", "VALUE_RANGE", "SPARSITIES", "SPARSE_MODE_CODE",
+           "SPARSE_K_FACTOR", "mode_code", "check_sparsity", "k_per_tile"]
 
 #: Precision modes in their hardware code order.
 MODES = ("int8", "int4", "binary")
@@ -17,6 +20,13 @@ MODE_CODES = {name: code for code, name in enumerate(MODES)}
 PACK = {"int8": 1, "int4": 2, "binary": 8}
 #: Inclusive range of an activation value (binary values are ±1).
 VALUE_RANGE = {"int8": (-128, 127), "int4": (-8, 7), "binary": (-1, 1)}
+#: Structured weight sparsity patterns a job may use (``None`` means dense weights).
+SPARSITIES = ("2:4",)
+#: Code that travels with an activation row of an int8 2:4 job through the PEs (the
+#: command says ``mode`` int8 with ``sparse`` set; the 2-bit mode field has room for it).
+SPARSE_MODE_CODE = 3
+#: K elements per PE row of a 2:4 job: a pair of rows shares a group of 4 K elements.
+SPARSE_K_FACTOR = 2
 
 
 def mode_code(mode: str) -> int:
@@ -26,7 +36,20 @@ def mode_code(mode: str) -> int:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}") from None
 
 
-def k_per_tile(config, mode: str) -> int:
-    """K elements one weight tile covers in ``mode``."""
+def check_sparsity(sparsity, mode: str = "int8"):
+    """Validate a job's ``sparsity`` (``None`` or ``"2:4"``) for ``mode``; return it."""
+    if sparsity is None:
+        return None
+    if sparsity not in SPARSITIES:
+        raise ValueError(f"sparsity must be None or one of {', '.join(SPARSITIES)}, "
+                         f"not {sparsity!r}")
+    if mode != "int8":
+        raise ValueError(f"{sparsity} sparsity needs mode 'int8', not {mode!r}")
+    return sparsity
+
+
+def k_per_tile(config, mode: str, sparsity=None) -> int:
+    """K elements one weight tile covers in ``mode`` (twice as many with 2:4 weights)."""
     mode_code(mode)
-    return config.rows * PACK[mode]
+    factor = SPARSE_K_FACTOR if check_sparsity(sparsity, mode) else 1
+    return config.rows * PACK[mode] * factor

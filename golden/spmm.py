@@ -44,7 +44,7 @@ __all__ = ["weight_csr", "dense_reference", "spmm_integer", "sparse_qgemm", "Spm
 #: Cycles from the last ``nz`` beat issued to its result row taken from ``result`` as
 #: the testbench measures it: activation read, products, lane sum, accumulate, five
 #: requantizer stages, the result FIFO and the stream hand-over.
-RESULT_LATENCY = 13
+RESULT_LATENCY = 17
 
 
 def weight_csr(w, *, zero_point=0) -> CSRMatrix:

@@ -9,6 +9,17 @@ Short edges are padded: K with zero weights and zero-point activations (binary: 
 +1 bits on both sides, which the core must mask — ``k_valid`` says how many are real);
 padded output columns are computed and dropped.
 
+2:4 jobs (``sparsity="2:4"``, int8 only, a configuration with ``sparse_2_4``) cover
+``2·rows`` of K per tile.  The weights, padded in K to whole tiles with zeros, are
+compressed by :class:`~npugen.golden.sparse_formats.NMMatrix` (which rejects a group of
+4 with more than 2 non-zeros): compressed row ``kt·rows + r`` (slot ``r % 2`` of group
+``kt·rows/2 + r // 2``) is weight row r of K tile kt, its values in ``value`` and its
+2-bit positions in ``weight_index_rows``.  An activation row carries the tile's
+``2·rows`` values.  The expected results are the dense ``qgemm`` of the same (pruned)
+weights.  On a configuration with ``sparse_2_4`` every program carries index rows
+(zeros for dense tiles) and activation rows are ``2·rows`` lanes wide (dense modes
+leave the upper ``rows`` lanes zero).
+
 This module is the executable contract of the core's streams: the cocotb testbench
 drives exactly these rows and expects exactly these results.
 """
@@ -23,8 +34,9 @@ import numpy as np
 from .binary import pack_bits
 from .gemm import matmul_integer
 from .int4 import pack_int4
-from .precision import MODES, PACK, VALUE_RANGE, mode_code
+from .precision import MODES, PACK, SPARSE_K_FACTOR, VALUE_RANGE, check_sparsity, mode_code
 from .quant import requantize
+from .sparse_formats import NMMatrix
 
 __all__ = ["GemmJob", "TileCommand", "QuantTile", "TileProgram", "lower_gemm", "assemble",
            "result_origins", "ideal_cycles", "random_gemm_job"]
@@ -48,9 +60,11 @@ class GemmJob:
     out_max: int = 127
     raw: bool = False             # acc + bias (sign-extended) instead of requantized values
     mode: str = "int8"
+    sparsity: str | None = None   # "2:4": w is 2:4 sparse and runs compressed (int8 only)
 
     def __post_init__(self):
         mode_code(self.mode)
+        check_sparsity(self.sparsity, self.mode)
         self.a = np.asarray(self.a)
         self.w = np.asarray(self.w)
         for name, values in (("a", self.a), ("w", self.w)):
@@ -82,6 +96,13 @@ class GemmJob:
                 raise ValueError(f"{name} must be in [-128, 127], not {value}")
         if self.out_min > self.out_max:
             raise ValueError(f"out_min ({self.out_min}) must not exceed out_max ({self.out_max})")
+        if self.sparsity is not None:
+            self.compressed_weights()   # the packer rejects weights that are not 2:4
+
+    def compressed_weights(self) -> NMMatrix:
+        """The 2:4 compressed weights (``ValueError`` naming the group if not 2:4)."""
+        n, m = (int(v) for v in self.sparsity.split(":"))
+        return NMMatrix.from_dense(self.w, n=n, m=m)
 
     @property
     def shape(self):
@@ -140,6 +161,7 @@ class TileCommand:
     a_zero_point: int
     mode: int
     k_valid: int
+    sparse: bool = False
 
 
 @dataclass
@@ -159,6 +181,8 @@ class TileProgram:
     """The four input streams of the core and the result rows it must produce."""
     commands: list[TileCommand] = field(default_factory=list)
     weight_rows: list[np.ndarray] = field(default_factory=list)   # each: cols lanes
+    #: 2-bit group positions of the weight rows (configurations with ``sparse_2_4``).
+    weight_index_rows: list[np.ndarray] = field(default_factory=list)
     act_rows: list[np.ndarray] = field(default_factory=list)      # each: rows lanes
     quant: list[QuantTile] = field(default_factory=list)
     result_rows: list[np.ndarray] = field(default_factory=list)   # each: cols lanes
@@ -180,8 +204,12 @@ def lower_gemm(config, job: GemmJob) -> TileProgram:
     if mode not in config.modes:
         raise ValueError(f"mode {mode!r} is not built in this configuration "
                          f"(modes: {', '.join(config.modes)})")
+    sparse = job.sparsity is not None
+    if sparse and not config.sparse_2_4:
+        raise ValueError(f"sparsity {job.sparsity!r} needs a configuration with sparse_2_4")
     M, K, N = job.shape
-    k_tile = R * PACK[mode]
+    factor = SPARSE_K_FACTOR if sparse else 1
+    k_tile = R * PACK[mode] * factor
     k_tiles, n_tiles = math.ceil(K / k_tile), math.ceil(N / C)
     pad_a = 1 if mode == "binary" else job.a_zero_point
     pad_w = 1 if mode == "binary" else 0
@@ -189,8 +217,15 @@ def lower_gemm(config, job: GemmJob) -> TileProgram:
     a[:, :K] = job.a
     w = np.full((k_tiles * k_tile, n_tiles * C), pad_w, dtype=np.int64)
     w[:K, :N] = job.w
-    a_lanes = _pack_lanes(a, mode)                       # M × (k_tiles·R)
-    w_lanes = _pack_lanes(w.T, mode).T                   # (k_tiles·R) × (n_tiles·C)
+    lanes = R * factor                                   # act lanes per row of a tile
+    a_lanes = _pack_lanes(a, mode)                       # M × (k_tiles·lanes)
+    if sparse:
+        packed = NMMatrix.from_dense(w)                  # (k_tiles·R) × (n_tiles·C)
+        w_lanes, w_index = packed.values, packed.indices
+    else:
+        w_lanes = _pack_lanes(w.T, mode).T               # (k_tiles·R) × (n_tiles·C)
+        w_index = np.zeros_like(w_lanes)
+    row_lanes = R * SPARSE_K_FACTOR if config.sparse_2_4 else R
     pad = n_tiles * C - N
     bias = np.concatenate([job.bias, np.zeros(pad, np.int64)])
     multiplier = np.concatenate([job.multiplier, np.zeros(pad, np.int64)])
@@ -210,9 +245,13 @@ def lower_gemm(config, job: GemmJob) -> TileProgram:
                 last = kt == k_tiles - 1
                 k_valid = min(k_tile, K - kt * k_tile)
                 program.commands.append(TileCommand(m_rows, kt == 0, last, job.a_zero_point,
-                                                    code, k_valid))
+                                                    code, k_valid, sparse))
                 program.weight_rows.extend(w_lanes[kt * R:(kt + 1) * R, n0:n0 + C])
-                program.act_rows.extend(a_lanes[m0:m0 + m_rows, kt * R:(kt + 1) * R])
+                if config.sparse_2_4:
+                    program.weight_index_rows.extend(w_index[kt * R:(kt + 1) * R, n0:n0 + C])
+                act = np.zeros((m_rows, row_lanes), dtype=np.int64)
+                act[:, :lanes] = a_lanes[m0:m0 + m_rows, kt * lanes:(kt + 1) * lanes]
+                program.act_rows.extend(act)
                 if last:
                     program.quant.append(QuantTile(
                         bias[n0:n0 + C], multiplier[n0:n0 + C], shift[n0:n0 + C],
@@ -246,19 +285,32 @@ def result_origins(config, job: GemmJob) -> list[tuple[int, int]]:
     return origins
 
 
-def ideal_cycles(config, m: int, k: int, n: int, mode: str = "int8") -> int:
-    """⌈M·K·N / (R·C·pack)⌉: cycles of a perfectly utilised array in ``mode``."""
-    return math.ceil(m * k * n / config.peak_macs_per_cycle(mode))
+def ideal_cycles(config, m: int, k: int, n: int, mode: str = "int8", sparsity=None) -> int:
+    """⌈M·K·N / (R·C·pack)⌉: cycles of a perfectly utilised array in ``mode``.
+
+    With 2:4 weights the array covers twice the K per cycle: ⌈M·K·N / (2·R·C)⌉ (dense
+    multiply-accumulates, half of them with a zero weight, are not performed).
+    """
+    peak = config.peak_macs_per_cycle(mode)
+    if check_sparsity(sparsity, mode):
+        if not config.sparse_2_4:
+            raise ValueError(f"sparsity {sparsity!r} needs a configuration with sparse_2_4")
+        peak *= SPARSE_K_FACTOR
+    return math.ceil(m * k * n / peak)
 
 
 def random_gemm_job(rng: np.random.Generator, m: int, k: int, n: int, *,
-                    raw: bool = False, extremes: bool = False, mode: str = "int8") -> GemmJob:
+                    raw: bool = False, extremes: bool = False, mode: str = "int8",
+                    sparsity: str | None = None) -> GemmJob:
     """A random GEMM with nonzero zero points and realistic requantization parameters.
 
     ``extremes`` draws operands only from the ends of their ranges to exercise the
     widest products and sums.  int4 jobs clamp to [-8, 7] half of the time.
+    ``sparsity="2:4"`` prunes the weights to 2:4 by magnitude (N:M pruning; a random
+    quarter of the groups is pruned further, to one or no non-zero).
     """
     mode_code(mode)
+    check_sparsity(sparsity, mode)
     (a_lo, a_hi), (w_lo, w_hi) = VALUE_RANGE[mode], WEIGHT_RANGE[mode]
     if mode == "binary" or extremes:
         a = rng.choice(np.array([a_lo, a_hi]), size=(m, k))
@@ -278,4 +330,11 @@ def random_gemm_job(rng: np.random.Generator, m: int, k: int, n: int, *,
         out_min, out_max = -128, 127
     if mode == "int4" and rng.random() < 0.5:
         out_zp, out_min, out_max = int(rng.integers(-8, 8)), -8, 7
-    return GemmJob(a, w, a_zp, bias, multiplier, shift, out_zp, out_min, out_max, raw, mode)
+    if sparsity is not None:
+        from .pruning import prune_n_m
+        w = prune_n_m(w).weights
+        groups = -(-k // 4)
+        thin = np.repeat(rng.random(size=(groups, n)) < 0.25, 4, axis=0)[:k]
+        w = np.where(thin & (rng.random(size=(k, n)) < 0.6), 0, w)
+    return GemmJob(a, w, a_zp, bias, multiplier, shift, out_zp, out_min, out_max, raw, mode,
+                   sparsity)

@@ -30,7 +30,7 @@ Errors (``error`` output, sticky until reset; the core stops accepting input and
 drains what is in flight): see :class:`CoreError`.
 
 Latency: a row accepted on ``act`` in cycle t leaves the accumulator in cycle
-``t + rows + cols + 2`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 9``.
+``t + rows + cols + 2`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 13``.
 """
 
 import enum
@@ -40,7 +40,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.precision import MODE_CODES, PACK
+from npugen.golden.precision import MODE_CODES, PACK, SPARSE_K_FACTOR, SPARSE_MODE_CODE
 
 from .accumulator import AccumulatorBuffer
 from .pe import ProcessingElement
@@ -67,6 +67,9 @@ class CoreError(enum.IntEnum):
     BAD_K = 5
     #: An int4 tile command whose activation zero point is outside [-8, 7].
     BAD_ZERO_POINT = 6
+    #: A 2:4 tile whose weights hold a group with indices that are not strictly
+    #: increasing (row 2g's index not below row 2g+1's in some column).
+    BAD_SPARSE_INDEX = 7
 
 
 class GemmCore(wiring.Component):
@@ -111,13 +114,13 @@ class GemmCore(wiring.Component):
         cfg = self._config
         return SystolicArray(rows=cfg.rows, cols=cfg.cols, act_bits=cfg.lane_bits + 1,
                              weight_bits=cfg.lane_bits, acc_bits=cfg.acc_bits, modes=cfg.modes,
-                             pe_module=self._pe_module)
+                             sparse=cfg.sparse_2_4, pe_module=self._pe_module)
 
     def pe_component(self):
         """The PE to generate as the ``pe_module`` Verilog module (see ``SystolicArray``)."""
         cfg = self._config
         return ProcessingElement(act_bits=cfg.lane_bits + 1, weight_bits=cfg.lane_bits,
-                                 acc_bits=cfg.acc_bits, modes=cfg.modes)
+                                 acc_bits=cfg.acc_bits, modes=cfg.modes, sparse=cfg.sparse_2_4)
 
     @property
     def latency(self):
@@ -148,9 +151,28 @@ class GemmCore(wiring.Component):
         m.d.comb += [
             self.weight.ready.eq(load_ok),
             w_shift.eq(self.weight.valid & load_ok),
-            array.w_row.eq(self.weight.payload),
             array.w_shift.eq(w_shift),
         ]
+        # 2:4 index check: rows 2g and 2g+1 of a tile are the two slots of group g, whose
+        # indices must strictly increase in every column (as the golden NMMatrix demands).
+        # `shadow_bad` describes the tile in the shadow registers; only a 2:4 tile
+        # starting with it set is an error.
+        shadow_bad = Signal()
+        if cfg.sparse_2_4:
+            payload = self.weight.payload
+            m.d.comb += [array.w_row[c].eq(Cat(payload.value[c], payload.index[c]))
+                         for c in range(C)]
+            slot0_index = Signal.like(payload.index)
+            pair_bad = Cat(payload.index[c] <= slot0_index[c] for c in range(C)).any()
+            with m.If(w_shift):
+                with m.If(load_count[0] == 0):
+                    m.d.sync += slot0_index.eq(payload.index)
+                    with m.If(load_count == 0):
+                        m.d.sync += shadow_bad.eq(0)
+                with m.Elif(pair_bad):
+                    m.d.sync += shadow_bad.eq(1)
+        else:
+            m.d.comb += array.w_row.eq(self.weight.payload)
         with m.If(w_shift):
             with m.If(load_count == R - 1):
                 m.d.sync += [load_count.eq(0), shadow_full.eq(1)]
@@ -190,7 +212,8 @@ class GemmCore(wiring.Component):
         start_quant_ok = ~pending.last | (
             self.quant.valid & shift_ok & clamp_ok &
             Mux(next_slot, slot_rows[1] == 0, slot_rows[0] == 0))
-        can_start = pending_valid & shadow_full & start_quant_ok
+        sparse_ok = ~(pending.sparse & shadow_bad)
+        can_start = pending_valid & shadow_full & start_quant_ok & sparse_ok
         credit_ok = ~row_last | (outstanding < cfg.out_fifo_depth)
         issue = Signal()
         m.d.comb += issue.eq(~failed & self.act.valid & Mux(starting, can_start, 1) & credit_ok)
@@ -202,11 +225,18 @@ class GemmCore(wiring.Component):
             m.d.sync += pending_valid.eq(0)
         command = self.cmd.payload
         mode_built = Cat(command.mode == MODE_CODES[mode] for mode in cfg.modes).any()
+        if cfg.sparse_2_4:   # 2:4 exists for int8 only
+            mode_built &= ~command.sparse | (command.mode == MODE_CODES["int8"])
+        else:
+            mode_built &= ~command.sparse
         k_limit = Signal.like(command.k_valid)
         m.d.comb += k_limit.eq(R)
         for mode in cfg.modes:
             with m.If(command.mode == MODE_CODES[mode]):
                 m.d.comb += k_limit.eq(R * PACK[mode])
+        if cfg.sparse_2_4:
+            with m.If(command.sparse):
+                m.d.comb += k_limit.eq(R * SPARSE_K_FACTOR)
         with m.If(self.cmd.valid & self.cmd.ready):
             rows = command.m_rows
             with m.If((rows == 0) | (rows > cfg.acc_depth)):
@@ -227,11 +257,15 @@ class GemmCore(wiring.Component):
                 m.d.sync += self.error.eq(CoreError.BAD_SHIFT)
             with m.Elif(~clamp_ok):
                 m.d.sync += self.error.eq(CoreError.BAD_CLAMP)
+        # Malformed 2:4 weights of the tile about to start.
+        with m.If(~failed & starting & pending_valid & shadow_full & ~sparse_ok):
+            m.d.sync += self.error.eq(CoreError.BAD_SPARSE_INDEX)
 
         # Issue one activation row: zero-point correction / unpacking per mode.
         zero_point = Mux(starting, pending.a_zero_point, current.a_zero_point)
         row_mode = Mux(starting, pending.mode, current.mode)
         row_k = Mux(starting, pending.k_valid, current.k_valid)
+        row_sparse = Mux(starting, pending.sparse, current.sparse)
         for r in range(R):
             byte = self.act.payload[r]
             m.d.comb += array.act[r].eq(byte - zero_point)
@@ -243,10 +277,17 @@ class GemmCore(wiring.Component):
                 valid_bits = Cat(row_k > 8 * r + i for i in range(8))
                 with m.If(row_mode == MODE_CODES["binary"]):
                     m.d.comb += array.act[r].eq(Cat(byte.as_unsigned(), valid_bits))
+            if cfg.sparse_2_4:
+                # Rows 2g and 2g+1 both see the 4 activations of group g.
+                group = [(self.act.payload[4 * (r // 2) + j] - zero_point)[:cfg.lane_bits + 1]
+                         for j in range(4)]
+                with m.If(row_sparse):
+                    m.d.comb += array.act[r].eq(Cat(*group))
         if "binary" in cfg.modes:
             with m.If(row_mode == MODE_CODES["binary"]):
                 m.d.comb += array.psum_top.eq(-row_k)
-        m.d.comb += [array.mode.eq(row_mode), array.swap.eq(issue & starting)]
+        array_mode = Mux(row_sparse, SPARSE_MODE_CODE, row_mode) if cfg.sparse_2_4 else row_mode
+        m.d.comb += [array.mode.eq(array_mode), array.swap.eq(issue & starting)]
         m.d.comb += self.quant.ready.eq(issue & starting & pending.last)
 
         with m.If(issue):

@@ -8,7 +8,7 @@ payloads; the cocotb drivers (``npugen.sim``) and the golden tile program
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from npugen.golden.precision import PACK
+from npugen.golden.precision import PACK, SPARSE_K_FACTOR
 
 __all__ = [
     "SHIFT_BITS", "QPARAM_BITS",
@@ -23,13 +23,28 @@ QPARAM_BITS = 8
 
 
 def activation_row_layout(config):
-    """One row of A restricted to a K tile: ``rows`` int8 lanes (lane r ↔ k = k0 + r)."""
-    return data.ArrayLayout(signed(config.lane_bits), config.rows)
+    """One row of A restricted to a K tile: int8 lanes, lane i ↔ k = k0 + i.
+
+    ``rows`` lanes; ``2·rows`` when ``sparse_2_4`` is built (a 2:4 tile covers ``2·rows``
+    of K; dense modes use lanes ``[0, rows)`` and ignore the others).
+    """
+    factor = SPARSE_K_FACTOR if config.sparse_2_4 else 1
+    return data.ArrayLayout(signed(config.lane_bits), config.rows * factor)
 
 
 def weight_row_layout(config):
-    """One row k of a weight tile: ``cols`` int8 lanes (lane c ↔ n = n0 + c)."""
-    return data.ArrayLayout(signed(config.lane_bits), config.cols)
+    """One row of a weight tile: ``cols`` int8 lanes (lane c ↔ n = n0 + c).
+
+    With ``sparse_2_4`` built the row is a struct: ``value`` (the ``cols`` int8 lanes,
+    at bit 0 as in the dense layout) and ``index`` (``cols`` 2-bit positions inside the
+    group of 4 K elements; only 2:4 tiles read them).  Row r of a 2:4 tile holds slot
+    ``r % 2`` of group ``r // 2`` of every column.
+    """
+    values = data.ArrayLayout(signed(config.lane_bits), config.cols)
+    if not config.sparse_2_4:
+        return values
+    return data.StructLayout({"value": values,
+                              "index": data.ArrayLayout(unsigned(2), config.cols)})
 
 
 def result_row_layout(config):
@@ -44,9 +59,12 @@ def tile_command_layout(config):
     sends the accumulators through requantization to the result stream.  ``mode`` is
     the precision mode code (``npugen.golden.precision.MODE_CODES``); ``k_valid`` is the
     number of K elements of the tile that are real (the rest is padding; binary mode
-    masks it, the other modes rely on zero weights).
+    masks it, the other modes rely on zero weights).  ``sparse`` asks for an int8 tile
+    of 2:4 compressed weights (``2·rows`` of K); it is refused (``BAD_MODE``) with
+    another mode or when ``sparse_2_4`` is not built.
     """
-    k_max = config.rows * max(PACK[mode] for mode in config.modes)
+    k_max = config.rows * max([PACK[mode] for mode in config.modes] +
+                              [SPARSE_K_FACTOR if config.sparse_2_4 else 1])
     return data.StructLayout({
         "m_rows": unsigned(config.acc_row_bits),
         "first": unsigned(1),
@@ -54,6 +72,7 @@ def tile_command_layout(config):
         "a_zero_point": signed(config.lane_bits),
         "mode": unsigned(2),
         "k_valid": range(k_max + 1),
+        "sparse": unsigned(1),
     })
 
 

@@ -11,7 +11,7 @@ Per clock edge::
 
     act_reg  <= act_in;  mode_reg <= mode_in       (passed right as act_out, mode_out)
     w_active <= w_shadow                            if swap_in
-    product  <= X(act_reg) * Y(w_active)            one multiplier for int8 and int4
+    product  <= X(act_reg) * Y(w_active)            one multiplier for int8, int4, 2:4
     matches  <= popcount(~(act ^ w) & mask)         binary only
     psum_out <= psum_in + contribution              (wraps modulo 2**acc_bits)
     w_shadow <= w_shadow_in                         if shift  (passed up as w_shadow_out)
@@ -21,8 +21,16 @@ Activation bus of one lane (``act_in``), by mode:
 * int8: bits [0, act_bits) hold the zero-point-corrected value (signed).
 * int4: bits [0, 5) and [5, 10) hold the corrected low and high values (signed 5-bit).
 * binary: bits [0, 8) are the activation signs, bits [8, 16) mark the valid bits.
+* int8 2:4 (``sparse=True`` only; mode code ``SPARSE_MODE_CODE``): bits
+  [9·j, 9·j + 9) hold the corrected activation j of the PE row's group of 4 K elements.
 
-Contribution: int8 ``a·w``; int4 ``a_lo·w_lo + a_hi·w_hi``; binary
+With ``sparse=True`` a weight register holds a value (bits [0, 8)) and a 2-bit index
+(bits [8, 10)).  In 2:4 mode the PE multiplies its weight by the activation its index
+selects among the group's 4: ``x = act[9·index : 9·index + 9]``.  A pair of PE rows
+(2g, 2g+1) holds the two kept weights of group g, so a column of ``R`` PEs covers
+``2·R`` of K with one multiplier per PE.  Dense modes ignore the index bits.
+
+Contribution: int8 and int8 2:4 ``a·w``; int4 ``a_lo·w_lo + a_hi·w_hi``; binary
 ``2·popcount(XNOR(a, w) & valid)`` (the array adds ``−K`` once per row at the top).
 
 The two int4 products share the int8 multiplier: with ``X = a_lo + a_hi·2⁹`` and
@@ -39,32 +47,43 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.precision import MODE_CODES, MODES
+from npugen.golden.precision import MODE_CODES, MODES, SPARSE_MODE_CODE
 
-__all__ = ["ProcessingElement", "MODE_BITS", "act_lane_shape", "pe_signature"]
+__all__ = ["ProcessingElement", "MODE_BITS", "INDEX_BITS", "act_lane_shape",
+           "weight_lane_shape", "pe_signature"]
 
 #: Width of the ``mode`` field travelling with activations.
 MODE_BITS = 2
 #: Bit offset of the int4 pair packing in the shared multiplier.
 INT4_SPLIT = 9
+#: Width of a 2:4 weight's position inside its group of 4 K elements.
+INDEX_BITS = 2
 
 
-def act_lane_shape(modes, act_bits=9):
-    """Shape of one lane of the activation bus for the built ``modes``.
+def act_lane_shape(modes, act_bits=9, sparse=False):
+    """Shape of one lane of the activation bus for the built ``modes`` (and 2:4).
 
-    An int8-only PE carries a plain signed value; packed modes share a bit bus.
+    An int8-only dense PE carries a plain signed value; packed modes and 2:4 (the four
+    activations of a group) share a bit bus.
     """
-    if tuple(modes) == ("int8",):
+    if tuple(modes) == ("int8",) and not sparse:
         return signed(act_bits)
     width = act_bits
     if "int4" in modes:
         width = max(width, 10)
     if "binary" in modes:
         width = max(width, 16)
+    if sparse:
+        width = max(width, 4 * act_bits)
     return unsigned(width)
 
 
-def pe_signature(*, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
+def weight_lane_shape(weight_bits=8, sparse=False):
+    """Shape of a weight register: the value, plus a 2-bit group index with 2:4 built."""
+    return unsigned(weight_bits + INDEX_BITS) if sparse else signed(weight_bits)
+
+
+def pe_signature(*, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",), sparse=False):
     """The port signature of a PE with these parameters (validated)."""
     for name, value, lo, hi in (("act_bits", act_bits, 2, 33),
                                 ("weight_bits", weight_bits, 2, 32),
@@ -79,7 +98,10 @@ def pe_signature(*, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
     if set(modes) != {"int8"} and (act_bits, weight_bits) != (9, 8):
         raise ValueError(f"packed modes need act_bits=9 and weight_bits=8, not "
                          f"{act_bits} and {weight_bits}")
-    bus = act_lane_shape(modes, act_bits)
+    if not isinstance(sparse, bool):
+        raise ValueError(f"sparse must be a boolean, not {sparse!r}")
+    bus = act_lane_shape(modes, act_bits, sparse)
+    weight = weight_lane_shape(weight_bits, sparse)
     return wiring.Signature({
         "act_in": In(bus),
         "mode_in": In(MODE_BITS),
@@ -90,8 +112,8 @@ def pe_signature(*, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
         "psum_in": In(signed(acc_bits)),
         "psum_out": Out(signed(acc_bits)),
         "shift": In(1),
-        "w_shadow_in": In(signed(weight_bits)),
-        "w_shadow_out": Out(signed(weight_bits)),
+        "w_shadow_in": In(weight),
+        "w_shadow_out": Out(weight),
     })
 
 
@@ -108,11 +130,15 @@ class ProcessingElement(wiring.Component):
         Width of the partial sum.
     modes : tuple of str
         Precision modes to build (``"int8"`` always; ``"int4"``, ``"binary"``).
+    sparse : bool
+        Build the int8 2:4 selection (wide activation bus, 2-bit weight index).
     """
 
-    def __init__(self, *, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",)):
+    def __init__(self, *, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",),
+                 sparse=False):
         signature = pe_signature(act_bits=act_bits, weight_bits=weight_bits,
-                                 acc_bits=acc_bits, modes=modes)
+                                 acc_bits=acc_bits, modes=modes, sparse=sparse)
+        self._sparse = sparse
         self._act_bits = act_bits
         self._weight_bits = weight_bits
         self._acc_bits = acc_bits
@@ -135,13 +161,26 @@ class ProcessingElement(wiring.Component):
     def modes(self):
         return self._modes
 
+    @property
+    def sparse(self):
+        return self._sparse
+
     def elaborate(self, platform):
         m = Module()
         modes = self._modes
-        w_active = Signal(signed(self._weight_bits))
+        wb, ab = self._weight_bits, self._act_bits
+        w_register = Signal(weight_lane_shape(wb, self._sparse), name="w_active")
+        w_active = w_register[:wb].as_signed()
         mode_late = Signal(MODE_BITS)   # the mode of the row in the product register
         act = self.act_out
-        int8_value = act[:self._act_bits].as_signed()
+        int8_value = act[:ab].as_signed()
+        if self._sparse:
+            # 2:4: the activation of the group that this PE's weight sits at.
+            index = w_register[wb:wb + INDEX_BITS]
+            group = [act[j * ab:(j + 1) * ab] for j in range(4)]
+            selected = Mux(index[1], Mux(index[0], group[3], group[2]),
+                           Mux(index[0], group[1], group[0])).as_signed()
+            int8_value = Mux(self.mode_out == SPARSE_MODE_CODE, selected, int8_value)
 
         m.d.sync += [
             self.act_out.eq(self.act_in),
@@ -150,7 +189,7 @@ class ProcessingElement(wiring.Component):
             mode_late.eq(self.mode_out),
         ]
         with m.If(self.swap_in):
-            m.d.sync += w_active.eq(self.w_shadow_out)
+            m.d.sync += w_register.eq(self.w_shadow_out)
         with m.If(self.shift):
             m.d.sync += self.w_shadow_out.eq(self.w_shadow_in)
 
@@ -164,7 +203,7 @@ class ProcessingElement(wiring.Component):
             product = Signal(signed(len(x) + len(y)))
         else:
             x, y = int8_value, w_active
-            product = Signal(signed(self._act_bits + self._weight_bits))
+            product = Signal(signed(ab + wb))
         m.d.sync += product.eq(x * y)
 
         contribution = product

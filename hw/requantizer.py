@@ -11,9 +11,11 @@ For each lane, with ``shift`` in TFLite convention (positive = left shift)::
 With ``raw`` set, ``result = acc + bias`` (sign-extended, for int32-output GEMMs).
 The bias joins the accumulator at its own width, as in ``golden.gemm.qgemm``.
 
-Seven pipeline stages (bias and shift; two partial products; their sum; nudge;
-truncating division; rounding shift; zero point and clamp): a row presented in cycle t
-is readable in cycle ``t + 7``.  The
+Eleven pipeline stages (input register; bias; left shift; two partial products; their
+sum; nudge; truncating division; rounding shift and round-up decision; their sum; zero
+point; clamp), none with more than one carry chain or barrel shifter, and the input
+registered so the accumulator's memory read ends in a register: a row presented in
+cycle t is readable in cycle ``t + 11``.  The
 parameters are sampled together with the accumulator row and carried along, so
 consecutive rows may use different parameters.  The executable specification is
 ``npugen.golden.quant.requantize``.
@@ -28,7 +30,7 @@ from .layouts import quant_params_layout
 __all__ = ["Requantizer", "LATENCY"]
 
 #: Cycles from a row presented to its result.
-LATENCY = 7
+LATENCY = 11
 
 _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
@@ -61,35 +63,36 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cols = self._config.cols
-        p_in = self.params
 
-        # Per-stage copies of the parameters a later stage still needs.
+        # p[i], valid[i], raw[i]: the row's parameters, valid flag and raw sum in the
+        # register after stage i + 1 (stage k reads p[k - 2]).
         p = [Signal(self._params_layout, name=f"params_s{i}") for i in range(1, LATENCY)]
         valid = [Signal(name=f"valid_s{i}") for i in range(1, LATENCY)]
         raw_value = [Signal(data.ArrayLayout(signed(32), cols), name=f"raw_s{i}")
                      for i in range(1, LATENCY)]
-        m.d.sync += [valid[0].eq(self.valid_in), p[0].eq(p_in)]
+        acc = Signal.like(self.acc, name="acc_s1")
+        m.d.sync += [valid[0].eq(self.valid_in), p[0].eq(self.params), acc.eq(self.acc)]
         for i in range(1, LATENCY - 1):
-            m.d.sync += [valid[i].eq(valid[i - 1]), p[i].eq(p[i - 1]),
-                         raw_value[i].eq(raw_value[i - 1])]
+            m.d.sync += [valid[i].eq(valid[i - 1]), p[i].eq(p[i - 1])]
+            if i >= 2:
+                m.d.sync += raw_value[i].eq(raw_value[i - 1])
         m.d.sync += self.valid_out.eq(valid[-1])
 
         for lane in range(cols):
-            # Stage 1: bias and left shift.
+            # Stage 1 registers the row (above).  Stage 2: the bias joins the accumulator
+            # at its width, sign-extended.  Stage 3: the left shift (wraps at 32 bits).
+            m.d.sync += raw_value[1][lane].eq(
+                (acc[lane] + p[0].bias[lane])[:self._config.acc_bits].as_signed())
             x = Signal(signed(32), name=f"x_{lane}")
-            x_sum = (self.acc[lane] + p_in.bias[lane])[:self._config.acc_bits].as_signed()
-            left = Mux(p_in.shift[lane] > 0, p_in.shift[lane].as_unsigned(), 0)[:5]
-            m.d.sync += [
-                raw_value[0][lane].eq(x_sum),
-                x.eq((x_sum << left)[:32].as_signed()),
-            ]
+            left = Mux(p[1].shift[lane] > 0, p[1].shift[lane].as_unsigned(), 0)[:5]
+            m.d.sync += x.eq((raw_value[1][lane] << left)[:32].as_signed())
 
-            # Stages 2-3: the 32×32 → 64-bit product from two registered partial
-            # products (the multiplier halves map onto DSP blocks with a register after).
-            multiplier = p[0].multiplier[lane]
+            # Stages 4-5: the 32×32 → 64-bit product from two registered 32×16 partial
+            # products, then their sum.
+            multiplier = p[2].multiplier[lane]
             prod_lo = Signal(signed(50), name=f"prod_lo_{lane}")
             prod_hi = Signal(signed(48), name=f"prod_hi_{lane}")
-            overflow = [Signal(name=f"overflow_{lane}_s{i}") for i in range(2, 5)]
+            overflow = [Signal(name=f"overflow_{lane}_s{i}") for i in range(4, 7)]
             m.d.sync += [
                 prod_lo.eq(x * multiplier[:16]),
                 prod_hi.eq(x * multiplier[16:].as_signed()),
@@ -100,27 +103,42 @@ class Requantizer(wiring.Component):
             prod = Signal(signed(64), name=f"prod_{lane}")
             m.d.sync += prod.eq(prod_lo + prod_hi.shift_left(16))
 
-            # Stages 4-5: SaturatingRoundingDoublingHighMul: nudge, then divide by 2**31
-            # rounding toward zero (C++ integer division), saturating INT32_MIN².
+            # Stages 6-7: SaturatingRoundingDoublingHighMul: nudge, then divide by 2**31
+            # rounding toward zero (C++ integer division), saturating INT32_MIN².  The
+            # rounding shift's amount and mask are prepared alongside from the parameters.
             nudged = Signal(signed(65), name=f"nudged_{lane}")
             m.d.sync += nudged.eq(prod + Mux(prod >= 0, 1 << 30, 1 - (1 << 30)))
             high = Signal(signed(32), name=f"high_{lane}")
             quotient = (nudged >> 31) + ((nudged < 0) & (nudged[:31] != 0))
-            m.d.sync += high.eq(Mux(overflow[2], _INT32_MAX, quotient[:32].as_signed()))
-
-            # Stage 6: RoundingDivideByPOT (round half away from zero).
-            right = Mux(p[4].shift[lane] < 0, (-p[4].shift[lane])[:5], 0)[:5]
+            right = Signal(range(32), name=f"right_{lane}")
             mask = Signal(unsigned(32), name=f"mask_{lane}")
-            m.d.comb += mask.eq((Const(1, 33) << right) - 1)
-            remainder = high.as_unsigned() & mask
-            threshold = (mask >> 1) + (high < 0)
-            divided = Signal(signed(32), name=f"divided_{lane}")
-            m.d.sync += divided.eq((high >> right) + (remainder > threshold))
+            half = Signal(unsigned(32), name=f"half_{lane}")
+            right_amount = Mux(p[5].shift[lane] < 0, (-p[5].shift[lane])[:5], 0)[:5]
+            m.d.sync += [
+                high.eq(Mux(overflow[2], _INT32_MAX, quotient[:32].as_signed())),
+                right.eq(right_amount),
+                mask.eq((Const(1, 33) << right_amount) - 1),
+                half.eq((Const(1, 33) << right_amount) >> 1),
+            ]
 
-            # Stage 7: output zero point and clamp (no wrap), or the raw sum.
-            shifted = Signal(signed(34), name=f"offset_{lane}")
-            m.d.comb += shifted.eq(divided + p[5].out_zero_point)
-            clamped = Mux(shifted < p[5].out_min, p[5].out_min,
-                          Mux(shifted > p[5].out_max, p[5].out_max, shifted))
-            m.d.sync += self.result[lane].eq(Mux(p[5].raw, raw_value[5][lane], clamped))
+            # Stages 8-9: RoundingDivideByPOT (round half away from zero): the shift and
+            # the round-up decision (remainder above half, or exactly half when positive),
+            # then their sum.
+            shifted = Signal(signed(32), name=f"shifted_{lane}")
+            round_up = Signal(name=f"round_up_{lane}")
+            remainder = high.as_unsigned() & mask
+            m.d.sync += [
+                shifted.eq(high >> right),
+                round_up.eq((remainder > half) | ((remainder == half) & (high >= 0) &
+                                                  (right != 0))),
+            ]
+            divided = Signal(signed(32), name=f"divided_{lane}")
+            m.d.sync += divided.eq(shifted + round_up)
+
+            # Stages 10-11: output zero point (no wrap), then the clamp, or the raw sum.
+            offset = Signal(signed(34), name=f"offset_{lane}")
+            m.d.sync += offset.eq(divided + p[8].out_zero_point)
+            clamped = Mux(offset < p[9].out_min, p[9].out_min,
+                          Mux(offset > p[9].out_max, p[9].out_max, offset))
+            m.d.sync += self.result[lane].eq(Mux(p[9].raw, raw_value[9][lane], clamped))
         return m

@@ -5,7 +5,11 @@ r cycles (skew) so the wavefront crosses the array diagonally.  Partial sums flo
 to bottom; column c leaves the bottom c cycles after column 0 and is delayed
 ``C-1-c`` cycles (deskew) so a whole output row appears at once.
 
-The precision ``mode`` of a row travels with it (see :mod:`npugen.hw.pe`).  ``psum_top``
+The precision ``mode`` of a row travels with it (see :mod:`npugen.hw.pe`).  With
+``sparse=True`` every activation lane carries the 4 activations of its row pair's group
+and every weight lane a value plus a 2-bit index (2:4 structured sparsity: rows 2g and
+2g+1 hold the two kept weights of group g; the controller feeds both rows the same
+group).  ``psum_top``
 is added to the row's partial sums at the top of every column (binary mode uses it for
 the ``−K`` of ``2·popcount − K``); it follows row 0 along a register chain.
 
@@ -31,7 +35,7 @@ from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal, sig
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import MODE_BITS, ProcessingElement, act_lane_shape, pe_signature
+from .pe import MODE_BITS, ProcessingElement, act_lane_shape, pe_signature, weight_lane_shape
 
 __all__ = ["SystolicArray"]
 
@@ -51,6 +55,8 @@ class SystolicArray(wiring.Component):
         Width of the partial sums.
     modes : tuple of str
         Precision modes built into the PEs.
+    sparse : bool
+        Build the int8 2:4 selection into the PEs (see :mod:`npugen.hw.pe`).
     pe_module : str or None
         ``None`` builds the PEs inline (simulatable with the Amaranth simulator).  A name
         instantiates every PE as that Verilog module instead, to be generated once from
@@ -59,12 +65,14 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",),
-                 pe_module=None):
+                 sparse=False, pe_module=None):
         for name, value in (("rows", rows), ("cols", cols)):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
                 raise ValueError(f"{name} must be an integer in 1..64, not {value!r}")
         self._pe_signature = pe_signature(act_bits=act_bits, weight_bits=weight_bits,
-                                          acc_bits=acc_bits, modes=modes)
+                                          acc_bits=acc_bits, modes=modes, sparse=sparse)
+        if sparse and rows % 2:
+            raise ValueError(f"sparse needs an even number of rows, not {rows}")
         if pe_module is not None and (not isinstance(pe_module, str) or
                                       not pe_module.isidentifier()):
             raise ValueError(f"pe_module must be a Verilog identifier or None, not {pe_module!r}")
@@ -74,14 +82,16 @@ class SystolicArray(wiring.Component):
         self._weight_bits = weight_bits
         self._acc_bits = acc_bits
         self._modes = tuple(modes)
+        self._sparse = sparse
         self._pe_module = pe_module
-        self._lane_shape = act_lane_shape(modes, act_bits)
+        self._lane_shape = act_lane_shape(modes, act_bits, sparse)
+        self._weight_shape = weight_lane_shape(weight_bits, sparse)
         super().__init__({
             "act": In(data.ArrayLayout(self._lane_shape, rows)),
             "mode": In(MODE_BITS),
             "swap": In(1),
             "psum_top": In(signed(acc_bits)),
-            "w_row": In(data.ArrayLayout(signed(weight_bits), cols)),
+            "w_row": In(data.ArrayLayout(self._weight_shape, cols)),
             "w_shift": In(1),
             "psum": Out(data.ArrayLayout(signed(acc_bits), cols)),
         })
@@ -89,7 +99,12 @@ class SystolicArray(wiring.Component):
     def pe_component(self):
         """A standalone PE of this array (what ``pe_module`` must be generated from)."""
         return ProcessingElement(act_bits=self._act_bits, weight_bits=self._weight_bits,
-                                 acc_bits=self._acc_bits, modes=self._modes)
+                                 acc_bits=self._acc_bits, modes=self._modes,
+                                 sparse=self._sparse)
+
+    @property
+    def sparse(self):
+        return self._sparse
 
     @property
     def rows(self):
@@ -126,7 +141,7 @@ class SystolicArray(wiring.Component):
         for c in range(C):
             w, shift = self.w_row[c], self.w_shift
             for i in range(c):
-                w_q = Signal(signed(self._weight_bits), name=f"w_skew_{c}_{i}")
+                w_q = Signal(self._weight_shape, name=f"w_skew_{c}_{i}")
                 shift_q = Signal(name=f"w_shift_skew_{c}_{i}")
                 m.d.sync += [w_q.eq(w), shift_q.eq(shift)]
                 w, shift = w_q, shift_q

@@ -6,6 +6,11 @@ the ideal ``⌈M·K·N / (R·C·pack)⌉`` (pack = 1 int8, 2 int4, 8 binary MACs
 cycle), utilization = ideal / cycles, ``macs`` (one per multiply-accumulate of the
 mode), the analytic model's prediction and whether every output equals the golden
 model.
+
+``--sparsity 2:4`` prunes the random weights to 2:4 (N:M magnitude pruning), runs the
+job with compressed weights (a tile covers ``2·rows`` of K) and adds ``dense_cycles``
+(the same GEMM dense, ``perf_model.gemm_cycles``, equal to the RTL) and ``speedup =
+dense_cycles / cycles``; ``ideal_cycles`` is then ``⌈M·K·N / (2·R·C)⌉``.
 """
 
 from __future__ import annotations
@@ -30,8 +35,19 @@ DTYPES = ("int8", "int4", "binary")
 
 
 def bench_gemm(config: NPUConfig, *, m: int, k: int, n: int, seed: int = 1,
-               dtype: str = "int8", waves: bool = False, progress: bool | None = None) -> dict:
-    """Run one M×K×N GEMM on the simulated array and return the benchmark record."""
+               dtype: str = "int8", sparsity: str | None = None, waves: bool = False,
+               progress: bool | None = None) -> dict:
+    """Run one M×K×N GEMM on the simulated array and return the benchmark record.
+
+    ``sparsity="2:4"`` runs it with 2:4 pruned, compressed weights (see the module).
+    """
+    if sparsity is not None:
+        if sparsity != "2:4":
+            raise ValueError(f"sparsity must be None or '2:4', not {sparsity!r}")
+        if dtype != "int8":
+            raise ValueError(f"2:4 sparsity needs dtype 'int8', not {dtype!r}")
+        if not config.sparse_2_4:
+            raise ValueError("sparsity '2:4' needs a configuration with sparse_2_4 = true")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if dtype not in config.modes:
@@ -49,15 +65,16 @@ def bench_gemm(config: NPUConfig, *, m: int, k: int, n: int, seed: int = 1,
     build_core(config, waves=waves)
     steps.update()
     steps.set_description("simulate")
-    job = random_gemm_job(np.random.default_rng(seed), m, k, n, mode=dtype)
+    job = random_gemm_job(np.random.default_rng(seed), m, k, n, mode=dtype, sparsity=sparsity)
     run = run_gemm_jobs(config, [job], seed=seed, waves=waves)
     steps.update()
     steps.close()
 
-    ideal = ideal_cycles(config, m, k, n, dtype)
+    ideal = ideal_cycles(config, m, k, n, dtype, sparsity)
     record = {
         "kernel": "gemm",
         "dtype": dtype,
+        "sparsity": sparsity or "dense",
         "m": m, "k": k, "n": n,
         "rows": config.rows, "cols": config.cols,
         "config_hash": config.config_hash(),
@@ -67,11 +84,20 @@ def bench_gemm(config: NPUConfig, *, m: int, k: int, n: int, seed: int = 1,
         "ideal_cycles": ideal,
         "utilization": round(ideal / run.cycles, 6),
         "macs_per_cycle": round(job.macs / run.cycles, 4),
-        "model_cycles": gemm_cycles(config, m, k, n, dtype),
+        "model_cycles": gemm_cycles(config, m, k, n, dtype, sparsity),
         "match": bool(run.match),
         "mismatching_rows": run.mismatching_rows,
         "wall_seconds": round(time.monotonic() - started, 2),
     }
+    if sparsity is not None:
+        dense_cycles = gemm_cycles(config, m, k, n, dtype)
+        record.update({
+            "weight_nonzeros": int(np.count_nonzero(job.w)),
+            "dense_cycles": dense_cycles,
+            "dense_source": "npugen.golden.perf_model.gemm_cycles of the same dense GEMM "
+                            "(equal to the simulated RTL, checked by tests/test_gemm_core.py)",
+            "speedup": round(dense_cycles / run.cycles, 4),
+        })
     if waves:
         record["waves"] = str(run.work_dir)
     return record

@@ -37,15 +37,20 @@ def build_core(config: NPUConfig, *, waves: bool = False) -> Path:
 
 def _program_dict(program: TileProgram) -> dict:
     as_ints = lambda rows: [[int(v) for v in row] for row in rows]
+    weight_rows = as_ints(program.weight_rows)
+    if program.weight_index_rows:   # 2:4 built: {"value", "index"} weight rows
+        weight_rows = [{"value": values, "index": index} for values, index in
+                       zip(weight_rows, as_ints(program.weight_index_rows))]
     return {
         "commands": [{"m_rows": c.m_rows, "first": int(c.first), "last": int(c.last),
-                      "a_zero_point": c.a_zero_point, "mode": c.mode, "k_valid": c.k_valid}
+                      "a_zero_point": c.a_zero_point, "mode": c.mode, "k_valid": c.k_valid,
+                      "sparse": int(c.sparse)}
                      for c in program.commands],
         "quant": [{"bias": [int(v) for v in q.bias], "multiplier": [int(v) for v in q.multiplier],
                    "shift": [int(v) for v in q.shift], "out_zero_point": q.out_zero_point,
                    "out_min": q.out_min, "out_max": q.out_max, "raw": int(q.raw)}
                   for q in program.quant],
-        "weight_rows": as_ints(program.weight_rows),
+        "weight_rows": weight_rows,
         "act_rows": as_ints(program.act_rows),
         "result_rows": as_ints(program.result_rows),
     }

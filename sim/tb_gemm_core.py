@@ -70,6 +70,14 @@ FAULTS = {
     "bad_k": (lambda p: p["commands"][0].update(k_valid=0), 5),
     "bad_zero_point": (lambda p: p["commands"][0].update(mode=MODE_CODES["int4"],
                                                          a_zero_point=8), 6),
+    # 2:4: a design without it, a mode other than int8, a group whose two indices
+    # repeat or decrease (the first tile must be a 2:4 tile for the last two).
+    "sparse_not_built": (lambda p: p["commands"][0].update(sparse=1), 4),
+    "sparse_not_int8": (lambda p: p["commands"][0].update(sparse=1, mode=MODE_CODES["int4"]), 4),
+    "duplicate_sparse_index": (lambda p: p["weight_rows"][1]["index"].__setitem__(
+        0, p["weight_rows"][0]["index"][0]), 7),
+    "decreasing_sparse_index": (lambda p: (p["weight_rows"][0]["index"].__setitem__(0, 3),
+                                           p["weight_rows"][1]["index"].__setitem__(0, 1)), 7),
 }
 
 

@@ -13,7 +13,7 @@ from npugen.flows.cli import UsageError, main, parse_set_option
 from npugen.golden.config import PRESETS, NPUConfig
 
 KNOWN = ("acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows, "
-         "spmm_lanes")
+         "sparse_2_4, spmm_lanes")
 
 
 def run(capsys, *argv):
@@ -344,6 +344,24 @@ def test_bench_gemm_defaults(capsys, fake_bench):
     assert fake_bench.calls == [(PRESETS["default"],
                                  {"m": 1, "k": 1, "n": 1, "seed": 0, "dtype": "int8",
                                   "waves": True})]
+
+
+def test_bench_gemm_sparsity(capsys, fake_bench):
+    code, _, _ = run(capsys, "bench", "gemm", "--m", "64", "--k", "256", "--n", "64",
+                     "--sparsity", "2:4")
+    assert code == 0
+    assert fake_bench.calls == [(PRESETS["default"],
+                                 {"m": 64, "k": 256, "n": 64, "seed": 0, "dtype": "int8",
+                                  "waves": False, "sparsity": "2:4"})]
+    code, _, err = run(capsys, "bench", "gemm", "--m", "1", "--k", "1", "--n", "1",
+                       "--sparsity", "2:4", "--set", "sparse_2_4=false")
+    assert code == 2
+    assert err == ("npugen: error: --sparsity 2:4 needs --dtype int8 and a configuration "
+                   "with sparse_2_4 = true\n")
+    code, _, err = run(capsys, "bench", "gemm", "--m", "1", "--k", "1", "--n", "1",
+                       "--sparsity", "1:2")
+    assert code == 2 and "argument --sparsity: invalid choice: '1:2'" in err
+    assert len(fake_bench.calls) == 1
 
 
 def test_bench_gemm_mismatch(capsys, fake_bench):

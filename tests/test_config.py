@@ -11,7 +11,8 @@ import pytest
 from npugen.golden.config import (DATAFLOWS, PRECISION_MODES, PRESETS, ConfigError,
                                   NPUConfig)
 
-KNOWN = "acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows, spmm_lanes"
+KNOWN = ("acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows, "
+         "sparse_2_4, spmm_lanes")
 
 
 # -- validation: one case per parameter and kind of mistake ------------------------------
@@ -75,6 +76,9 @@ BAD_VALUES = [
     ("spmm_lanes", 65, ValueError, r"^spmm_lanes must be an integer in 1\.\.64, not 65$"),
     ("spmm_lanes", 4.0, TypeError, r"^spmm_lanes must be an integer in 1\.\.64, not 4\.0$"),
     ("spmm_lanes", True, TypeError, r"^spmm_lanes must be an integer in 1\.\.64, not True$"),
+    # sparse_2_4
+    ("sparse_2_4", 1, TypeError, r"^sparse_2_4 must be a boolean, not 1$"),
+    ("sparse_2_4", "yes", TypeError, r"^sparse_2_4 must be a boolean, not 'yes'$"),
 ]
 
 
@@ -122,7 +126,21 @@ def test_preset_shape(name, rows, cols):
 
 
 def test_default_preset_is_default_config():
-    assert NPUConfig.preset("default") == NPUConfig()
+    # The presets build 2:4 sparsity; the bare dataclass leaves it out (odd rows allowed).
+    assert NPUConfig.preset("default") == NPUConfig(sparse_2_4=True)
+
+
+def test_sparse_2_4_validation():
+    assert NPUConfig.preset("tiny").sparse_2_4 and not NPUConfig.preset("large").sparse_2_4
+    assert NPUConfig(rows=3).sparse_2_4 is False
+    with pytest.raises(TypeError, match=r"^sparse_2_4 must be a boolean, not 1$"):
+        NPUConfig(sparse_2_4=1)
+    with pytest.raises(ValueError, match=r"^sparse_2_4 needs an even number of rows \(a pair "
+                                         r"of rows shares a group of 4 K elements\), not rows=3$"):
+        NPUConfig(rows=3, sparse_2_4=True)
+    config = NPUConfig(rows=4, sparse_2_4=True)
+    assert NPUConfig.from_toml(config.to_toml()) == config
+    assert config.config_hash() != config.replace(sparse_2_4=False).config_hash()
 
 
 def test_preset_unknown():
@@ -228,7 +246,7 @@ def test_hash_is_short_hex():
 
 @pytest.mark.parametrize("change", [
     {"rows": 4}, {"cols": 4}, {"acc_bits": 24}, {"acc_depth": 1024},
-    {"out_fifo_depth": 64},
+    {"out_fifo_depth": 128},
 ])
 def test_hash_differs(change):
     base = NPUConfig()

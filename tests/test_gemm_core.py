@@ -13,6 +13,7 @@ from npugen.golden.config import NPUConfig, PRESETS
 from npugen.golden.perf_model import gemm_cycles
 from npugen.golden.precision import PACK
 from npugen.golden.tile_program import GemmJob, random_gemm_job
+from npugen.hw.gemm_core import CoreError
 from npugen.sim.gemm_sim import run_gemm_jobs
 
 #: A design without the packed modes (no int4 or popcount logic).
@@ -174,6 +175,82 @@ def test_packed_mode_cycles_match_model(mode, tmp_path):
     assert run.cycles == gemm_cycles(config, *shape, mode)
 
 
+# -- 2:4 structured sparsity ----------------------------------------------------------------
+
+def sparse_ks(config):
+    """K around the group of 4 and the 2:4 tile (2·rows)."""
+    kt = 2 * config.rows
+    return [1, 3, 4, 5, kt - 1, kt, kt + 1, 2 * kt + 3]
+
+
+@pytest.mark.parametrize("seed", [81, 82])
+def test_sparse_gemms_between_dense_modes_tiny(seed, tmp_path):
+    """2:4 jobs (K edges, nonzero zero points) back to back with int8, int4 and binary."""
+    print(f"seed={seed}")
+    config = PRESETS["tiny"]
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for k in sparse_ks(config):
+        m, n = int(rng.integers(1, 3 * config.cols + 2)), int(rng.integers(1, 2 * config.cols + 2))
+        jobs.append(random_gemm_job(rng, m, k, n, sparsity="2:4", raw=bool(rng.random() < 0.3),
+                                    extremes=bool(rng.random() < 0.3)))
+        mode = str(rng.choice(config.modes))
+        (m, k, n), = random_shapes(rng, config, 1, mode)
+        jobs.append(random_gemm_job(rng, m, k, n, mode=mode))
+    assert any(job.a_zero_point != 0 for job in jobs if job.sparsity)
+    run = run_gemm_jobs(config, jobs, seed=seed, idle=0.3, backpressure=0.35, work_dir=tmp_path)
+    check(run)
+
+
+def test_sparse_gemms_default_preset(tmp_path):
+    seed = 91
+    print(f"seed={seed}")
+    config = PRESETS["default"]
+    rng = np.random.default_rng(seed)
+    jobs = [random_gemm_job(rng, 19, k, 11, sparsity="2:4", extremes=k == 17)
+            for k in (5, 16, 17, 45)]
+    jobs.insert(2, random_gemm_job(rng, 9, 21, 10, mode="int4"))
+    run = run_gemm_jobs(config, jobs, seed=seed, idle=0.15, backpressure=0.4, work_dir=tmp_path)
+    check(run)
+
+
+@pytest.mark.parametrize("preset, shape", [("tiny", (9, 4 * 4 + 1, 3)),
+                                           ("default", (40, 3 * 16 + 5, 9))])
+def test_sparse_cycles_match_model(preset, shape, tmp_path):
+    config = PRESETS[preset]
+    job = random_gemm_job(np.random.default_rng(8), *shape, sparsity="2:4")
+    run = run_gemm_jobs(config, [job], seed=8, work_dir=tmp_path)
+    check(run)
+    assert run.cycles == gemm_cycles(config, *shape, "int8", "2:4")
+
+
+@pytest.mark.parametrize("fault", ["sparse_not_built", "sparse_not_int8",
+                                   "duplicate_sparse_index", "decreasing_sparse_index"])
+def test_malformed_sparse_input_sets_error_and_stops(fault, tmp_path):
+    """A 2:4 job the design cannot run (BAD_MODE) or 2:4 weights with a group whose
+    indices repeat or decrease (BAD_SPARSE_INDEX): error, no result, nothing consumed."""
+    config = INT8_ONLY if fault == "sparse_not_built" else PRESETS["tiny"]
+    sparsity = "2:4" if fault.endswith("index") else None
+    job = random_gemm_job(np.random.default_rng(3), 4, 8, 4, sparsity=sparsity)
+    result = run_gemm_jobs(config, [job], seed=3, testcase="rejects_malformed_input",
+                           fault=fault, work_dir=tmp_path)
+    code = CoreError.BAD_SPARSE_INDEX if sparsity else CoreError.BAD_MODE
+    assert result["error"] == code
+    assert result["results"] == 0
+
+
+def test_bench_sparse_goal_default_preset():
+    """`npugen bench gemm --sparsity 2:4` on 64×256×64: speedup ≥ 1.8 over dense, exact."""
+    from npugen.sim.bench import bench_gemm
+    record = bench_gemm(PRESETS["default"], m=64, k=256, n=64, seed=0, sparsity="2:4",
+                        progress=False)
+    print({key: record[key] for key in ("cycles", "dense_cycles", "speedup", "match")})
+    assert record["match"] and record["sparsity"] == "2:4"
+    assert record["cycles"] == record["model_cycles"]
+    assert record["dense_cycles"] == gemm_cycles(PRESETS["default"], 64, 256, 64)
+    assert record["speedup"] >= 1.8
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(100, 120))
 @pytest.mark.parametrize("preset", ["tiny", "default"])
@@ -183,10 +260,12 @@ def test_random_gemms_long(preset, seed, tmp_path):
     rng = np.random.default_rng(seed)
     jobs = []
     for _ in range(10):
-        mode = str(rng.choice(config.modes))
+        mode = str(rng.choice(config.modes + ("int8 2:4",)))
+        sparsity = "2:4" if mode == "int8 2:4" else None
+        mode = "int8" if sparsity else mode
         (m, k, n), = random_shapes(rng, config, 1, mode)
         jobs.append(random_gemm_job(rng, m, k, n, mode=mode, raw=bool(rng.random() < 0.2),
-                                    extremes=bool(rng.random() < 0.2)))
+                                    extremes=bool(rng.random() < 0.2), sparsity=sparsity))
     run = run_gemm_jobs(config, jobs, seed=seed, idle=float(rng.uniform(0, 0.6)),
                         backpressure=float(rng.uniform(0, 0.7)), work_dir=tmp_path)
     check(run)

@@ -250,7 +250,9 @@ def test_random_against_model(seed, widths):
 # -- precision modes ------------------------------------------------------------------
 
 ALL_MODES = ("int8", "int4", "binary")
-CODE = {"int8": 0, "int4": 1, "binary": 2}
+CODE = {"int8": 0, "int4": 1, "binary": 2, "int8 2:4": 3}
+#: Names of the mode codes travelling through a PE (code 3: int8 with 2:4 weights).
+CODE_NAMES = ALL_MODES + ("int8 2:4",)
 MODE_INPUTS = INPUTS + ("mode_in",)
 MODE_OUTPUTS = OUTPUTS + ("mode_out",)
 
@@ -263,7 +265,10 @@ def sext(value, bits):
 def contribution(mode, act, w):
     """What one activation bus value adds with weight lane ``w`` in ``mode``."""
     if mode == "int8":
-        return sext(act, 9) * w
+        return sext(act, 9) * sext(w, 8)
+    if mode == "int8 2:4":
+        # The weight lane's bits [8, 10) select one of the 4 activations of the group.
+        return sext(act >> (9 * ((w >> 8) & 3)), 9) * sext(w, 8)
     if mode == "int4":
         return sext(act, 5) * sext(w, 4) + sext(act >> 5, 5) * sext(w >> 4, 4)
     agree = ~(act ^ w) & 0xFF & (act >> 8)
@@ -327,7 +332,7 @@ class ModePEModel:
 
     def edge(self, i):
         w_active = self.w_shadow if i["swap_in"] else self.w_active
-        contrib = contribution(ALL_MODES[self.mode_reg], self.act_reg, self.w_active)
+        contrib = contribution(CODE_NAMES[self.mode_reg], self.act_reg, self.w_active)
         psum_out = wrap(i["psum_in"] + self.contrib, self.acc_bits)
         w_shadow = i["w_shadow_in"] if i["shift"] else self.w_shadow
         (self.act_reg, self.mode_reg, self.swap_reg, self.w_active, self.contrib,
@@ -542,6 +547,75 @@ def test_random_modes_against_model(seed, modes, acc_bits):
                                                     (1 << (acc_bits - 1)) - 1),
                                 shift=int(rng.random() < 0.5),
                                 w_shadow_in=rng.randint(-128, 127)))
+    trace = simulate_modes(pe, cycles)
+    model = ModePEModel(acc_bits)
+    for t, inputs in enumerate(cycles):
+        assert trace[t] == model.outputs(), f"cycle {t}"
+        model.edge(inputs)
+
+
+# -- 2:4 structured sparsity ------------------------------------------------------------
+
+def sparse_weight(value, index):
+    """A 2:4 weight register: the int8 value in bits [0, 8), its group index in [8, 10)."""
+    return (value & 0xFF) | (index << 8)
+
+
+def group_bus(values):
+    """A 2:4 lane: the 4 corrected activations of the group, 9 bits each."""
+    return sum((v & 0x1FF) << (9 * j) for j, v in enumerate(values))
+
+
+@pytest.mark.parametrize("modes", [("int8",), ALL_MODES])
+def test_sparse_bus_and_weight_widths(modes):
+    pe = ProcessingElement(modes=modes, sparse=True)
+    assert pe.sparse and pe.act_in.shape().width == 36
+    assert pe.w_shadow_in.shape().width == 10 and not pe.w_shadow_in.shape().signed
+    assert not ProcessingElement(modes=modes).sparse
+    with pytest.raises(ValueError, match=r"^sparse must be a boolean, not 1$"):
+        ProcessingElement(sparse=1)
+
+
+def test_sparse_selects_each_index():
+    """Each index picks its activation of the group, with the extremes of both operands."""
+    pe = ProcessingElement(modes=("int8",), sparse=True)
+    acts = [-256, 255, -1, 7]
+    cycles, expect = [], []
+    for index in range(4):
+        for w in (-127, 127, -128, 1):
+            cycles += [idle(shift=1, w_shadow_in=sparse_weight(w, index)),
+                       idle(act_in=group_bus(acts), mode_in=CODE["int8 2:4"], swap_in=1)]
+            cycles += [idle() for _ in range(3)]
+            expect.append(acts[index] * w)
+    cycles = [dict(c, mode_in=c.get("mode_in", 0)) for c in cycles]
+    trace = simulate_modes(pe, cycles)
+    assert [trace[5 * i + 4]["psum_out"] for i in range(len(expect))] == expect
+
+
+def test_sparse_index_ignored_by_dense_int8():
+    pe = ProcessingElement(modes=ALL_MODES, sparse=True)
+    cycles = [mode_idle(shift=1, w_shadow_in=sparse_weight(-5, 3)),
+              mode_idle(act_in=group_bus([100, 1, 2, 3]), mode_in=CODE["int8"], swap_in=1)]
+    cycles += [mode_idle() for _ in range(3)]
+    assert simulate_modes(pe, cycles)[4]["psum_out"] == -500
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_sparse_and_dense_modes_against_model(seed):
+    """2:4 rows interleaved with every dense mode, weights and modes changing each cycle."""
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    acc_bits = 32
+    pe = ProcessingElement(modes=ALL_MODES, sparse=True, acc_bits=acc_bits)
+    cycles = []
+    for _ in range(200):
+        mode = rng.choice(CODE_NAMES)
+        bus = rng.getrandbits(36) if mode == "int8 2:4" else random_bus(rng, mode, 36)
+        cycles.append(mode_idle(act_in=bus, mode_in=CODE[mode],
+                                swap_in=int(rng.random() < 0.3),
+                                psum_in=rng.randint(-(1 << 31), (1 << 31) - 1),
+                                shift=int(rng.random() < 0.5),
+                                w_shadow_in=rng.getrandbits(10)))
     trace = simulate_modes(pe, cycles)
     model = ModePEModel(acc_bits)
     for t, inputs in enumerate(cycles):

@@ -360,7 +360,7 @@ def test_narrow_accumulator_sign_extends():
 
 def test_latency():
     dut = Requantizer(CONFIG)
-    assert dut.latency == LATENCY == 7
+    assert dut.latency == LATENCY == 11
     Fragment.get(dut, None)
 
 

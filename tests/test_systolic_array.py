@@ -205,7 +205,9 @@ def test_same_activation_across_the_switch(rows, cols):
 # -- precision modes ------------------------------------------------------------------
 
 MODES = ("int8", "int4", "binary")
-CODE = {"int8": 0, "int4": 1, "binary": 2}
+CODE = {"int8": 0, "int4": 1, "binary": 2, "int8 2:4": 3}
+#: Names of the mode codes travelling through the array (code 3: int8 with 2:4 weights).
+CODE_NAMES = MODES + ("int8 2:4",)
 
 
 def sext(value, bits):
@@ -220,7 +222,9 @@ def wrap32(value):
 def lane_contribution(mode, act, w):
     """One PE's contribution for an activation bus value and a weight lane (PE docstring)."""
     if mode == "int8":
-        return sext(act, 9) * w
+        return sext(act, 9) * sext(w, 8)
+    if mode == "int8 2:4":
+        return sext(act >> (9 * ((w >> 8) & 3)), 9) * sext(w, 8)
     if mode == "int4":
         return sext(act, 5) * sext(w, 4) + sext(act >> 5, 5) * sext(w >> 4, 4)
     return 2 * bin(~(act ^ w) & 0xFF & (act >> 8)).count("1")
@@ -312,7 +316,7 @@ def build_mixed_schedule(rows, cols, tiles, rng, *, tail=2):
             cycle["act"] = [int(v) for v in rng.integers(0, 1 << 16, rows)]
             cycle["mode"] = int(rng.integers(0, 3))
             cycle["psum_top"] = int(rng.integers(-(1 << 31), 1 << 31))
-        mode = MODES[cycle["mode"]]
+        mode = CODE_NAMES[cycle["mode"]]
         expected.append([wrap32(sum(lane_contribution(mode, cycle["act"][r], int(current[r][c]))
                                     for r in range(rows)) + cycle["psum_top"])
                          for c in range(cols)])
@@ -380,6 +384,58 @@ def test_psum_top_ignored_without_binary():
         cycle["act"] = [v & 0x3FF for v in cycle["act"]]
         cycle["mode"] = min(cycle["mode"], 1)
     trace = run_mixed(dut, cycles)
+    for k, tile in enumerate(tiles):
+        got = np.array([trace[swaps[k] + i + dut.latency] for i in range(len(tile["bus"]))])
+        np.testing.assert_array_equal(got, tile["expect"], err_msg=f"tile {k} ({tile['mode']})")
+
+
+# -- 2:4 structured sparsity ------------------------------------------------------------
+
+def sparse_tile(rng, rows, cols, m):
+    """A 2:4 tile: rows 2g and 2g+1 hold two weights of group g (4 K elements) at random
+    positions; the bus of both rows carries the group's 4 activations."""
+    k = 2 * rows
+    values = rng.integers(-128, 128, (rows, cols))
+    index = rng.integers(0, 4, (rows, cols))
+    a = rng.integers(-256, 256, (m, k))
+    a[0] = rng.choice([-256, 255], k)
+    dense = np.zeros((k, cols), np.int64)
+    for r in range(rows):
+        for c in range(cols):
+            dense[4 * (r // 2) + index[r, c], c] += values[r, c]
+    bus = np.array([[sum(int(a[i, 4 * (r // 2) + j] & 0x1FF) << (9 * j) for j in range(4))
+                     for r in range(rows)] for i in range(m)], dtype=object)
+    return {"mode": "int8 2:4", "w": (values & 0xFF) | (index << 8), "bus": bus,
+            "top": np.zeros(m, np.int64), "expect": a @ dense}
+
+
+def test_sparse_parameters():
+    dut = SystolicArray(rows=4, cols=3, sparse=True)
+    assert dut.sparse and dut.act.shape().elem_shape.width == 36
+    assert dut.w_row.shape().elem_shape.width == 10
+    with pytest.raises(ValueError, match=r"^sparse needs an even number of rows, not 3$"):
+        SystolicArray(rows=3, cols=2, sparse=True)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sparse_tiles_between_dense_modes(seed):
+    """2:4 tiles interleaved with every dense mode back to back; dense tiles carry garbage
+    in the weight index bits and must ignore it."""
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    rows, cols = 4, 3
+    order = ["int8 2:4", "int8", "int8 2:4", "int4", "int8 2:4", "binary", "int8 2:4"]
+    lengths = [2 * rows] * 4 + [int(v) for v in rng.integers(1, 3 * rows + 1, 3)]
+    tiles = [sparse_tile(rng, rows, cols, m) if mode == "int8 2:4" else
+             mixed_tile(rng, mode, rows, cols, m) for mode, m in zip(order, lengths)]
+    dut = SystolicArray(rows=rows, cols=cols, modes=MODES, sparse=True)
+    cycles, expected, swaps = build_mixed_schedule(rows, cols, tiles, rng)
+    for cycle in cycles:
+        cycle["w_row"] = [v & 0x3FF for v in cycle["w_row"]]
+        cycle["act"] = [int(v) for v in cycle["act"]]
+    trace = run_mixed(dut, cycles)
+    for t, row in enumerate(expected):
+        assert trace[t + dut.latency] == row, f"row presented in cycle {t}"
     for k, tile in enumerate(tiles):
         got = np.array([trace[swaps[k] + i + dut.latency] for i in range(len(tile["bus"]))])
         np.testing.assert_array_equal(got, tile["expect"], err_msg=f"tile {k} ({tile['mode']})")

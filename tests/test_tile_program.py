@@ -332,7 +332,7 @@ def test_gemm_cycles_single_tile():
         assert gemm_cycles(config, m, 4, 3) == 1 + 4 + m - 1 + result_latency(config)
         assert gemm_cycles(config, m, 8, 3, "int4") == gemm_cycles(config, m, 4, 3)
         assert gemm_cycles(config, m, 32, 3, "binary") == gemm_cycles(config, m, 4, 3)
-    assert result_latency(config) == 4 + 3 + 11
+    assert result_latency(config) == 4 + 3 + 15
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -378,3 +378,133 @@ def test_tile_rows_matches_lower_gemm():
         config, job = random_case(rng, mode)
         program = lower_gemm(config, job)
         assert tile_rows(config, *job.shape, mode) == [c.m_rows for c in program.commands]
+
+
+# -- 2:4 structured sparsity ----------------------------------------------------------------
+
+
+def simulate_sparse_core(config, program):
+    """Execute a 2:4-capable core's streams: a 2:4 tile's row r holds slot r % 2 of group
+    r // 2 (value and index), an activation row 2·rows values.  Returns the result rows."""
+    R, C = config.rows, config.cols
+    weights, indices = iter(program.weight_rows), iter(program.weight_index_rows)
+    acts, quants = iter(program.act_rows), iter(program.quant)
+    results, acc = [], None
+    for cmd in program.commands:
+        w_tile = np.array([next(weights) for _ in range(R)])
+        i_tile = np.array([next(indices) for _ in range(R)])
+        a_tile = np.array([next(acts) for _ in range(cmd.m_rows)])
+        assert a_tile.shape == (cmd.m_rows, 2 * R)
+        assert i_tile.min() >= 0 and i_tile.max() <= 3
+        if cmd.sparse:
+            assert cmd.mode == MODE_CODES["int8"] and 1 <= cmd.k_valid <= 2 * R
+            # Indices of a group strictly increase (what the core checks).
+            assert (i_tile[0::2] < i_tile[1::2]).all()
+            w = np.zeros((2 * R, C), np.int64)
+            for r in range(R):
+                w[4 * (r // 2) + i_tile[r], np.arange(C)] += w_tile[r]
+            part = (a_tile - cmd.a_zero_point) @ w
+        else:
+            assert (i_tile == 0).all() and (a_tile[:, R:] == 0).all()
+            mode = MODES[cmd.mode]
+            w = decode_lanes(w_tile, mode, axis=0)
+            a = decode_lanes(a_tile[:, :R], mode, axis=1)
+            assert mode != "binary"
+            part = (a - cmd.a_zero_point) @ w
+        acc = wrap(part if cmd.first else acc + part, config.acc_bits)
+        if cmd.last:
+            q = next(quants)
+            total = wrap(acc + q.bias, config.acc_bits)
+            results.extend(total if q.raw else np.asarray(
+                requantize(total, q.multiplier, q.shift, out_zero_point=q.out_zero_point,
+                           out_min=q.out_min, out_max=q.out_max), dtype=np.int64))
+    for stream in (weights, indices, acts, quants):
+        assert next(stream, None) is None, "stream not fully consumed"
+    return results
+
+
+SPARSE_KS = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33]
+
+
+@pytest.mark.parametrize("k", SPARSE_KS)
+def test_lower_gemm_sparse_k_edges(k):
+    seed = SEED_BASE + 500 + k
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    config = NPUConfig(rows=4, cols=3, acc_depth=16, modes=("int8", "int4"), sparse_2_4=True)
+    job = random_gemm_job(rng, int(rng.integers(1, 40)), k, int(rng.integers(1, 8)),
+                          raw=bool(rng.random() < 0.3), extremes=bool(rng.random() < 0.3),
+                          sparsity="2:4")
+    program = lower_gemm(config, job)
+    k_tile = 2 * config.rows
+    k_tiles = math.ceil(k / k_tile)
+    assert all(c.sparse and c.mode == MODE_CODES["int8"] for c in program.commands)
+    assert [c.k_valid for c in program.commands[:k_tiles]] == \
+        [min(k_tile, k - i * k_tile) for i in range(k_tiles)]
+    assert len(program.weight_rows) == len(program.weight_index_rows) == \
+        len(program.commands) * config.rows
+    got = simulate_sparse_core(config, program)
+    assert np.array_equal(np.array(got), np.array(program.result_rows))
+    assert np.array_equal(assemble(config, job, program.result_rows), job.reference())
+    assert tile_rows(config, *job.shape, "int8", "2:4") == [c.m_rows for c in program.commands]
+
+
+def test_dense_jobs_on_a_sparse_configuration():
+    seed = SEED_BASE + 600
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    config = NPUConfig(rows=2, cols=2, acc_depth=16, modes=("int8", "int4"), sparse_2_4=True)
+    for mode in ("int8", "int4"):
+        job = random_gemm_job(rng, 5, 11, 3, mode=mode)
+        program = lower_gemm(config, job)
+        assert not any(c.sparse for c in program.commands)
+        assert np.array_equal(simulate_sparse_core(config, program), program.result_rows)
+        assert np.array_equal(assemble(config, job, program.result_rows), job.reference())
+    # Without sparse_2_4 a program carries no index rows and rows-wide activations.
+    program = lower_gemm(config.replace(sparse_2_4=False), job)
+    assert program.weight_index_rows == [] and len(program.act_rows[0]) == config.rows
+
+
+def test_random_sparse_job_is_2_4_and_keeps_dense_draws():
+    seed = SEED_BASE + 700
+    print(f"seed={seed}")
+    job = random_gemm_job(np.random.default_rng(seed), 6, 22, 5, sparsity="2:4")
+    w = np.zeros((24, 5), np.int64)
+    w[:22] = job.w
+    assert (np.count_nonzero(w.reshape(6, 4, 5), axis=1) <= 2).all()
+    assert job.sparsity == "2:4" and job.compressed_weights().nnz == np.count_nonzero(job.w)
+    dense = random_gemm_job(np.random.default_rng(seed), 6, 22, 5)
+    assert np.array_equal(dense.a, job.a) and dense.a_zero_point == job.a_zero_point
+
+
+def test_sparse_errors():
+    w = np.zeros((8, 2), int)
+    w[1:4, 1] = [1, -2, 3]
+    with pytest.raises(ValueError, match=r"^group 0 \(K 0\.\.3\) of column 1 has 3 non-zeros; "
+                                         r"2:4 sparsity allows at most 2$"):
+        GemmJob(np.zeros((1, 8), int), w, sparsity="2:4")
+    with pytest.raises(ValueError, match=r"^2:4 sparsity needs mode 'int8', not 'int4'$"):
+        GemmJob(np.zeros((1, 8), int), np.zeros((8, 2), int), mode="int4", sparsity="2:4")
+    with pytest.raises(ValueError, match=r"^sparsity must be None or one of 2:4, not '1:4'$"):
+        GemmJob(np.zeros((1, 8), int), np.zeros((8, 2), int), sparsity="1:4")
+    job = GemmJob(np.zeros((1, 8), int), np.zeros((8, 2), int), sparsity="2:4")
+    dense_config = NPUConfig(rows=2, cols=2, acc_depth=16)
+    message = r"^sparsity '2:4' needs a configuration with sparse_2_4$"
+    with pytest.raises(ValueError, match=message):
+        lower_gemm(dense_config, job)
+    with pytest.raises(ValueError, match=message):
+        gemm_cycles(dense_config, 1, 8, 2, "int8", "2:4")
+    with pytest.raises(ValueError, match=message):
+        ideal_cycles(dense_config, 1, 8, 2, "int8", "2:4")
+    with pytest.raises(ValueError, match=r"^2:4 sparsity needs mode 'int8', not 'int4'$"):
+        k_per_tile(dense_config, "int4", "2:4")
+
+
+def test_sparse_cycles_halve_the_k_tiles():
+    config = NPUConfig.preset("default")
+    assert k_per_tile(config, "int8", "2:4") == 2 * config.rows
+    for m, k, n in [(64, 256, 64), (5, 17, 9), (600, 48, 8)]:
+        assert gemm_cycles(config, m, 2 * k, n, "int8", "2:4") == gemm_cycles(config, m, k, n)
+        assert ideal_cycles(config, m, k, n, "int8", "2:4") == math.ceil(m * k * n / 128)
+    dense = gemm_cycles(config, 64, 256, 64)
+    assert dense / gemm_cycles(config, 64, 256, 64, "int8", "2:4") >= 1.8

@@ -1,0 +1,99 @@
+"""Building blocks shared by the floating-point units: register placement, leading zeros.
+
+A unit is written as a chain of combinational steps with a *boundary* after each one.
+:class:`Stages` turns a boundary into pipeline registers or into plain wires, so the
+pipeline depth is a parameter: a unit with ``latency`` L registers the first L
+boundaries of its priority order and wires the others.
+"""
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Const, Mux, Signal, Value
+
+__all__ = ["Stages", "wire", "leading_zeros"]
+
+
+class Stages:
+    """Registers (or wires) the values crossing each boundary of a datapath.
+
+    Parameters
+    ----------
+    m : Module
+        Where the registers and wires go.
+    registered : sequence of bool
+        For every boundary, in datapath order, whether it is a register stage.
+    prefix : str
+        Prefix of the generated signal names.
+    """
+
+    def __init__(self, m, registered, prefix):
+        self._m = m
+        self._registered = list(registered)
+        self._prefix = prefix
+        self._index = 0
+
+    def cut(self, **values):
+        """Carry ``values`` (Amaranth values or struct views) over the next boundary.
+
+        Returns a namespace of signals with the same names, registered (``sync``) or
+        assigned combinationally, as the boundary was configured.
+        """
+        if self._index >= len(self._registered):
+            raise RuntimeError(f"{self._prefix}: more boundaries than the "
+                               f"{len(self._registered)} configured")
+        registered = self._registered[self._index]
+        domain = self._m.d.sync if registered else self._m.d.comb
+        out = {}
+        for name, value in values.items():
+            shape = value.shape() if hasattr(value, "shape") else Value.cast(value).shape()
+            signal = Signal(shape, name=f"{self._prefix}{self._index}_{name}")
+            domain += signal.eq(value)
+            out[name] = signal
+        self._index += 1
+        return SimpleNamespace(**out)
+
+    @property
+    def done(self):
+        """Every boundary has been used."""
+        return self._index == len(self._registered)
+
+
+def wire(m, value, name):
+    """A combinational signal carrying ``value``.
+
+    Amaranth does not share common subexpressions: an expression used in several
+    places is generated (and simulated) once per use.  Values used more than once go
+    through a wire.
+    """
+    shape = value.shape() if hasattr(value, "shape") else Value.cast(value).shape()
+    signal = Signal(shape, name=name)
+    m.d.comb += signal.eq(value)
+    return signal
+
+
+def leading_zeros(value):
+    """The number of leading zeros of ``value`` (its width when it is zero), as a tree.
+
+    Each level of the tree halves the width, so the logic depth is logarithmic in the
+    width.  Returns an unsigned value wide enough for ``len(value)``.
+    """
+    value = Value.cast(value).as_unsigned()
+    width = len(value)
+    size = 1
+    while size < width:
+        size *= 2
+    # Ones below the value make the padded word nonzero unless the value is zero.
+    bits = Cat(Const((1 << (size - width)) - 1, size - width), value) if size > width else value
+
+    def count(v):
+        # (all zero, leading zeros modulo len(v)) of v, the count log2(len(v)) bits wide.
+        if len(v) == 1:
+            return ~v[0], Const(0, 0)
+        half = len(v) // 2
+        hi_zero, hi_count = count(v[half:])
+        lo_zero, lo_count = count(v[:half])
+        total = Mux(hi_zero, Cat(lo_count, Const(1, 1)), Cat(hi_count, Const(0, 1)))
+        return hi_zero & lo_zero, total
+
+    all_zero, total = count(bits)
+    return Mux(all_zero, width, total).as_unsigned()[:width.bit_length()]
