@@ -34,7 +34,7 @@ import numpy as np
 from .binary import pack_bits
 from .gemm import matmul_integer
 from .int4 import pack_int4
-from .precision import MODES, PACK, SPARSE_K_FACTOR, VALUE_RANGE, check_sparsity, mode_code
+from .precision import PACK, SPARSE_K_FACTOR, VALUE_RANGE, check_sparsity, mode_code
 from .quant import requantize
 from .sparse_formats import NMMatrix
 

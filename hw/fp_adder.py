@@ -22,14 +22,12 @@ Datapath, with a boundary after each step::
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
 
 from npugen.golden.floating import FLOAT32, FloatFormat
 
 from .float_format import float_struct
-from .fp_multiplier import _check, operands_layout, registered_boundaries
-from .fp_pipeline import Stages, leading_zeros, wire
+from .fp_multiplier import _check, registered_boundaries
+from .fp_pipeline import FloatUnit, Stages, leading_zeros, wire
 
 __all__ = ["FloatAdder", "MAX_LATENCY", "DEFAULT_LATENCY"]
 
@@ -41,7 +39,7 @@ MAX_LATENCY = 4
 DEFAULT_LATENCY = 4
 
 
-class FloatAdder(wiring.Component):
+class FloatAdder(FloatUnit):
     """``result = operands.a + operands.b``, one pair per cycle, fixed latency.
 
     Parameters
@@ -62,31 +60,7 @@ class FloatAdder(wiring.Component):
 
     def __init__(self, fmt: FloatFormat = FLOAT32, *, latency: int = DEFAULT_LATENCY,
                  subnormals: str = "ieee"):
-        try:
-            _check(fmt, latency, subnormals)
-        except (TypeError, ValueError):
-            # A rejected component is never elaborated; don't report it as unused.
-            self._MustUse__silence = True
-            raise
-        self._fmt = fmt
-        self._latency = latency
-        self._subnormals = subnormals
-        super().__init__({
-            "operands": In(stream.Signature(operands_layout(fmt), always_ready=True)),
-            "result": Out(stream.Signature(float_struct(fmt), always_ready=True)),
-        })
-
-    @property
-    def fmt(self) -> FloatFormat:
-        return self._fmt
-
-    @property
-    def latency(self) -> int:
-        return self._latency
-
-    @property
-    def subnormals(self) -> str:
-        return self._subnormals
+        super().__init__(fmt, latency, subnormals, lambda: _check(fmt, latency, subnormals))
 
     def elaborate(self, platform):
         m = Module()

@@ -30,13 +30,11 @@ registers the output, 2 also the product, ...); the rest are wires.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
 
 from npugen.golden.floating import BFLOAT16, SUBNORMAL_POLICIES, FloatFormat
 
 from .float_format import float_struct
-from .fp_pipeline import Stages, leading_zeros, wire
+from .fp_pipeline import FloatUnit, Stages, leading_zeros, operands_layout, wire
 
 __all__ = ["FloatMultiplier", "MULTIPLIERS", "MAX_LATENCY", "DEFAULT_LATENCY",
            "operands_layout", "lut_product"]
@@ -53,12 +51,6 @@ DEFAULT_LATENCY = 4
 
 #: Which boundaries get the registers first (output, product, normalize, unpack).
 _PRIORITY = (3, 1, 2, 0)
-
-
-def operands_layout(fmt: FloatFormat) -> data.StructLayout:
-    """The payload of an operand pair: ``a`` and ``b`` in format ``fmt``."""
-    struct = float_struct(fmt)
-    return data.StructLayout({"a": struct, "b": struct})
 
 
 def registered_boundaries(latency):
@@ -108,7 +100,7 @@ def _check(fmt, latency, subnormals, multiplier=None):
                          f"not {multiplier!r}")
 
 
-class FloatMultiplier(wiring.Component):
+class FloatMultiplier(FloatUnit):
     """``result = operands.a × operands.b``, one pair per cycle, fixed latency.
 
     Parameters
@@ -134,32 +126,9 @@ class FloatMultiplier(wiring.Component):
 
     def __init__(self, fmt: FloatFormat = BFLOAT16, *, latency: int = DEFAULT_LATENCY,
                  subnormals: str = "ieee", multiplier: str = "dsp"):
-        try:
-            _check(fmt, latency, subnormals, multiplier)
-        except (TypeError, ValueError):
-            # A rejected component is never elaborated; don't report it as unused.
-            self._MustUse__silence = True
-            raise
-        self._fmt = fmt
-        self._latency = latency
-        self._subnormals = subnormals
         self._multiplier = multiplier
-        super().__init__({
-            "operands": In(stream.Signature(operands_layout(fmt), always_ready=True)),
-            "result": Out(stream.Signature(float_struct(fmt), always_ready=True)),
-        })
-
-    @property
-    def fmt(self) -> FloatFormat:
-        return self._fmt
-
-    @property
-    def latency(self) -> int:
-        return self._latency
-
-    @property
-    def subnormals(self) -> str:
-        return self._subnormals
+        super().__init__(fmt, latency, subnormals,
+                         lambda: _check(fmt, latency, subnormals, multiplier))
 
     @property
     def multiplier(self) -> str:

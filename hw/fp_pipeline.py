@@ -9,8 +9,56 @@ boundaries of its priority order and wires the others.
 from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 
-__all__ = ["Stages", "wire", "leading_zeros"]
+from npugen.golden.floating import FloatFormat
+
+from .float_format import float_struct
+
+__all__ = ["FloatUnit", "operands_layout", "Stages", "wire", "leading_zeros"]
+
+
+def operands_layout(fmt: FloatFormat) -> data.StructLayout:
+    """The payload of an operand pair: ``a`` and ``b`` in format ``fmt``."""
+    struct = float_struct(fmt)
+    return data.StructLayout({"a": struct, "b": struct})
+
+
+class FloatUnit(wiring.Component):
+    """The shell of a pipelined two-operand floating-point unit.
+
+    ``operands`` (``a``, ``b`` in ``fmt``) in, ``result`` out, one pair per cycle with
+    no back-pressure; ``result.valid`` is ``operands.valid`` delayed by ``latency``.
+    ``check`` validates the parameters before anything is built (a rejected unit is
+    never elaborated, so it is not reported as unused).
+    """
+
+    def __init__(self, fmt: FloatFormat, latency: int, subnormals: str, check):
+        try:
+            check()
+        except (TypeError, ValueError):
+            self._MustUse__silence = True
+            raise
+        self._fmt = fmt
+        self._latency = latency
+        self._subnormals = subnormals
+        super().__init__({
+            "operands": In(stream.Signature(operands_layout(fmt), always_ready=True)),
+            "result": Out(stream.Signature(float_struct(fmt), always_ready=True)),
+        })
+
+    @property
+    def fmt(self) -> FloatFormat:
+        return self._fmt
+
+    @property
+    def latency(self) -> int:
+        return self._latency
+
+    @property
+    def subnormals(self) -> str:
+        return self._subnormals
 
 
 class Stages:
