@@ -98,6 +98,46 @@ def _gemm_core(config):
     return top_component(config)
 
 
+def _float_unit(kind, fmt_name, **kwargs):
+    """A factory of an FP multiplier or adder behind plain ports.
+
+    The FP units' streams are ``always_ready`` (their ``ready`` is a constant), which a
+    Verilog top cannot have as a port; the shell exposes ``a``, ``b``, ``valid_in`` and
+    ``result``, ``valid_out`` and connects them straight through.
+    """
+    def factory(config):
+        from amaranth.hdl import Module
+        from amaranth.lib import wiring
+        from amaranth.lib.wiring import In, Out
+
+        from npugen.golden import floating
+        from npugen.hw.float_format import float_struct
+        from npugen.hw.fp_adder import FloatAdder
+        from npugen.hw.fp_multiplier import FloatMultiplier
+
+        fmt = getattr(floating, fmt_name)
+        cls = FloatMultiplier if kind == "mul" else FloatAdder
+
+        class FloatUnitShell(wiring.Component):
+            def __init__(self):
+                super().__init__({"a": In(float_struct(fmt)), "b": In(float_struct(fmt)),
+                                  "valid_in": In(1), "result": Out(float_struct(fmt)),
+                                  "valid_out": Out(1)})
+
+            def elaborate(self, platform):
+                m = Module()
+                m.submodules.unit = unit = cls(fmt, **kwargs)
+                m.d.comb += [
+                    unit.operands.payload.a.eq(self.a), unit.operands.payload.b.eq(self.b),
+                    unit.operands.valid.eq(self.valid_in),
+                    self.result.eq(unit.result.payload), self.valid_out.eq(unit.result.valid),
+                ]
+                return m
+
+        return FloatUnitShell()
+    return factory
+
+
 def _peak_macs(config):
     return max(config.peak_macs_per_cycle(mode) for mode in config.modes)
 
@@ -111,6 +151,14 @@ UNITS: dict[str, Unit] = {
     "array": Unit(_array, _peak_macs, "rows × cols systolic array core with skew/deskew"),
     "accumulator": Unit(_accumulator, 0, "accumulator buffer (acc_depth rows × cols, RMW)"),
     "requantizer": Unit(_requantizer, 0, "per-column TFLite requantizer (cols lanes, 11 stages)"),
+    **{f"{name}_mul_{kind}": Unit(
+        _float_unit("mul", fmt, multiplier=kind), 1,
+        f"{name.upper()} multiplier, significand product {'on a DSP' if kind == 'dsp' else 'in LUTs'}",
+        group=f"float-mul-{kind}", partial_products=(man + 1) ** 2)
+       for kind in ("lut", "dsp")
+       for name, fmt, man in (("bf16", "BFLOAT16", 7), ("fp16", "FLOAT16", 10),
+                              ("tf32", "TENSORFLOAT32", 10), ("fp32", "FLOAT32", 23))},
+    "fp32_add": Unit(_float_unit("add", "FLOAT32"), 0, "FP32 adder (accumulation)"),
     NPU_TOP: Unit(_gemm_core, _peak_macs, "GEMM core: controller, array, accumulator, "
                                          "requantizer, result FIFO (the NPU top today)"),
 }

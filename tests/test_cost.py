@@ -73,3 +73,20 @@ def test_cost_real_units(tmp_path, capsys):
     assert rows["accumulator"]["brams"] >= 1 and rows["accumulator"]["luts_per_mac"] is None
     assert "## Unit cost on ecp5-85f" in (tmp_path / "c.md").read_text()
     assert (tmp_path / "c.csv").read_text().startswith("unit,description,status")
+
+
+@pytest.mark.parametrize("name", ["bf16_mul_lut", "bf16_mul_dsp", "fp32_add"])
+def test_float_units_elaborate_behind_plain_ports(name):
+    """FP units have always-ready streams; their shell gives them ports a top can have."""
+    from amaranth.back import verilog
+
+    from npugen.flows.units import build_unit, get_unit
+    from npugen.golden.config import PRESETS
+
+    text = verilog.convert(build_unit(name, PRESETS["tiny"]), name="unit", emit_src=False)
+    for port in ("a", "b", "valid_in", "result", "valid_out"):
+        assert f"put {port};" in text or f"] {port};" in text, port
+    # The LUT variant builds its significand product from logic, never a multiplication.
+    assert (" * " in text) == name.endswith("_dsp")
+    if name.startswith("bf16"):
+        assert get_unit(name).partial_products == 64
