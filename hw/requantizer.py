@@ -65,15 +65,23 @@ class Requantizer(wiring.Component):
         cols = self._config.cols
 
         # p[i], valid[i], raw[i]: the row's parameters, valid flag and raw sum in the
-        # register after stage i + 1 (stage k reads p[k - 2]).
-        p = [Signal(self._params_layout, name=f"params_s{i}") for i in range(1, LATENCY)]
+        # register after stage i + 1 (stage k reads p[k - 2]).  Each parameter travels
+        # only as far as the last stage that reads it.
+        last_use = {"bias": 0, "multiplier": 2, "shift": 5, "out_zero_point": 8,
+                    "out_min": 9, "out_max": 9, "raw": 9}
+        fields = dict(self._params_layout)
+        p = [Signal(data.StructLayout({name: fields[name].shape for name in fields
+                                       if last_use[name] >= i}), name=f"params_s{i + 1}")
+             for i in range(LATENCY - 1)]
         valid = [Signal(name=f"valid_s{i}") for i in range(1, LATENCY)]
         raw_value = [Signal(data.ArrayLayout(signed(32), cols), name=f"raw_s{i}")
                      for i in range(1, LATENCY)]
         acc = Signal.like(self.acc, name="acc_s1")
         m.d.sync += [valid[0].eq(self.valid_in), p[0].eq(self.params), acc.eq(self.acc)]
         for i in range(1, LATENCY - 1):
-            m.d.sync += [valid[i].eq(valid[i - 1]), p[i].eq(p[i - 1])]
+            m.d.sync += valid[i].eq(valid[i - 1])
+            m.d.sync += [getattr(p[i], name).eq(getattr(p[i - 1], name))
+                         for name, _ in p[i].shape()]
             if i >= 2:
                 m.d.sync += raw_value[i].eq(raw_value[i - 1])
         m.d.sync += self.valid_out.eq(valid[-1])
