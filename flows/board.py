@@ -111,8 +111,7 @@ def SelfTest(config: NPUConfig, *, jobs: int = 16, expected: int | None = None):
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 65535:
         raise ValueError(f"jobs must be an integer in 1..65535, not {jobs!r}")
-    if not isinstance(config, NPUConfig):
-        raise TypeError(f"config must be an NPUConfig, not {config!r}")
+    NPUConfig.check(config)
 
     class _SelfTest(wiring.Component):
         def __init__(self):

@@ -522,8 +522,7 @@ def synthesize(config: NPUConfig, target, *, unit: str | None = None, seeds=(1,)
 
     if isinstance(target, str):
         target = get_target(target)
-    if not isinstance(config, NPUConfig):
-        raise TypeError(f"config must be an NPUConfig, not {config!r}")
+    NPUConfig.check(config)
     design = unit or NPU_TOP
     get_unit(design)
     seeds = list(seeds)

@@ -40,8 +40,7 @@ def top_component(config: NPUConfig, *, pe_module: str | None = None):
 
 
 def _check_args(config, name):
-    if not isinstance(config, NPUConfig):
-        raise TypeError(f"config must be an NPUConfig, not {config!r}")
+    NPUConfig.check(config)
     if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"name must be a Verilog identifier, not {name!r}")
 

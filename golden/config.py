@@ -228,6 +228,13 @@ class NPUConfig:
         return cls.from_toml(text, source=str(path))
 
     @classmethod
+    def check(cls, config) -> "NPUConfig":
+        """``config`` itself if it is an :class:`NPUConfig`; a ``TypeError`` otherwise."""
+        if not isinstance(config, cls):
+            raise TypeError(f"config must be an NPUConfig, not {config!r}")
+        return config
+
+    @classmethod
     def preset(cls, name: str) -> "NPUConfig":
         """The named preset from :data:`PRESETS`."""
         try:

@@ -92,8 +92,7 @@ class GemmCore(wiring.Component):
 
     def __init__(self, config, *, pe_module=None):
         from npugen.golden.config import NPUConfig
-        if not isinstance(config, NPUConfig):
-            raise TypeError(f"config must be an NPUConfig, not {config!r}")
+        NPUConfig.check(config)
         self._config = config
         self._pe_module = pe_module
         super().__init__({

@@ -147,8 +147,7 @@ class SparseEngine(wiring.Component):
 
     def __init__(self, config):
         from npugen.golden.config import NPUConfig
-        if not isinstance(config, NPUConfig):
-            raise TypeError(f"config must be an NPUConfig, not {config!r}")
+        NPUConfig.check(config)
         self._config = config
         super().__init__({
             "cmd": In(stream.Signature(spmm_command_layout(config))),

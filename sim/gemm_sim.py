@@ -82,18 +82,13 @@ def run_gemm_jobs(config: NPUConfig, jobs: list[GemmJob], *, seed: int, idle: fl
     """
     programs = [lower_gemm(config, job) for job in jobs]
     build_dir = build_core(config, waves=waves)
-    job_spec = {"config": config.to_dict(), "seed": seed, "idle": idle,
-                "backpressure": backpressure, "fault": fault,
-                "programs": [_program_dict(p) for p in programs]}
-    result, failure, work_dir = run_job(build_dir, TOPLEVEL, "npugen.sim.tb_gemm_core", job_spec,
-                                        testcase=testcase, seed=seed, waves=waves,
-                                        work_dir=work_dir, prefix="gemm-")
+    result, failure, work_dir = run_job(
+        build_dir, TOPLEVEL, "npugen.sim.tb_gemm_core", config,
+        [_program_dict(p) for p in programs],
+        seed=seed, idle=idle, backpressure=backpressure, fault=fault, testcase=testcase,
+        waves=waves, work_dir=work_dir, prefix="gemm-")
     if testcase != "run_programs":
-        if failure:
-            raise failure
         return result
-    if result is None:
-        raise failure or runner.SimulationFailed(f"no results in {work_dir}")
     outputs, expected, offset = [], [], 0
     for job, program in zip(jobs, programs):
         count = len(program.result_rows)

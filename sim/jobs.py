@@ -16,14 +16,16 @@ from . import runner
 __all__ = ["run_job"]
 
 
-def run_job(build_dir: Path, toplevel: str, test_module: str, job: dict, *, testcase: str,
-            seed: int, waves: bool = False, work_dir: Path | None = None,
-            prefix: str = "run-"):
-    """Run ``testcase`` of ``test_module`` on a built model with ``job``.
+def run_job(build_dir: Path, toplevel: str, test_module: str, config, programs: list[dict], *,
+            seed: int, idle: float, backpressure: float, fault: str | None, testcase: str,
+            waves: bool = False, work_dir: Path | None = None, prefix: str = "run-"):
+    """Run ``testcase`` of ``test_module`` on a built model with ``programs``.
 
-    Returns ``(result, failure, work_dir)``: the testbench's record (``None`` if it wrote
-    none), the :class:`runner.SimulationFailed` raised by the run (or ``None``) and the
-    directory holding the job, result, log and waveforms.
+    Returns ``(result, failure, work_dir)``: the testbench's record, the
+    :class:`runner.SimulationFailed` of a ``run_programs`` run whose record was still
+    written (the caller decides whether the outputs explain it), and the directory
+    holding the job, result, log and waveforms.  Raises when there is no record, and for
+    any other testcase when it failed.
     """
     if work_dir is None:
         work_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=build_dir))
@@ -32,7 +34,8 @@ def run_job(build_dir: Path, toplevel: str, test_module: str, job: dict, *, test
     job_file, result_file = work_dir / "job.pkl", work_dir / "result.pkl"
     result_file.unlink(missing_ok=True)
     with open(job_file, "wb") as f:
-        pickle.dump(job, f)
+        pickle.dump({"config": config.to_dict(), "seed": seed, "idle": idle,
+                     "backpressure": backpressure, "fault": fault, "programs": programs}, f)
     failure = None
     try:
         runner.run(build_dir, toplevel, test_module, testcase=testcase,
@@ -40,8 +43,9 @@ def run_job(build_dir: Path, toplevel: str, test_module: str, job: dict, *, test
                    waves=waves, seed=seed, test_dir=work_dir)
     except runner.SimulationFailed as e:
         failure = e
-    result = None
-    if result_file.exists():
-        with open(result_file, "rb") as f:
-            result = pickle.load(f)
-    return result, failure, work_dir
+    if not result_file.exists():
+        raise failure or runner.SimulationFailed(f"no results in {work_dir}")
+    if failure is not None and testcase != "run_programs":
+        raise failure
+    with open(result_file, "rb") as f:
+        return pickle.load(f), failure, work_dir

@@ -20,7 +20,7 @@ from npugen.golden.config import NPUConfig
 from npugen.sim.payload import pack, unpack_lanes
 
 __all__ = ["CLOCK_NS", "StreamTB", "pause_pattern", "now_cycles", "load_job", "write_result",
-           "score_results", "timeout_for"]
+           "score_results", "run_and_score", "timeout_for"]
 
 AmaranthStreamBus, AmaranthStreamTransaction, AmaranthStreamSource, AmaranthStreamSink, _ = \
     define_stream("AmaranthStream", signals=["payload", "valid", "ready"])
@@ -54,12 +54,14 @@ def write_result(record: dict) -> None:
 class StreamTB:
     """Clock, reset, a source per input stream and a sink on ``result``.
 
-    ``inputs`` maps each input stream's port name to its payload layout.
+    ``inputs`` maps each input stream's port name to ``(payload layout, program key)``:
+    :meth:`enqueue` sends ``program[key]`` on that stream, in the order of ``inputs``.
     """
 
     def __init__(self, dut, inputs: dict, *, seed: int, idle: float, backpressure: float):
         self.dut = dut
-        self.layouts = dict(inputs)
+        self.layouts = {name: layout for name, (layout, _) in inputs.items()}
+        self.program_keys = {name: key for name, (_, key) in inputs.items()}
         Clock(dut.clk, CLOCK_NS, unit="ns").start()
         bus = lambda name: AmaranthStreamBus.from_prefix(dut, name, bus_separator="__")
         self.sources = {name: AmaranthStreamSource(bus(name), dut.clk, dut.rst)
@@ -77,6 +79,11 @@ class StreamTB:
         await ClockCycles(self.dut.clk, 3)
         self.dut.rst.value = 0
         await RisingEdge(self.dut.clk)
+
+    def enqueue(self, program: dict) -> None:
+        """Queue every stream's beats of one program."""
+        for name, key in self.program_keys.items():
+            self.send(name, program[key])
 
     def send(self, name: str, items) -> None:
         """Queue payloads (nested values, packed with the stream's layout) on ``name``."""
@@ -112,6 +119,32 @@ async def score_results(tb: StreamTB, expected, *, lanes: int, timeout_cycles: i
     return {"rows": received, "cycles": int(round(cycles)), "mismatches": len(mismatches),
             "extra_rows": tb.result.count(), "error": int(dut.error.value),
             "busy": int(dut.busy.value)}
+
+
+async def run_and_score(tb: StreamTB, job: dict, *, lanes: int, drain_cycles: int,
+                        margin: int, error_name=str) -> None:
+    """Run every program of ``job`` back to back, score the result rows, write the record.
+
+    Fails when a row differs, extra rows appear, or the design ends in error or busy.
+    """
+    dut = tb.dut
+    dut._log.info("seed=%d idle=%.2f backpressure=%.2f programs=%d", job["seed"], job["idle"],
+                  job["backpressure"], len(job["programs"]))
+    await tb.reset()
+    expected = [row for program in job["programs"] for row in program["result_rows"]]
+    start = now_cycles()
+    for program in job["programs"]:
+        tb.enqueue(program)
+    keys = (*tb.program_keys.values(), "result_rows")
+    record = await score_results(tb, expected, lanes=lanes, start=start,
+                                 drain_cycles=drain_cycles,
+                                 timeout_cycles=timeout_for(job, keys, margin=margin))
+    write_result(record)
+    assert not record["mismatches"], \
+        f"{record['mismatches']} of {len(expected)} result rows differ (seed={job['seed']})"
+    assert record["extra_rows"] == 0, f"{record['extra_rows']} unexpected result rows"
+    assert record["error"] == 0, f"the design reported error {error_name(record['error'])}"
+    assert record["busy"] == 0, "the design is still busy after its last result"
 
 
 def timeout_for(job: dict, beat_keys, *, margin: int) -> int:

@@ -17,48 +17,27 @@ from cocotb.triggers import ClockCycles
 from npugen.golden.precision import MODE_CODES
 from npugen.hw.layouts import (activation_row_layout, quant_params_layout, tile_command_layout,
                                weight_row_layout)
-from npugen.sim.streams import (StreamTB, load_job, now_cycles, score_results, timeout_for,
-                                write_result)
+from npugen.hw.gemm_core import CoreError
+from npugen.sim.streams import StreamTB, load_job, run_and_score, write_result
 
 
 def gemm_core_tb(dut, config, *, seed, idle, backpressure) -> StreamTB:
-    return StreamTB(dut, {"cmd": tile_command_layout(config), "quant": quant_params_layout(config),
-                          "weight": weight_row_layout(config),
-                          "act": activation_row_layout(config)},
+    return StreamTB(dut, {"cmd": (tile_command_layout(config), "commands"),
+                          "quant": (quant_params_layout(config), "quant"),
+                          "weight": (weight_row_layout(config), "weight_rows"),
+                          "act": (activation_row_layout(config), "act_rows")},
                     seed=seed, idle=idle, backpressure=backpressure)
-
-
-def enqueue(tb: StreamTB, program: dict) -> None:
-    tb.send("cmd", program["commands"])
-    tb.send("quant", program["quant"])
-    tb.send("weight", program["weight_rows"])
-    tb.send("act", program["act_rows"])
 
 
 @cocotb.test()
 async def run_programs(dut):
     """Run every program of the job back to back and score the result rows."""
     job, cfg = load_job()
-    dut._log.info("seed=%d idle=%.2f backpressure=%.2f programs=%d", job["seed"], job["idle"],
-                  job["backpressure"], len(job["programs"]))
     tb = gemm_core_tb(dut, cfg, seed=job["seed"], idle=job["idle"],
                       backpressure=job["backpressure"])
-    await tb.reset()
-
-    expected = [row for program in job["programs"] for row in program["result_rows"]]
-    start = now_cycles()
-    for program in job["programs"]:
-        enqueue(tb, program)
-    record = await score_results(
-        tb, expected, lanes=cfg.cols, start=start, drain_cycles=cfg.rows + cfg.cols + 16,
-        timeout_cycles=timeout_for(job, ("act_rows", "weight_rows", "result_rows"),
-                                   margin=20 * (cfg.rows + cfg.cols) + 2000))
-    write_result(record)
-    assert not record["mismatches"], \
-        f"{record['mismatches']} of {len(expected)} result rows differ (seed={job['seed']})"
-    assert record["extra_rows"] == 0, f"{record['extra_rows']} unexpected result rows"
-    assert record["error"] == 0, f"core reported error {record['error']}"
-    assert record["busy"] == 0, "core still busy after its last result"
+    await run_and_score(tb, job, lanes=cfg.cols, drain_cycles=cfg.rows + cfg.cols + 16,
+                        margin=20 * (cfg.rows + cfg.cols) + 2000,
+                        error_name=lambda code: CoreError(code).name)
 
 
 #: Malformed inputs the core must reject: how to corrupt a program, the expected code.
@@ -90,7 +69,7 @@ async def rejects_malformed_input(dut):
     await tb.reset()
     program = job["programs"][0]
     corrupt(program)
-    enqueue(tb, program)
+    tb.enqueue(program)
     await ClockCycles(dut.clk, 4 * (cfg.rows + cfg.cols) + len(program["act_rows"]) + 50)
     error = int(dut.error.value)
     write_result({"error": error, "results": tb.result.count(), "busy": int(dut.busy.value)})

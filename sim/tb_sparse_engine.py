@@ -17,46 +17,25 @@ from cocotb.triggers import ClockCycles
 from npugen.hw.sparse_engine import (SpmmError, spmm_act_layout, spmm_command_layout,
                                      spmm_nz_layout, spmm_quant_layout)
 from npugen.sim.payload import unpack_lanes
-from npugen.sim.streams import (StreamTB, load_job, now_cycles, score_results, timeout_for,
-                                write_result)
+from npugen.sim.streams import StreamTB, load_job, run_and_score, write_result
 
 
 def sparse_engine_tb(dut, config, *, seed, idle, backpressure) -> StreamTB:
-    return StreamTB(dut, {"cmd": spmm_command_layout(config), "quant": spmm_quant_layout(config),
-                          "nz": spmm_nz_layout(config), "act": spmm_act_layout(config)},
+    return StreamTB(dut, {"cmd": (spmm_command_layout(config), "commands"),
+                          "quant": (spmm_quant_layout(config), "quant"),
+                          "nz": (spmm_nz_layout(config), "nz_beats"),
+                          "act": (spmm_act_layout(config), "act_rows")},
                     seed=seed, idle=idle, backpressure=backpressure)
-
-
-def enqueue(tb: StreamTB, program: dict) -> None:
-    tb.send("cmd", program["commands"])
-    tb.send("quant", program["quant"])
-    tb.send("nz", program["nz_beats"])
-    tb.send("act", program["act_rows"])
 
 
 @cocotb.test()
 async def run_programs(dut):
     """Run every program of the job back to back and score the result rows."""
     job, cfg = load_job()
-    dut._log.info("seed=%d idle=%.2f backpressure=%.2f programs=%d", job["seed"], job["idle"],
-                  job["backpressure"], len(job["programs"]))
     tb = sparse_engine_tb(dut, cfg, seed=job["seed"], idle=job["idle"],
                           backpressure=job["backpressure"])
-    await tb.reset()
-
-    expected = [row for program in job["programs"] for row in program["result_rows"]]
-    start = now_cycles()
-    for program in job["programs"]:
-        enqueue(tb, program)
-    record = await score_results(
-        tb, expected, lanes=cfg.rows, start=start, drain_cycles=32,
-        timeout_cycles=timeout_for(job, ("act_rows", "nz_beats", "result_rows"), margin=2000))
-    write_result(record)
-    assert not record["mismatches"], \
-        f"{record['mismatches']} of {len(expected)} result rows differ (seed={job['seed']})"
-    assert record["extra_rows"] == 0, f"{record['extra_rows']} unexpected result rows"
-    assert record["error"] == 0, f"engine reported error {SpmmError(record['error']).name}"
-    assert record["busy"] == 0, "engine still busy after its last result"
+    await run_and_score(tb, job, lanes=cfg.rows, drain_cycles=32, margin=2000,
+                        error_name=lambda code: SpmmError(code).name)
 
 
 def _channel_of_beat(program, beat):
@@ -146,7 +125,7 @@ async def rejects_malformed_input(dut):
     await tb.reset()
     program = job["programs"][0]
     good_rows = corrupt(program)
-    enqueue(tb, program)
+    tb.enqueue(program)
     await ClockCycles(dut.clk, 2 * (len(program["act_rows"]) + len(program["nz_beats"])) + 100)
     error = int(dut.error.value)
     received = []

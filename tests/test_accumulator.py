@@ -14,8 +14,8 @@ import random
 
 import pytest
 from amaranth.hdl import Fragment, unsigned
-from amaranth.sim import Simulator
 
+from cycle_sim import run_cycles
 from npugen.golden.config import NPUConfig
 from npugen.hw.accumulator import AccumulatorBuffer
 
@@ -41,23 +41,11 @@ def bubble(cols, *, addr=0, psum=None, first=0, last=0, tag=0):
 
 def simulate(dut, cycles, cols):
     """Drive one input dict per cycle (then one bubble); outputs of every cycle."""
-    trace = []
-
-    async def testbench(ctx):
-        for inputs in cycles + [bubble(cols)]:
-            for name, value in inputs.items():
-                ctx.set(getattr(dut, name), value)
-            total = ctx.get(dut.sum)
-            trace.append({"valid_out": ctx.get(dut.valid_out),
-                          "tag_out": ctx.get(dut.tag_out),
-                          "sum": [total[c] for c in range(cols)]})
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return trace
+    def read(ctx):
+        total = ctx.get(dut.sum)
+        return {"valid_out": ctx.get(dut.valid_out), "tag_out": ctx.get(dut.tag_out),
+                "sum": [total[c] for c in range(cols)]}
+    return run_cycles(dut, cycles + [bubble(cols)], read)
 
 
 def expected_outputs(cycles, cols, acc_bits):

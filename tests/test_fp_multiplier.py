@@ -14,9 +14,10 @@ import time
 import numpy as np
 import pytest
 from amaranth.back import rtlil
-from amaranth.hdl import ClockDomain, Fragment, Module, Signal
+from amaranth.hdl import Fragment, Module, Signal
 from amaranth.sim import Simulator
 
+from cycle_sim import run_operand_pairs
 from npugen.golden.floating import (BFLOAT16, FLOAT16, FLOAT32, TENSORFLOAT32, FloatFormat,
                                     bf16_mul, mul_array, random_operands, special_values)
 from npugen.hw.float_format import float_struct
@@ -64,25 +65,7 @@ def test_defaults_and_signature():
 
 def simulate(dut, pairs, valid):
     """Drive one pair per cycle with the given valid flags; return per-cycle (valid, result)."""
-    trace = []
-    idle = [(0, 0)] * (dut.latency + 2)
-
-    async def testbench(ctx):
-        for (a, b), v in zip(pairs + idle, valid + [0] * len(idle)):
-            ctx.set(dut.operands.payload.a.as_value(), a)
-            ctx.set(dut.operands.payload.b.as_value(), b)
-            ctx.set(dut.operands.valid, v)
-            trace.append((ctx.get(dut.result.valid), ctx.get(dut.result.payload.as_value())))
-            await ctx.tick()
-
-    top = Module()
-    top.domains.sync = ClockDomain()       # also for latency 0, which has no registers
-    top.submodules.dut = dut
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return trace
+    return run_operand_pairs(dut, pairs, valid)
 
 
 @pytest.mark.parametrize("latency", range(MAX_LATENCY + 1))

@@ -10,8 +10,8 @@ import random
 
 import pytest
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 
+from cycle_sim import run_cycles
 from npugen.hw.pe import ProcessingElement
 
 SEEDS = [0x5EED_0001, 0x5EED_0002, 0x5EED_0003]
@@ -32,22 +32,10 @@ def idle(**fields):
     return cycle
 
 
-def simulate(dut, cycles):
+def simulate(dut, cycles, outputs=OUTPUTS):
     """Apply one input dict per cycle; return the outputs read in each cycle."""
-    trace = []
-
-    async def testbench(ctx):
-        for inputs in cycles:
-            for name, value in inputs.items():
-                ctx.set(getattr(dut, name), value)
-            trace.append({name: ctx.get(getattr(dut, name)) for name in OUTPUTS})
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return trace
+    return run_cycles(dut, cycles, lambda ctx: {name: ctx.get(getattr(dut, name))
+                                                for name in outputs})
 
 
 class PEModel:
@@ -302,20 +290,7 @@ def mode_idle(**fields):
 
 
 def simulate_modes(dut, cycles):
-    trace = []
-
-    async def testbench(ctx):
-        for inputs in cycles:
-            for name, value in inputs.items():
-                ctx.set(getattr(dut, name), value)
-            trace.append({name: ctx.get(getattr(dut, name)) for name in MODE_OUTPUTS})
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return trace
+    return simulate(dut, cycles, MODE_OUTPUTS)
 
 
 class ModePEModel:

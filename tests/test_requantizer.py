@@ -23,6 +23,7 @@ import pytest
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
+from cycle_sim import run_cycles
 from npugen.golden.config import NPUConfig
 from npugen.golden.quant import (
     INT32_MAX,
@@ -73,22 +74,18 @@ def reference(acc, p, acc_bits=32):
 def simulate(dut, rows):
     """Stream ``(valid, acc, params)`` one per cycle; ``(valid_out, result)`` per cycle."""
     idle = (0, [0] * LANES, make_params([0] * LANES, [0] * LANES, [0] * LANES))
-    trace = []
 
-    async def testbench(ctx):
-        for valid, acc, params in rows + [idle] * (LATENCY + 1):
-            ctx.set(dut.valid_in, valid)
-            ctx.set(dut.acc, acc)
-            ctx.set(dut.params, params)
-            result = ctx.get(dut.result)
-            trace.append((ctx.get(dut.valid_out), [result[i] for i in range(LANES)]))
-            await ctx.tick()
+    def drive(ctx, row):
+        valid, acc, params = row
+        ctx.set(dut.valid_in, valid)
+        ctx.set(dut.acc, acc)
+        ctx.set(dut.params, params)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return trace
+    def read(ctx):
+        result = ctx.get(dut.result)
+        return ctx.get(dut.valid_out), [result[i] for i in range(LANES)]
+
+    return run_cycles(dut, rows + [idle] * (LATENCY + 1), read, drive=drive)
 
 
 def check(trace, rows, acc_bits=32):

@@ -18,8 +18,8 @@ import random
 import numpy as np
 import pytest
 from amaranth.hdl import Fragment
-from amaranth.sim import Simulator
 
+from cycle_sim import run_cycles
 from npugen.hw.systolic_array import SystolicArray
 
 SEEDS = [0x5A_0001, 0x5A_0002, 0x5A_0003]
@@ -73,24 +73,12 @@ def build_schedule(rows, cols, tiles, rng, *, tail=0):
     return cycles, weights, swaps, shifts
 
 
-def run(dut, cycles):
+def run(dut, cycles, idle=None):
     """Drive ``cycles`` then idle for ``latency`` cycles; return psum of every cycle."""
-    trace = []
-    idle = {"act": [0] * dut.rows, "swap": 0, "w_row": [0] * dut.cols, "w_shift": 0}
-
-    async def testbench(ctx):
-        for cycle in cycles + [idle] * (dut.latency + 1):
-            for name, value in cycle.items():
-                ctx.set(getattr(dut, name), value)
-            psum = ctx.get(dut.psum)
-            trace.append([psum[c] for c in range(dut.cols)])
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return trace
+    if idle is None:
+        idle = {"act": [0] * dut.rows, "swap": 0, "w_row": [0] * dut.cols, "w_shift": 0}
+    return run_cycles(dut, cycles + [idle] * (dut.latency + 1),
+                      lambda ctx: [ctx.get(dut.psum)[c] for c in range(dut.cols)])
 
 
 def check(dut, cycles, weights, trace):
@@ -325,23 +313,8 @@ def build_mixed_schedule(rows, cols, tiles, rng, *, tail=2):
 
 
 def run_mixed(dut, cycles):
-    trace = []
-    idle = {"act": [0] * dut.rows, "mode": 0, "swap": 0, "psum_top": 0,
-            "w_row": [0] * dut.cols, "w_shift": 0}
-
-    async def testbench(ctx):
-        for cycle in cycles + [idle] * (dut.latency + 1):
-            for name, value in cycle.items():
-                ctx.set(getattr(dut, name), value)
-            psum = ctx.get(dut.psum)
-            trace.append([psum[c] for c in range(dut.cols)])
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
-    return trace
+    return run(dut, cycles, {"act": [0] * dut.rows, "mode": 0, "swap": 0, "psum_top": 0,
+                             "w_row": [0] * dut.cols, "w_shift": 0})
 
 
 @pytest.mark.parametrize("seed", SEEDS)
