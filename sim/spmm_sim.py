@@ -12,13 +12,13 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from npugen.golden.config import NPUConfig
 from npugen.golden.spmm import SpmmProgram, assemble_spmm, dense_reference, lower_spmm
 from npugen.golden.tile_program import GemmJob
 
 from . import runner
+from .gemm_sim import GemmRun
 from .jobs import run_job
 
 __all__ = ["TOPLEVEL", "SpmmRun", "sparse_engine_verilog", "build_engine", "run_spmm_jobs"]
@@ -47,19 +47,9 @@ def _program_dict(program: SpmmProgram) -> dict:
 
 
 @dataclass
-class SpmmRun:
-    """What one simulation produced."""
-    outputs: list[np.ndarray]     # one M×N matrix per job, from the RTL's result rows
-    expected: list[np.ndarray]    # the dense golden outputs (qgemm, dense_reference)
-    cycles: int                   # first input offered → last result row taken
-    beats: int                    # nz beats streamed (work cycles of the engine)
-    mismatching_rows: int
-    work_dir: Path
-
-    @property
-    def match(self) -> bool:
-        return self.mismatching_rows == 0 and all(
-            np.array_equal(o, e) for o, e in zip(self.outputs, self.expected))
+class SpmmRun(GemmRun):
+    """What one simulation produced; ``expected`` are the dense golden outputs."""
+    beats: int = 0                # nz beats streamed (work cycles of the engine)
 
 
 def run_spmm_jobs(config: NPUConfig, jobs: list[GemmJob], *, seed: int, idle: float = 0.0,
@@ -88,8 +78,8 @@ def run_spmm_jobs(config: NPUConfig, jobs: list[GemmJob], *, seed: int, idle: fl
                                      program))
         expected.append(dense_reference(job, config.acc_bits))
         offset += count
-    run = SpmmRun(outputs, expected, result["cycles"],
-                  sum(len(p.nz_beats) for p in programs), result["mismatches"], work_dir)
+    run = SpmmRun(outputs, expected, result["cycles"], result["mismatches"], work_dir,
+                  beats=sum(len(p.nz_beats) for p in programs))
     if failure is not None and run.match:
         raise failure  # the scoreboard agreed but another check (error, busy) failed
     return run
