@@ -78,6 +78,13 @@ class NPUConfig:
         Build 2:4 structured weight sparsity into the systolic array (int8 jobs with
         the tile command's ``sparse`` flag cover ``2·rows`` of K per tile).  A pair of
         PE rows shares a group of 4 K elements, so ``rows`` must be even.
+    axi_data_bits:
+        Data width of the NPU's AXI4 master (DMA to host memory): 32, 64, 128 or 256.
+    act_sp_depth, wgt_sp_depth, out_sp_depth, param_sp_depth:
+        Words of the activation, weight, output and parameter scratchpads (see
+        ``docs/ISA.md``: an activation word is one array row of int8 lanes, a weight
+        word one row of ``cols`` int8 lanes, an output or parameter word ``cols`` int32
+        lanes).
     """
 
     rows: int = 8
@@ -90,6 +97,11 @@ class NPUConfig:
     modes: tuple[str, ...] = field(default=("int8", "int4", "binary"))
     spmm_lanes: int = 8
     sparse_2_4: bool = False
+    axi_data_bits: int = 64
+    act_sp_depth: int = 4096
+    wgt_sp_depth: int = 2048
+    out_sp_depth: int = 2048
+    param_sp_depth: int = 128
 
     def __post_init__(self):
         _check_int("rows", self.rows, 2, 64)
@@ -111,6 +123,11 @@ class NPUConfig:
         if self.sparse_2_4 and self.rows % 2:
             raise ValueError(f"sparse_2_4 needs an even number of rows (a pair of rows "
                              f"shares a group of 4 K elements), not rows={self.rows}")
+        _check_int("axi_data_bits", self.axi_data_bits, 32, 256, power_of_two=True)
+        _check_int("act_sp_depth", self.act_sp_depth, 64, 65536, power_of_two=True)
+        _check_int("wgt_sp_depth", self.wgt_sp_depth, 64, 65536, power_of_two=True)
+        _check_int("out_sp_depth", self.out_sp_depth, 64, 65536, power_of_two=True)
+        _check_int("param_sp_depth", self.param_sp_depth, 16, 65536, power_of_two=True)
         modes = self.modes
         if isinstance(modes, str) or not isinstance(modes, (tuple, list)):
             raise TypeError(f"modes must be a list of mode names, not {modes!r}")
@@ -254,7 +271,10 @@ class NPUConfig:
 
 PRESETS: dict[str, NPUConfig] = {
     "tiny": NPUConfig(rows=2, cols=2, acc_depth=64, out_fifo_depth=32, spmm_lanes=2,
-                      sparse_2_4=True),
+                      sparse_2_4=True, axi_data_bits=32, act_sp_depth=2048,
+                      wgt_sp_depth=512, out_sp_depth=512, param_sp_depth=64),
     "default": NPUConfig(rows=8, cols=8, acc_depth=512, out_fifo_depth=64, sparse_2_4=True),
-    "large": NPUConfig(rows=32, cols=32, acc_depth=1024, out_fifo_depth=128, spmm_lanes=32),
+    "large": NPUConfig(rows=32, cols=32, acc_depth=1024, out_fifo_depth=128, spmm_lanes=32,
+                       axi_data_bits=256, act_sp_depth=4096, wgt_sp_depth=2048,
+                       out_sp_depth=2048, param_sp_depth=128),
 }

@@ -11,8 +11,9 @@ import pytest
 from npugen.golden.config import (DATAFLOWS, PRECISION_MODES, PRESETS, ConfigError,
                                   NPUConfig)
 
-KNOWN = ("acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows, "
-         "sparse_2_4, spmm_lanes")
+KNOWN = ("acc_bits, acc_depth, act_sp_depth, axi_data_bits, cols, dataflow, lane_bits, modes, "
+         "out_fifo_depth, out_sp_depth, param_sp_depth, rows, sparse_2_4, spmm_lanes, "
+         "wgt_sp_depth")
 
 
 # -- validation: one case per parameter and kind of mistake ------------------------------
@@ -79,6 +80,19 @@ BAD_VALUES = [
     # sparse_2_4
     ("sparse_2_4", 1, TypeError, r"^sparse_2_4 must be a boolean, not 1$"),
     ("sparse_2_4", "yes", TypeError, r"^sparse_2_4 must be a boolean, not 'yes'$"),
+    # host interface and scratchpads
+    ("axi_data_bits", 48, ValueError,
+     r"^axi_data_bits must be a power of two in 32\.\.256, not 48$"),
+    ("axi_data_bits", 512, ValueError,
+     r"^axi_data_bits must be a power of two in 32\.\.256, not 512$"),
+    ("act_sp_depth", 32, ValueError,
+     r"^act_sp_depth must be a power of two in 64\.\.65536, not 32$"),
+    ("wgt_sp_depth", 1000, ValueError,
+     r"^wgt_sp_depth must be a power of two in 64\.\.65536, not 1000$"),
+    ("out_sp_depth", "2048", TypeError,
+     r"^out_sp_depth must be a power of two in 64\.\.65536, not '2048'$"),
+    ("param_sp_depth", 8, ValueError,
+     r"^param_sp_depth must be a power of two in 16\.\.65536, not 8$"),
 ]
 
 
