@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import re
@@ -12,8 +13,7 @@ from npugen.flows import verilog
 from npugen.flows.cli import UsageError, main, parse_set_option
 from npugen.golden.config import PRESETS, NPUConfig
 
-KNOWN = ("acc_bits, acc_depth, cols, dataflow, lane_bits, modes, out_fifo_depth, rows, "
-         "sparse_2_4, spmm_lanes")
+KNOWN = ", ".join(sorted(f.name for f in dataclasses.fields(NPUConfig)))
 
 
 def run(capsys, *argv):

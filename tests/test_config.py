@@ -11,9 +11,7 @@ import pytest
 from npugen.golden.config import (DATAFLOWS, PRECISION_MODES, PRESETS, ConfigError,
                                   NPUConfig)
 
-KNOWN = ("acc_bits, acc_depth, act_sp_depth, axi_data_bits, cols, dataflow, lane_bits, modes, "
-         "out_fifo_depth, out_sp_depth, param_sp_depth, rows, sparse_2_4, spmm_lanes, "
-         "wgt_sp_depth")
+KNOWN = ", ".join(sorted(f.name for f in dataclasses.fields(NPUConfig)))
 
 
 # -- validation: one case per parameter and kind of mistake ------------------------------
