@@ -1,0 +1,243 @@
+"""The NPU's vector operations (the VECTOR instruction), bit-exact with ``hw/vector_unit.py``.
+
+Rows of int32 elements (the lanes of consecutive OUT scratchpad words) go through one of
+six operations, numbered as the ``op`` field of docs/ISA.md:
+
+======  =========  ==============================================================
+code    name       result per row
+======  =========  ==============================================================
+0       softmax    integer softmax of the first ``n_valid`` elements, int8
+                   probabilities of scale 1/128; the other elements become 0
+1       rowmax     the maximum of the first ``n_valid`` elements
+2       add        ``wrap32(a + b)``
+3       sub        ``wrap32(a - b)``
+4       clamp      ``min(max(a, lo), hi)``
+5       requant    ``clamp(MultiplyByQuantizedMultiplier(a, multiplier, shift)
+                   + zero_point, lo, hi)``
+======  =========  ==============================================================
+
+The integer softmax is I-BERT's i-exp with a fixed internal scale ``S_t = ln 2 / 1024``
+(the constants below name every number of it)::
+
+    m   = max(x[e] for valid e)
+    d   = max(x[e] - m, -2**(31 - max(shift, 0)))
+    t   = MultiplyByQuantizedMultiplier(d, multiplier, shift)      # <= 0
+    z   = (-t) >> 10                                               # ln 2 halvings
+    p   = t + 1024 * z                                             # (-1024, 0]
+    l   = (p + 1998)**2 + 2094200                                  # < 2**23
+    e   = l >> z if z < 32 else 0
+    sum = sum of e over valid elements                             # < 2**39
+    R   = floor(2**48 / sum)
+    out = min(127, (e * R) >> 41)
+
+``multiplier``/``shift`` map the input scale ``S_in`` to ``S_t``
+(:func:`softmax_multiplier`).  All arithmetic is on int64 NumPy arrays; every result
+is an int32 array.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .quant import (INT32_MAX, INT32_MIN, SHIFT_MAX, SHIFT_MIN, _float_array, _int_array,
+                    _int_scalar, _mbqm, quantize_multiplier, requantize)
+
+__all__ = [
+    "VECTOR_OPS",
+    "SOFTMAX_LN2_STEPS", "SOFTMAX_Z_BITS", "SOFTMAX_SCALE", "SOFTMAX_POLY_B",
+    "SOFTMAX_POLY_C", "SOFTMAX_Z_LIMIT", "SOFTMAX_RECIP_BITS", "SOFTMAX_RECIP_NUMERATOR",
+    "SOFTMAX_OUT_SHIFT", "SOFTMAX_OUT_MAX", "N_VALID_MAX",
+    "softmax_multiplier", "integer_softmax", "softmax_exp", "row_max", "vector_op",
+]
+
+#: Operation names, indexed by the VECTOR instruction's ``op`` code.
+VECTOR_OPS = ("softmax", "rowmax", "add", "sub", "clamp", "requant")
+
+#: Internal softmax units per ``ln 2``: ``S_t = ln 2 / 1024``.
+SOFTMAX_LN2_STEPS = 1024
+#: ``log2(SOFTMAX_LN2_STEPS)``: ``z = (-t) >> 10``.
+SOFTMAX_Z_BITS = 10
+#: The internal scale ``S_t`` of ``t`` (real value of one unit).
+SOFTMAX_SCALE = math.log(2) / SOFTMAX_LN2_STEPS
+#: i-exp polynomial ``l = (p + B)**2 + C``: ``B = floor(1.353 / S_t)``.
+SOFTMAX_POLY_B = 1998
+#: ``C = floor(0.344 / (0.3585 * S_t**2))``.
+SOFTMAX_POLY_C = 2094200
+#: ``e = l >> z`` only for ``z`` below this; larger ``z`` give ``e = 0``.
+SOFTMAX_Z_LIMIT = 32
+#: The reciprocal of the row sum is ``floor(2**48 / sum)``.
+SOFTMAX_RECIP_BITS = 48
+SOFTMAX_RECIP_NUMERATOR = 1 << SOFTMAX_RECIP_BITS
+#: ``out = (e * R) >> 41``: probabilities of scale ``2**-(48 - 41) = 1/128``.
+SOFTMAX_OUT_SHIFT = 41
+#: Largest softmax output (probability 1 is clamped to 127/128).
+SOFTMAX_OUT_MAX = 127
+#: Largest ``n_valid`` (a 16-bit field; keeps the row sum below ``2**39``).
+N_VALID_MAX = (1 << 16) - 1
+
+
+def softmax_multiplier(scale):
+    """``(multiplier, shift)`` mapping input scale ``scale`` (``S_in``) to ``S_t``.
+
+    ``quantize_multiplier(scale / S_t)``: ``t = MultiplyByQuantizedMultiplier(d,
+    multiplier, shift)`` is then ``d · S_in / S_t`` rounded.  ``scale`` must be finite
+    and positive, and its ratio to ``S_t`` representable (shift in ``[-31, 30]``).
+    """
+    arr = _float_array("scale", scale).astype(np.float64)
+    if arr.ndim != 0:
+        raise ValueError(f"scale must be a scalar, not an array of shape {arr.shape}")
+    value = float(arr)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scale must be finite and positive, not {value!r}")
+    try:
+        return quantize_multiplier(value / SOFTMAX_SCALE)
+    except ValueError:
+        raise ValueError(f"scale must be within the range whose ratio to ln(2)/1024 has a "
+                         f"shift in [{SHIFT_MIN}, {SHIFT_MAX}], not {value!r}") from None
+
+
+# -- argument checks ------------------------------------------------------------------
+
+
+def _rows(name, x):
+    """``x`` as an int64 ``[rows, n]`` array of int32 values."""
+    arr = _int_array(name, x, INT32_MIN, INT32_MAX, "int32 ")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [rows, n], not of shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one element per row, "
+                         f"not shape {arr.shape}")
+    return arr
+
+
+def _n_valid(n_valid, n):
+    if n_valid is None:
+        n_valid = n
+    return _int_scalar("n_valid", n_valid, 1, min(n, N_VALID_MAX))
+
+
+def _softmax_params(multiplier, shift):
+    return (_int_scalar("multiplier", multiplier, 0, INT32_MAX),
+            _int_scalar("shift", shift, SHIFT_MIN, SHIFT_MAX))
+
+
+# -- operations -----------------------------------------------------------------------
+
+
+def _softmax_exp(x, n_valid, multiplier, shift):
+    """The i-exp values ``e`` (int64 ``[rows, n_valid]``) of the valid elements."""
+    valid = x[:, :n_valid]
+    d = valid - valid.max(axis=1, keepdims=True)
+    d = np.maximum(d, -(1 << (31 - max(shift, 0))))
+    t = _mbqm(d, np.int64(multiplier), np.int64(shift))
+    z = (-t) >> SOFTMAX_Z_BITS
+    p = t + SOFTMAX_LN2_STEPS * z
+    poly = (p + SOFTMAX_POLY_B) ** 2 + SOFTMAX_POLY_C
+    return np.where(z < SOFTMAX_Z_LIMIT, poly >> np.minimum(z, SOFTMAX_Z_LIMIT - 1), 0)
+
+
+def softmax_exp(x, n_valid, multiplier, shift):
+    """The i-exp values ``e`` of the first ``n_valid`` elements of each row of ``x``.
+
+    Returns an int64 array ``[rows, n_valid]``, each value in ``[0, 2**23)`` (the
+    intermediate the hardware writes to the destination in its second pass).
+    """
+    x = _rows("x", x)
+    n_valid = _n_valid(n_valid, x.shape[1])
+    multiplier, shift = _softmax_params(multiplier, shift)
+    return _softmax_exp(x, n_valid, multiplier, shift)
+
+
+def _integer_softmax(x, n_valid, multiplier, shift):
+    e = _softmax_exp(x, n_valid, multiplier, shift)
+    total = e.sum(axis=1, keepdims=True)          # >= e of the maximum > 0
+    recip = SOFTMAX_RECIP_NUMERATOR // total
+    out = np.zeros(x.shape, dtype=np.int64)
+    out[:, :n_valid] = np.minimum(SOFTMAX_OUT_MAX, (e * recip) >> SOFTMAX_OUT_SHIFT)
+    return out.astype(np.int32)
+
+
+def integer_softmax(x, n_valid, multiplier, shift):
+    """Integer softmax of each row of ``x`` (int32 ``[rows, n]``) → int32 ``[rows, n]``.
+
+    Only elements ``0 … n_valid-1`` of a row take part; elements ``≥ n_valid`` become 0.
+    Outputs are probabilities of scale 1/128 in ``[0, 127]``.  ``multiplier`` (Q31,
+    ``≥ 0``) and ``shift`` (``[-31, 30]``) come from :func:`softmax_multiplier`.
+    """
+    x = _rows("x", x)
+    n_valid = _n_valid(n_valid, x.shape[1])
+    multiplier, shift = _softmax_params(multiplier, shift)
+    return _integer_softmax(x, n_valid, multiplier, shift)
+
+
+def row_max(x, n_valid):
+    """The maximum of the first ``n_valid`` elements of each row of ``x`` → int32 ``[rows]``."""
+    x = _rows("x", x)
+    n_valid = _n_valid(n_valid, x.shape[1])
+    return x[:, :n_valid].max(axis=1).astype(np.int32)
+
+
+def _op_code(op):
+    if isinstance(op, str):
+        if op not in VECTOR_OPS:
+            raise ValueError(f"op must be one of {', '.join(VECTOR_OPS)}, not {op!r}")
+        return VECTOR_OPS.index(op)
+    if isinstance(op, numbers.Integral) and not isinstance(op, (bool, np.bool_)):
+        if not 0 <= op < len(VECTOR_OPS):
+            raise ValueError(f"op must be an operation code in 0..{len(VECTOR_OPS) - 1}, "
+                             f"not {op!r}")
+        return int(op)
+    raise TypeError(f"op must be an operation name or code, not {op!r}")
+
+
+def vector_op(op, a, b=None, *, n_valid=None, multiplier=0, shift=0, zero_point=0,
+              lo=INT32_MIN, hi=INT32_MAX):
+    """One VECTOR instruction's arithmetic on the rows of ``a`` (and ``b``).
+
+    ``op`` is a name of :data:`VECTOR_OPS` or its code.  ``a`` (and ``b`` for add/sub,
+    the same shape; ``None`` for the other operations) are int32 ``[rows, n]``: row r is
+    the concatenated lanes of the row's ``n_words`` words.  Every field is checked as
+    the NPU checks the instruction, whatever the operation uses: ``n_valid`` in
+    ``[1, n]`` (``None``: ``n``), ``multiplier`` in ``[0, 2**31 - 1]``, ``shift`` in
+    ``[-31, 30]``, ``zero_point`` int8, ``lo ≤ hi`` int32.
+
+    Returns int32 ``[rows, n]``; for rowmax ``[rows, 1]``, the value the NPU writes to
+    every lane of the row's destination word.
+    """
+    code = _op_code(op)
+    a = _rows("a", a)
+    if code in (2, 3):
+        if b is None:
+            raise TypeError(f"op {VECTOR_OPS[code]} needs operand b")
+        b = _rows("b", b)
+        if b.shape != a.shape:
+            raise ValueError(f"b must have the shape of a {a.shape}, not {b.shape}")
+    elif b is not None:
+        raise TypeError(f"op {VECTOR_OPS[code]} takes no operand b")
+    n_valid = _n_valid(n_valid, a.shape[1])
+    multiplier, shift = _softmax_params(multiplier, shift)
+    zero_point = _int_scalar("zero_point", zero_point, -128, 127)
+    lo = _int_scalar("lo", lo, INT32_MIN, INT32_MAX)
+    hi = _int_scalar("hi", hi, INT32_MIN, INT32_MAX)
+    if lo > hi:
+        raise ValueError(f"lo must not exceed hi, not lo={lo}, hi={hi}")
+
+    if code == 0:
+        return _integer_softmax(a, n_valid, multiplier, shift)
+    if code == 1:
+        return a[:, :n_valid].max(axis=1, keepdims=True).astype(np.int32)
+    if code == 2:
+        return _wrap32(a + b)
+    if code == 3:
+        return _wrap32(a - b)
+    if code == 4:
+        return np.clip(a, lo, hi).astype(np.int32)
+    return np.asarray(requantize(a, multiplier, shift, out_zero_point=zero_point,
+                                 out_min=lo, out_max=hi), dtype=np.int32)
+
+
+def _wrap32(values):
+    return ((values + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
