@@ -152,6 +152,8 @@ def cmd_generate(args):
           f"{len(manifest['ports'])} ports)")
     print(f"wrote {outdir / files['config']}")
     print(f"wrote {outdir / files['manifest']}")
+    for key in ("regmap_json", "c_header", "regmap_md"):
+        print(f"wrote {outdir / files[key]}")
     return 0
 
 
@@ -165,11 +167,22 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def cmd_bench_gemm(args):
-    for option in ("m", "k", "n"):
+def _emit(record: dict, path) -> bool:
+    """Print a benchmark record as JSON and write it to ``path`` if given."""
+    text = json.dumps(record, indent=2, default=_json_default)
+    print(text)
+    return path is None or _write_json(path, text)
+
+
+def _check_positive(args, *options):
+    for option in options:
         value = getattr(args, option)
         if value < 1:
             raise UsageError(f"--{option} must be at least 1, not {value}")
+
+
+def cmd_bench_gemm(args):
+    _check_positive(args, "m", "k", "n")
     config, _source = _config_from_args(args)
     from npugen.sim.bench import DTYPES, bench_gemm
 
@@ -180,18 +193,61 @@ def cmd_bench_gemm(args):
     if sparsity is not None and (args.dtype != "int8" or not config.sparse_2_4):
         raise UsageError(f"--sparsity {sparsity} needs --dtype int8 and a configuration "
                          f"with sparse_2_4 = true")
-    options = {"sparsity": sparsity} if sparsity is not None else {}
-    result = bench_gemm(config, m=args.m, k=args.k, n=args.n, seed=args.seed,
-                        dtype=args.dtype, waves=args.waves, **options)
-    text = json.dumps(result, indent=2, default=_json_default)
-    print(text)
-    if args.json is not None:
-        try:
-            Path(args.json).write_text(text + "\n", encoding="utf-8")
-        except OSError as e:
-            print(f"{PROG}: error: cannot write {args.json}: {e.strerror or e}", file=sys.stderr)
-            return 1
+    if args.engine == "npu":
+        from npugen.sim.npu_bench import bench_kernel
+        result = bench_kernel(config, "gemm", seed=args.seed, waves=args.waves,
+                              m=args.m, k=args.k, n=args.n, dtype=args.dtype, sparsity=sparsity)
+    else:
+        options = {"sparsity": sparsity} if sparsity is not None else {}
+        result = bench_gemm(config, m=args.m, k=args.k, n=args.n, seed=args.seed,
+                            dtype=args.dtype, waves=args.waves, **options)
+    if not _emit(result, args.json):
+        return 1
     return 0 if result["match"] else 1
+
+
+def _bench_on_npu(args, kernel, shape):
+    config, _source = _config_from_args(args)
+    from npugen.sim.npu_bench import bench_kernel, compile_kernel
+    try:  # reject bad shapes before building anything
+        compile_kernel(config, kernel, args.seed, **shape)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    result = bench_kernel(config, kernel, seed=args.seed, waves=args.waves, **shape)
+    if not _emit(result, args.json):
+        return 1
+    return 0 if result["match"] else 1
+
+
+def cmd_bench_conv(args):
+    _check_positive(args, "h", "w", "cin", "cout", "kernel", "stride", "groups")
+    if args.padding < 0:
+        raise UsageError(f"--padding must be at least 0, not {args.padding}")
+    return _bench_on_npu(args, "conv", {
+        "h": args.h, "w": args.w, "cin": args.cin, "cout": args.cout, "kernel": args.kernel,
+        "stride": args.stride, "padding": args.padding, "dilation": args.dilation,
+        "groups": args.groups})
+
+
+def cmd_bench_attention(args):
+    _check_positive(args, "seq", "dim", "heads")
+    return _bench_on_npu(args, "attention", {"seq": args.seq, "dim": args.dim,
+                                             "heads": args.heads})
+
+
+def cmd_demo(args):
+    config, source = _config_from_args(args)
+    from npugen.sim.demo import format_table, run_demo
+
+    print(f"{source}: {config.rows}x{config.cols} {'/'.join(config.modes)} NPU, "
+          f"AXI {config.axi_data_bits}-bit, hash {config.config_hash()}", file=sys.stderr)
+    records = run_demo(config, seed=args.seed)
+    print(format_table(records))
+    if args.json is not None:
+        text = json.dumps(records, indent=2, default=_json_default)
+        if not _write_json(args.json, text):
+            return 1
+    return 0 if all(r["match"] for r in records) else 1
 
 
 def _write_json(path, text):
@@ -264,6 +320,13 @@ def _config_options():
     return parent
 
 
+def _bench_options(p):
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
+    p.add_argument("--waves", action="store_true",
+                   help="record an FST waveform (its directory is in the JSON)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``npugen`` command."""
     config_options = _config_options()
@@ -272,12 +335,26 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=_Parser)
 
     p = commands.add_parser("generate", parents=[config_options],
-                            help="write Verilog, config.toml and manifest.json",
-                            description="Write <name>.v, config.toml and manifest.json.")
+                            help="write Verilog, config.toml, manifest.json and the "
+                                 "register map",
+                            description="Write <name>.v, config.toml, manifest.json and the "
+                                        "register map (regmap.json, npu_regs.h, "
+                                        "REGISTERS.md).")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory")
     p.add_argument("--name", default="npu_gemm_core",
                    help="top-level module name (default: %(default)s)")
     p.set_defaults(handler=cmd_generate)
+
+    p = commands.add_parser("demo", parents=[config_options],
+                            help="the main job: run a GEMM, a conv2d layer and an attention "
+                                 "block on the simulated NPU and check them",
+                            description="Generate the NPU, build its Verilator model, run a "
+                                        "GEMM, a conv2d layer and an attention block on it, "
+                                        "check each against the golden model and print "
+                                        "cycles and utilization.")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--json", metavar="FILE", help="also write the records to FILE")
+    p.set_defaults(handler=cmd_demo)
 
     p = commands.add_parser("info", parents=[config_options],
                             help="show a configuration and its derived figures")
@@ -297,11 +374,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", default="dense", choices=("dense", "2:4"),
                    help="weight sparsity: 2:4 prunes the weights to 2:4 and runs them "
                         "compressed, reporting speedup vs the dense GEMM (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
-    p.add_argument("--waves", action="store_true",
-                   help="record an FST waveform (its directory is in the JSON)")
+    p.add_argument("--engine", default="npu", choices=("npu", "core"),
+                   help="npu: the whole NPU, program and data over AXI (DMA included); "
+                        "core: the GEMM core alone, fed by streams (default: %(default)s)")
+    _bench_options(p)
     p.set_defaults(handler=cmd_bench_gemm)
+
+    p = benches.add_parser("conv", parents=[config_options],
+                           help="int8 conv2d layer (NHWC) on the whole NPU")
+    for name, what in (("h", "input height"), ("w", "input width"), ("cin", "input channels"),
+                       ("cout", "output channels")):
+        p.add_argument(f"--{name}", type=int, required=True, help=what)
+    p.add_argument("--kernel", type=int, default=3, help="kernel size (default: %(default)s)")
+    p.add_argument("--stride", type=int, default=1, help="stride (default: %(default)s)")
+    p.add_argument("--padding", type=int, default=0, help="padding (default: %(default)s)")
+    p.add_argument("--dilation", type=int, default=1, help="dilation (default: %(default)s)")
+    p.add_argument("--groups", type=int, default=1,
+                   help="groups; groups = cin = cout is depthwise (default: %(default)s)")
+    _bench_options(p)
+    p.set_defaults(handler=cmd_bench_conv)
+
+    p = benches.add_parser("attention", parents=[config_options],
+                           help="int8 attention block (QK^T, integer softmax, xV) on the NPU")
+    p.add_argument("--seq", type=int, required=True, help="sequence length")
+    p.add_argument("--dim", type=int, required=True, help="head dimension")
+    p.add_argument("--heads", type=int, default=1, help="heads (default: %(default)s)")
+    _bench_options(p)
+    p.set_defaults(handler=cmd_bench_attention)
 
     p = benches.add_parser("spmm", parents=[config_options],
                            help="sparse weights x dense activations on the zero-skipping engine",

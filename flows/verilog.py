@@ -19,6 +19,7 @@ from pathlib import Path
 
 from amaranth.back import verilog as _verilog
 
+from npugen.flows.regmap import FILES as REGMAP_FILES, regmap_files
 from npugen.golden.config import NPUConfig
 
 __all__ = ["DEFAULT_NAME", "top_component", "generate_verilog", "verilog_ports", "write_outputs"]
@@ -32,36 +33,46 @@ MANIFEST_VERSION = 1
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def top_component(config: NPUConfig, *, pe_module: str | None = None):
-    """The top-level Amaranth component for ``config`` (PEs as ``pe_module`` instances
-    when a name is given, inline otherwise)."""
+#: Top-level designs: the whole NPU (AXI host interface) or the GEMM core alone (streams).
+TOPS = ("npu", "gemm_core")
+
+
+def top_component(config: NPUConfig, *, top: str = "gemm_core", pe_module: str | None = None):
+    """The top-level Amaranth component ``top`` for ``config`` (PEs as ``pe_module``
+    instances when a name is given, inline otherwise)."""
+    if top == "npu":
+        from npugen.hw.npu import NPU
+        return NPU(config, pe_module=pe_module)
     from npugen.hw.gemm_core import GemmCore
     return GemmCore(config, pe_module=pe_module)
 
 
-def _check_args(config, name):
+def _check_args(config, name, top="gemm_core"):
     NPUConfig.check(config)
     if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"name must be a Verilog identifier, not {name!r}")
+    if top not in TOPS:
+        raise ValueError(f"top must be one of {', '.join(TOPS)}, not {top!r}")
 
 
-def _convert(config, name):
+def _convert(config, name, top="gemm_core"):
     """The top module ``name`` followed by the PE module ``<name>_pe`` it instantiates.
 
     Generating the PE once and instantiating it by name keeps the array hierarchical and
     makes elaboration time independent of the number of PEs.
     """
     pe_name = f"{name}_pe"
-    component = top_component(config, pe_module=pe_name)
+    component = top_component(config, top=top, pe_module=pe_name)
     text = _verilog.convert(component, name=name, emit_src=False)
     pe_text = _verilog.convert(component.pe_component(), name=pe_name, emit_src=False)
     return component, text + "\n" + pe_text
 
 
-def generate_verilog(config: NPUConfig, name: str = DEFAULT_NAME) -> str:
-    """Elaborate the top-level component for ``config`` into a Verilog module ``name``."""
-    _check_args(config, name)
-    return _convert(config, name)[1]
+def generate_verilog(config: NPUConfig, name: str = DEFAULT_NAME, *,
+                     top: str = "gemm_core") -> str:
+    """Elaborate the top-level component ``top`` for ``config`` into a Verilog module ``name``."""
+    _check_args(config, name, top)
+    return _convert(config, name, top)[1]
 
 
 _PORT_DECL = re.compile(
@@ -138,7 +149,8 @@ def _make_staging_dir(parent, name):
 
 
 def write_outputs(config: NPUConfig, outdir, *, name: str = DEFAULT_NAME) -> dict:
-    """Write ``<name>.v``, ``config.toml`` and ``manifest.json`` into ``outdir``.
+    """Write ``<name>.v``, ``config.toml``, ``manifest.json`` and the register map
+    (``regmap.json``, ``npu_regs.h``, ``REGISTERS.md``) into ``outdir``.
 
     The design is generated before anything touches the file system, and the files are
     written into a temporary directory next to ``outdir`` and then moved into place:
@@ -154,7 +166,8 @@ def write_outputs(config: NPUConfig, outdir, *, name: str = DEFAULT_NAME) -> dic
     component, text = _convert(config, name)
     seconds = time.perf_counter() - started
     verilog_bytes = text.encode("utf-8")
-    files = {"verilog": f"{name}.v", "config": "config.toml", "manifest": "manifest.json"}
+    files = {"verilog": f"{name}.v", "config": "config.toml", "manifest": "manifest.json",
+             **REGMAP_FILES}
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "top": name,
@@ -171,6 +184,7 @@ def write_outputs(config: NPUConfig, outdir, *, name: str = DEFAULT_NAME) -> dic
         files["verilog"]: verilog_bytes,
         files["config"]: config.to_toml().encode("utf-8"),
         files["manifest"]: (json.dumps(manifest, indent=2) + "\n").encode("utf-8"),
+        **{filename: text.encode("utf-8") for filename, text in regmap_files(config).items()},
     }
 
     # Remember which parent directories are created here, to remove them on failure.

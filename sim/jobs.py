@@ -18,14 +18,15 @@ __all__ = ["run_job"]
 
 def run_job(build_dir: Path, toplevel: str, test_module: str, config, programs: list[dict], *,
             seed: int, idle: float, backpressure: float, fault: str | None, testcase: str,
-            waves: bool = False, work_dir: Path | None = None, prefix: str = "run-"):
+            waves: bool = False, work_dir: Path | None = None, prefix: str = "run-",
+            extra: dict | None = None):
     """Run ``testcase`` of ``test_module`` on a built model with ``programs``.
 
     Returns ``(result, failure, work_dir)``: the testbench's record, the
     :class:`runner.SimulationFailed` of a ``run_programs`` run whose record was still
     written (the caller decides whether the outputs explain it), and the directory
     holding the job, result, log and waveforms.  Raises when there is no record, and for
-    any other testcase when it failed.
+    any other testcase when it failed.  ``extra`` adds testbench-specific fields to the job.
     """
     if work_dir is None:
         work_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=build_dir))
@@ -35,7 +36,8 @@ def run_job(build_dir: Path, toplevel: str, test_module: str, config, programs: 
     result_file.unlink(missing_ok=True)
     with open(job_file, "wb") as f:
         pickle.dump({"config": config.to_dict(), "seed": seed, "idle": idle,
-                     "backpressure": backpressure, "fault": fault, "programs": programs}, f)
+                     "backpressure": backpressure, "fault": fault, "programs": programs,
+                     **(extra or {})}, f)
     failure = None
     try:
         runner.run(build_dir, toplevel, test_module, testcase=testcase,

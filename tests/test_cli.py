@@ -12,6 +12,7 @@ from amaranth.hdl import Fragment
 from npugen.flows import verilog
 from npugen.flows.cli import UsageError, main, parse_set_option
 from npugen.golden.config import PRESETS, NPUConfig
+from npugen.sim import npu_bench as real_npu_bench
 
 KNOWN = ", ".join(sorted(f.name for f in dataclasses.fields(NPUConfig)))
 
@@ -110,9 +111,10 @@ def test_generate_tiny(capsys, tmp_path):
     code, out, err = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
     assert (code, err) == (0, "")
     config = PRESETS["tiny"]
-    assert sorted(p.name for p in outdir.iterdir()) == \
-        ["config.toml", "manifest.json", "npu_gemm_core.v"]
-    for name in ("npu_gemm_core.v", "config.toml", "manifest.json"):
+    written = ["npu_gemm_core.v", "config.toml", "manifest.json", "regmap.json", "npu_regs.h",
+               "REGISTERS.md"]
+    assert sorted(p.name for p in outdir.iterdir()) == sorted(written)
+    for name in written:
         assert f"wrote {outdir / name}" in out
 
     text = (outdir / "npu_gemm_core.v").read_bytes()
@@ -122,7 +124,8 @@ def test_generate_tiny(capsys, tmp_path):
     manifest = json.loads((outdir / "manifest.json").read_text())
     assert manifest["top"] == "npu_gemm_core"
     assert manifest["files"] == {"verilog": "npu_gemm_core.v", "config": "config.toml",
-                                 "manifest": "manifest.json"}
+                                 "manifest": "manifest.json", "regmap_json": "regmap.json",
+                                 "c_header": "npu_regs.h", "regmap_md": "REGISTERS.md"}
     assert manifest["verilog_sha256"] == hashlib.sha256(text).hexdigest()
     assert manifest["config_hash"] == config.config_hash()
     assert manifest["parameters"] == config.to_dict()
@@ -316,10 +319,18 @@ def fake_bench(monkeypatch):
         calls.append((config, kwargs))
         return dict(result)
 
+    def bench_kernel(config, kind, **kwargs):
+        calls.append((config, {"kind": kind, **kwargs}))
+        return dict(result)
+
     module = types.ModuleType("npugen.sim.bench")
     module.bench_gemm = bench_gemm
     module.DTYPES = ("int8",)
     monkeypatch.setitem(sys.modules, "npugen.sim.bench", module)
+    npu_module = types.ModuleType("npugen.sim.npu_bench")
+    npu_module.bench_kernel = bench_kernel
+    npu_module.compile_kernel = real_npu_bench.compile_kernel
+    monkeypatch.setitem(sys.modules, "npugen.sim.npu_bench", npu_module)
     return types.SimpleNamespace(calls=calls, result=result)
 
 
@@ -327,7 +338,7 @@ def test_bench_gemm(capsys, tmp_path, fake_bench):
     path = tmp_path / "bench.json"
     code, out, err = run(capsys, "bench", "gemm", "--m", "4", "--k", "8", "--n", "2",
                          "--preset", "tiny", "--set", "rows=4", "--seed", "7",
-                         "--json", str(path))
+                         "--json", str(path), "--engine", "core")
     assert (code, err) == (0, "")
     assert fake_bench.calls == [(PRESETS["tiny"].replace(rows=4),
                                  {"m": 4, "k": 8, "n": 2, "seed": 7, "dtype": "int8",
@@ -339,16 +350,46 @@ def test_bench_gemm(capsys, tmp_path, fake_bench):
 
 
 def test_bench_gemm_defaults(capsys, fake_bench):
+    """The whole NPU is the default engine."""
     code, _, _ = run(capsys, "bench", "gemm", "--m", "1", "--k", "1", "--n", "1", "--waves")
     assert code == 0
     assert fake_bench.calls == [(PRESETS["default"],
-                                 {"m": 1, "k": 1, "n": 1, "seed": 0, "dtype": "int8",
-                                  "waves": True})]
+                                 {"kind": "gemm", "m": 1, "k": 1, "n": 1, "seed": 0,
+                                  "dtype": "int8", "sparsity": None, "waves": True})]
+
+
+def test_bench_conv_and_attention(capsys, fake_bench):
+    code, _, err = run(capsys, "bench", "conv", "--h", "8", "--w", "6", "--cin", "4",
+                       "--cout", "8", "--padding", "1", "--stride", "2", "--preset", "tiny")
+    assert (code, err) == (0, "")
+    code, _, err = run(capsys, "bench", "attention", "--seq", "16", "--dim", "8", "--heads", "2")
+    assert (code, err) == (0, "")
+    assert fake_bench.calls == [
+        (PRESETS["tiny"], {"kind": "conv", "h": 8, "w": 6, "cin": 4, "cout": 8, "kernel": 3,
+                           "stride": 2, "padding": 1, "dilation": 1, "groups": 1, "seed": 0,
+                           "waves": False}),
+        (PRESETS["default"], {"kind": "attention", "seq": 16, "dim": 8, "heads": 2,
+                              "seed": 0, "waves": False})]
+
+
+@pytest.mark.parametrize("args, regex", [
+    (["conv", "--h", "0", "--w", "4", "--cin", "2", "--cout", "2"], r"--h must be at least 1, not 0"),
+    (["conv", "--h", "4", "--w", "4", "--cin", "2", "--cout", "2", "--padding", "-1"],
+     r"--padding must be at least 0, not -1"),
+    (["conv", "--h", "4", "--w", "4", "--cin", "3", "--cout", "4", "--groups", "2"],
+     r"groups must divide cin and cout, not groups=2 with cin=3, cout=4"),
+    (["attention", "--seq", "8", "--dim", "0"], r"--dim must be at least 1, not 0"),
+])
+def test_bench_kernel_errors(capsys, fake_bench, args, regex):
+    code, out, err = run(capsys, "bench", *args)
+    assert (code, out) == (2, "")
+    assert re.fullmatch(rf"npugen: error: {regex}\n", err), err
+    assert fake_bench.calls == []
 
 
 def test_bench_gemm_sparsity(capsys, fake_bench):
     code, _, _ = run(capsys, "bench", "gemm", "--m", "64", "--k", "256", "--n", "64",
-                     "--sparsity", "2:4")
+                     "--sparsity", "2:4", "--engine", "core")
     assert code == 0
     assert fake_bench.calls == [(PRESETS["default"],
                                  {"m": 64, "k": 256, "n": 64, "seed": 0, "dtype": "int8",
