@@ -1,0 +1,354 @@
+"""DMA write side of the NPU: the STORE engine (OUT scratchpad → host memory).
+
+:class:`StoreEngine` executes STORE (``docs/ISA.md``) as a pipeline::
+
+    cmd ─► word sequencer ─► BurstPlanner ─► AW register ─► bus.aw
+           (exact host        │ descriptor FIFO   └─► burst lengths, done flags
+            addresses,        ▼
+            window, align) ── OUT read ─► word FIFO ─► beat assembler ─► bus.w
+                                                                        bus.b ─► done
+
+* The **sequencer** walks the words ``(o, i)`` with exact (50-bit) host addresses and
+  checks each word before anything of it is written: all its ``lanes·elem_bytes``
+  bytes inside ``[write_base, write_limit)`` (else BAD_HOST_ADDRESS), and for int32 the
+  address 4-aligned (else MISALIGNED; the window is checked first).  A good word is one
+  byte segment (lanes are contiguous in host memory).
+* The **planner** (:class:`~npugen.hw.dma_read.BurstPlanner`) joins consecutive
+  segments into INCR bursts (≤ 16 beats, never across 4 KB); two words that meet inside
+  a beat share it.  Bursts never span two instructions.
+* The **OUT read** fetches each word once (``rd_en``, data the next cycle) into a small
+  FIFO; the **beat assembler** cuts the word's bytes (the low byte of each lane for
+  int8) into beats with their strobes, merging the shared beat of two words, and sends
+  a beat only once its burst is closed (its length, and so ``wlast``, is known).
+  Only the instruction's bytes have their strobe set.
+* B responses arrive in order; the last burst of an instruction pulses ``done``.
+
+Throughput: one beat per cycle for words of a beat or more (an unaligned stream pays a
+cycle per shared beat), one word per cycle for smaller ones.  ``done`` pulses the cycle
+after the B response of the instruction's last burst.
+
+Errors: a failing word travels as a *fault* descriptor behind the words before it; they
+are written and acknowledged, then ``error_valid`` pulses and the unit is idle.  A B
+response with SLVERR/DECERR reports AXI_WRITE_ERROR at once; then, as after ``abort``,
+every burst already closed is completed (its AW and all W beats, with the real data),
+the outstanding responses are taken and the unit goes idle; nothing else is written.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from npugen.golden.config import NPUConfig
+
+from .axi import BURST_INCR, RESP_OKAY
+from .dma_read import HOST_BITS, MAX_OUTSTANDING, BurstPlanner, _check_config, _log2
+from .isa import NPUError, store_layout
+
+__all__ = ["WritePortSignature", "StoreEngine", "WRITE_ID"]
+
+#: AXI ID of every write.
+WRITE_ID = 0
+
+_ADDR_BITS = 32
+_ID_BITS = 1
+_DESC_DEPTH = 32
+_WORD_FIFO_DEPTH = 3
+_SEG, _FAULT = 0, 1
+
+
+class WritePortSignature(wiring.Signature):
+    """The AW, W and B channels of AXI4 (manager side) at the bus width of ``config``:
+    ``awid awaddr awlen awsize awburst awvalid awready``, ``wdata wstrb wlast wvalid
+    wready``, ``bid bresp bvalid bready``, named as in :class:`~npugen.hw.axi.AXI4Signature`."""
+
+    def __init__(self, config):
+        NPUConfig.check(config)
+        self._data_width = config.axi_data_bits
+        super().__init__({
+            "awid": Out(_ID_BITS), "awaddr": Out(_ADDR_BITS), "awlen": Out(8),
+            "awsize": Out(3), "awburst": Out(2), "awvalid": Out(1), "awready": In(1),
+            "wdata": Out(self._data_width), "wstrb": Out(self._data_width // 8),
+            "wlast": Out(1), "wvalid": Out(1), "wready": In(1),
+            "bid": In(_ID_BITS), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        })
+
+    @property
+    def data_width(self):
+        return self._data_width
+
+    def __eq__(self, other):
+        return isinstance(other, WritePortSignature) and self.data_width == other.data_width
+
+    def __repr__(self):
+        return f"WritePortSignature(data_width={self.data_width})"
+
+
+class StoreEngine(wiring.Component):
+    """Executes STORE instructions (see the module docstring for the pipeline).
+
+    Ports: ``cmd`` (``store_layout``, validated by the controller), ``write_base``,
+    ``write_limit``; OUT read port ``rd_addr``/``rd_en``/``rd_data`` (``cols`` int32,
+    data the cycle after ``rd_en``); ``done``, ``busy``, ``abort``, ``error``,
+    ``error_valid``; ``bus`` (AXI write manager, ID 0).
+    """
+
+    def __init__(self, config):
+        _check_config(self, config)
+        self._config = config
+        super().__init__({
+            "cmd": In(stream.Signature(store_layout)),
+            "write_base": In(32), "write_limit": In(32),
+            "rd_addr": Out(16), "rd_en": Out(1), "rd_data": In(32 * config.cols),
+            "done": Out(1), "busy": Out(1), "abort": In(1),
+            "error": Out(NPUError), "error_valid": Out(1),
+            "bus": Out(WritePortSignature(config)),
+        })
+
+    @staticmethod
+    def _desc_layout(lb):
+        return data.StructLayout({
+            "kind": unsigned(1), "sp": unsigned(16), "off": unsigned(lb), "len": unsigned(9),
+            "shared": unsigned(1), "int32": unsigned(1), "last_instr": unsigned(1),
+            "code": unsigned(8),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        nbytes = cfg.axi_data_bits // 8
+        lb = _log2(nbytes)
+        word_bits = 32 * cfg.cols
+        desc_layout = self._desc_layout(lb)
+        entry_layout = data.StructLayout({"desc": desc_layout, "word": unsigned(word_bits)})
+
+        draining = Signal()
+        flush = Signal()            # drop the work not yet committed to the bus
+        clear = Signal()            # forget everything (the drain is over)
+        m.submodules.planner = planner = BurstPlanner(nbytes, 9, _DESC_DEPTH // 2)
+        desc_fifo = SyncFIFO(width=desc_layout.size, depth=_DESC_DEPTH)
+        m.submodules.descriptors = ResetInserter(clear)(desc_fifo)
+        word_fifo = SyncFIFO(width=entry_layout.size, depth=_WORD_FIFO_DEPTH)
+        m.submodules.words = ResetInserter(clear)(word_fifo)
+        burst_fifo = SyncFIFO(width=8, depth=MAX_OUTSTANDING)          # awlen per burst
+        m.submodules.burst_lengths = ResetInserter(clear)(burst_fifo)
+        flag_fifo = SyncFIFO(width=1, depth=MAX_OUTSTANDING)           # last of instruction
+        m.submodules.done_flags = flag_fifo
+
+        # ---- bursts committed to the bus -------------------------------------------
+        bus = self.bus
+        aw_valid = Signal()
+        aw_addr = Signal(32)
+        aw_len = Signal(8)
+        bursts = Signal(range(MAX_OUTSTANDING + 1))     # closed, B not yet received
+        m.d.comb += [bus.awid.eq(0), bus.awaddr.eq(aw_addr), bus.awlen.eq(aw_len),
+                     bus.awsize.eq(lb), bus.awburst.eq(BURST_INCR), bus.awvalid.eq(aw_valid)]
+        b_fire = bus.bvalid & bus.bready
+        m.d.comb += [
+            planner.close_ok.eq((~aw_valid | bus.awready) & (bursts < MAX_OUTSTANDING)),
+            planner.drop.eq(flush),
+            burst_fifo.w_en.eq(planner.close), burst_fifo.w_data.eq(planner.close_len),
+            flag_fifo.w_en.eq(planner.close), flag_fifo.w_data.eq(planner.close_final),
+        ]
+        with m.If(aw_valid & bus.awready):
+            m.d.sync += aw_valid.eq(0)
+        with m.If(planner.close):
+            m.d.sync += [aw_valid.eq(1), aw_addr.eq(planner.close_addr),
+                         aw_len.eq(planner.close_len)]
+        m.d.sync += bursts.eq(bursts + planner.close - b_fire)
+
+        # ---- word sequencer ----------------------------------------------------------
+        cmd = Signal(store_layout)
+        int32 = Signal()
+        nbytes_word = Signal(9)
+        o = Signal(16)
+        i = Signal(16)
+        sp = Signal(16)
+        row = Signal(signed(HOST_BITS))
+        addr = Signal(signed(HOST_BITS))
+        instrs = Signal(range(4 * _DESC_DEPTH))      # accepted, not done
+
+        last_i = i == cmd.inner_count - 1
+        last_o = o == cmd.outer_count - 1
+        window_ok = (addr >= self.write_base) & (addr + nbytes_word <= self.write_limit)
+        aligned = ~int32 | (addr[:2] == 0)
+
+        seg_valid = Signal()
+        seg_kind = Signal()
+        seg_code = Signal(8)
+        take = seg_valid & planner.seg_ready
+
+        def stop_on_flush():
+            with m.If(flush):
+                m.next = "IDLE"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(~draining & ~flush)
+                with m.If(self.cmd.valid & self.cmd.ready):
+                    p = self.cmd.payload
+                    m.d.sync += [cmd.eq(p), o.eq(0), i.eq(0), sp.eq(p.sp_addr),
+                                 row.eq(p.addr), addr.eq(p.addr), int32.eq(p.elem_bytes == 4),
+                                 nbytes_word.eq(Mux(p.elem_bytes == 4, p.lanes << 2, p.lanes))]
+                    m.next = "WORD"
+            with m.State("WORD"):
+                m.d.comb += seg_valid.eq(1)
+                with m.If(~window_ok):
+                    m.d.comb += [seg_kind.eq(_FAULT),
+                                 seg_code.eq(NPUError.BAD_HOST_ADDRESS.value)]
+                with m.Elif(~aligned):
+                    m.d.comb += [seg_kind.eq(_FAULT), seg_code.eq(NPUError.MISALIGNED.value)]
+                with m.If(take):
+                    with m.If(seg_kind == _FAULT):
+                        m.next = "FAULTED"
+                    with m.Else():
+                        m.d.sync += sp.eq(sp + 1)
+                        with m.If(last_i):
+                            m.d.sync += [o.eq(o + 1), i.eq(0),
+                                         row.eq(row + cmd.outer_stride),
+                                         addr.eq(row + cmd.outer_stride)]
+                            with m.If(last_o):
+                                m.next = "IDLE"
+                        with m.Else():
+                            m.d.sync += [i.eq(i + 1), addr.eq(addr + cmd.inner_stride)]
+                stop_on_flush()
+            with m.State("FAULTED"):
+                stop_on_flush()
+
+        seg_last = (seg_kind == _SEG) & last_i & last_o
+        desc = Signal(desc_layout)
+        m.d.comb += [
+            planner.seg_valid.eq(seg_valid & ~flush),
+            planner.seg_data.eq(seg_kind == _SEG),
+            planner.seg_start.eq(addr[:32]),
+            planner.seg_len.eq(nbytes_word),
+            planner.seg_close.eq(seg_last),
+            planner.desc_ok.eq(desc_fifo.w_rdy),
+            desc.kind.eq(seg_kind), desc.sp.eq(sp), desc.off.eq(addr[:lb]),
+            desc.len.eq(nbytes_word), desc.shared.eq(planner.shared), desc.int32.eq(int32),
+            desc.last_instr.eq(seg_last), desc.code.eq(seg_code),
+            desc_fifo.w_data.eq(desc), desc_fifo.w_en.eq(take & ~flush),
+        ]
+
+        # ---- OUT read: one word per descriptor into the word FIFO --------------------
+        in_flight = Signal()
+        flight_desc = Signal(desc_layout)
+        issue = desc_fifo.r_rdy & (word_fifo.level + in_flight < _WORD_FIFO_DEPTH) & ~clear
+        head_desc = Signal(desc_layout)
+        m.d.comb += head_desc.eq(desc_fifo.r_data)
+        m.d.comb += [desc_fifo.r_en.eq(issue), self.rd_en.eq(issue & (head_desc.kind == _SEG)),
+                     self.rd_addr.eq(head_desc.sp)]
+        m.d.sync += in_flight.eq(issue)
+        with m.If(issue):
+            m.d.sync += flight_desc.eq(head_desc)
+        entry_in = Signal(entry_layout)
+        m.d.comb += [entry_in.desc.eq(flight_desc), entry_in.word.eq(self.rd_data),
+                     word_fifo.w_en.eq(in_flight & ~clear), word_fifo.w_data.eq(entry_in)]
+
+        # ---- beat assembler ----------------------------------------------------------
+        entry = Signal(entry_layout)
+        m.d.comb += entry.eq(word_fifo.r_data)
+        d = entry.desc
+        # The bytes to write: the whole word (int32) or the low byte of every lane (int8).
+        low_bytes = Cat(*(entry.word[32 * j:32 * j + 8] for j in range(cfg.cols)))
+        packed = Mux(d.int32, entry.word, low_bytes)
+        chunk_count = (4 * cfg.cols + nbytes - 1) // nbytes + 1
+        chunks = [packed[8 * nbytes * c:8 * nbytes * (c + 1)] for c in range(chunk_count)]
+        chunks = [Const(0, 8 * nbytes) if len(c) == 0 else
+                  Cat(c, Const(0, 8 * nbytes - len(c))) for c in chunks]
+
+        first = Signal(init=1)
+        k = Signal(range(chunk_count + 1))
+        remaining = Signal(10)
+        buf_data = Signal(8 * nbytes)
+        buf_strb = Signal(nbytes)
+        buf_valid = Signal()
+        buf_seg_last = Signal()    # the buffered beat ends its segment (may be shared)
+        sent = Signal(8)           # beats of the current burst already sent
+
+        seg_piece = word_fifo.r_rdy & (d.kind == _SEG)
+        merge = first & d.shared
+        cur = Signal(8 * nbytes)
+        prev = Signal(8 * nbytes)
+        window = Signal(8 * nbytes)
+        m.d.comb += [cur.eq(Array(chunks)[k]),
+                     prev.eq(Mux(k == 0, 0, Array([chunks[0]] + chunks[:-1])[k])),
+                     window.eq((Cat(prev, cur) >> ((nbytes - d.off).as_unsigned() << 3))
+                               [:8 * nbytes])]
+        rem = Signal(10)           # segment end, in bytes from this beat's start
+        m.d.comb += rem.eq(Mux(first, d.off + d.len, remaining))
+        lo = Mux(first, d.off, 0)
+        strb = Signal(nbytes)
+        m.d.comb += strb.eq(Cat(*((lo <= q) & (rem > q) for q in range(nbytes))))
+        piece_last = rem <= nbytes
+
+        # A buffered beat that ends its segment is final unless the next segment (in the
+        # word FIFO, the OUT read or the descriptor FIFO) merges into it; with no next
+        # segment anywhere, once it is the last beat of its (closed) burst.
+        burst_known = burst_fifo.r_rdy
+        is_last = burst_known & (sent == burst_fifo.r_data)
+        next_desc = Signal(desc_layout)
+        m.d.comb += next_desc.eq(Mux(word_fifo.r_rdy, d.as_value(),
+                                     Mux(in_flight, flight_desc.as_value(), head_desc.as_value())))
+        next_any = word_fifo.r_rdy | in_flight | desc_fifo.r_rdy
+        next_merges = (next_desc.kind == _SEG) & next_desc.shared
+        tail_final = Mux(next_any, ~next_merges, is_last)
+        send = buf_valid & burst_known & (~buf_seg_last | tail_final)
+        fire = send & bus.wready
+        go = seg_piece & Mux(merge, buf_valid & ~send, ~buf_valid | fire)
+        m.d.comb += [bus.wvalid.eq(send), bus.wdata.eq(buf_data), bus.wstrb.eq(buf_strb),
+                     bus.wlast.eq(is_last)]
+        with m.If(fire):
+            m.d.sync += buf_valid.eq(0)
+            with m.If(is_last):
+                m.d.comb += burst_fifo.r_en.eq(1)
+                m.d.sync += sent.eq(0)
+            with m.Else():
+                m.d.sync += sent.eq(sent + 1)
+        with m.If(go):
+            new_data = Cat(*(Mux(strb[q], window[8 * q:8 * q + 8],
+                                 Mux(merge, buf_data[8 * q:8 * q + 8], 0))
+                             for q in range(nbytes)))
+            m.d.sync += [buf_valid.eq(1), buf_data.eq(new_data),
+                         buf_strb.eq(strb | Mux(merge, buf_strb, 0)),
+                         buf_seg_last.eq(piece_last)]
+            with m.If(piece_last):
+                m.d.comb += word_fifo.r_en.eq(1)
+                m.d.sync += [first.eq(1), k.eq(0)]
+            with m.Else():
+                m.d.sync += [first.eq(0), k.eq(k + 1), remaining.eq(rem - nbytes)]
+
+        # A fault descriptor is reported once everything before it is acknowledged.
+        fault_seen = Signal()
+        with m.If(word_fifo.r_rdy & (d.kind == _FAULT) & ~buf_valid & (bursts == 0) &
+                  ~draining):
+            m.d.comb += [word_fifo.r_en.eq(1), fault_seen.eq(1)]
+
+        # ---- B responses, done, errors -------------------------------------------------
+        m.d.comb += [bus.bready.eq(1), flag_fifo.r_en.eq(b_fire)]
+        write_error = b_fire & (bus.bresp != RESP_OKAY) & ~draining
+        m.d.sync += [self.done.eq(b_fire & flag_fifo.r_data & (bus.bresp == RESP_OKAY) &
+                                  ~draining & ~self.abort),
+                     self.error_valid.eq(0)]
+        with m.If(fault_seen & ~self.abort):
+            m.d.sync += [self.error_valid.eq(1), self.error.as_value().eq(d.code)]
+        with m.If(write_error & ~self.abort):
+            m.d.sync += [self.error_valid.eq(1), self.error.eq(NPUError.AXI_WRITE_ERROR)]
+
+        # Abort or write error: drop what is not committed, complete the closed bursts.
+        m.d.comb += flush.eq(self.abort | write_error | fault_seen)
+        with m.If(flush & ~fault_seen):
+            m.d.sync += draining.eq(1)
+        with m.If(draining & ~burst_fifo.r_rdy & (bursts == 0)):
+            m.d.comb += clear.eq(1)
+            m.d.sync += draining.eq(0)
+        with m.If(clear | fault_seen):
+            m.d.sync += [first.eq(1), k.eq(0), buf_valid.eq(0), sent.eq(0)]
+
+        accepted = self.cmd.valid & self.cmd.ready
+        with m.If(flush | clear):
+            m.d.sync += instrs.eq(0)
+        with m.Else():
+            m.d.sync += instrs.eq(instrs + accepted - self.done)
+        m.d.comb += self.busy.eq((instrs != 0) | draining)
+        return m
