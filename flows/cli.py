@@ -134,14 +134,17 @@ def cmd_info(args):
 def cmd_generate(args):
     from npugen.flows.verilog import write_outputs
 
-    if not _IDENTIFIER.fullmatch(args.name):
-        raise UsageError(f"--name must be a Verilog identifier, not {args.name!r}")
+    from npugen.flows.verilog import TOP_NAMES
+
+    name = TOP_NAMES[args.top] if args.name is None else args.name
+    if not _IDENTIFIER.fullmatch(name):
+        raise UsageError(f"--name must be a Verilog identifier, not {name!r}")
     config, source = _config_from_args(args)
     outdir = Path(args.output)
     if outdir.exists() and not outdir.is_dir():
         raise UsageError(f"{outdir}: exists and is not a directory")
     try:
-        manifest = write_outputs(config, outdir, name=args.name)
+        manifest = write_outputs(config, outdir, name=name, top=args.top)
     except OSError as e:
         print(f"{PROG}: error: cannot write {outdir}: {e.strerror or e}", file=sys.stderr)
         return 1
@@ -341,8 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "register map (regmap.json, npu_regs.h, "
                                         "REGISTERS.md).")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="output directory")
-    p.add_argument("--name", default="npu_gemm_core",
-                   help="top-level module name (default: %(default)s)")
+    p.add_argument("--top", default="npu", choices=("npu", "gemm_core"),
+                   help="npu: the whole NPU (AXI4-Lite registers, AXI4 DMA master); "
+                        "gemm_core: the GEMM core alone with its streams (default: %(default)s)")
+    p.add_argument("--name", default=None,
+                   help="top-level module name (default: npu_top, or npu_gemm_core with "
+                        "--top gemm_core)")
     p.set_defaults(handler=cmd_generate)
 
     p = commands.add_parser("demo", parents=[config_options],
@@ -426,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from npugen.flows.fpga_cli import add_commands as add_fpga_commands
     add_fpga_commands(commands, config_options)  # synth, dse, cost, build-board
+    from npugen.flows.perf_report import add_commands as add_perf_commands
+    add_perf_commands(commands, config_options)  # perf
     return parser
 
 

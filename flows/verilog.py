@@ -22,10 +22,15 @@ from amaranth.back import verilog as _verilog
 from npugen.flows.regmap import FILES as REGMAP_FILES, regmap_files
 from npugen.golden.config import NPUConfig
 
-__all__ = ["DEFAULT_NAME", "top_component", "generate_verilog", "verilog_ports", "write_outputs"]
+__all__ = ["TOPS", "DEFAULT_NAME", "TOP_NAMES", "top_component", "generate_verilog",
+           "verilog_ports", "write_outputs"]
 
-#: Name of the top-level Verilog module (and of the ``.v`` file) unless chosen otherwise.
-DEFAULT_NAME = "npu_gemm_core"
+#: Top-level designs: the whole NPU (AXI host interface) or the GEMM core alone (streams).
+TOPS = ("npu", "gemm_core")
+#: Default module (and ``.v`` file) name of each top.
+TOP_NAMES = {"npu": "npu_top", "gemm_core": "npu_gemm_core"}
+#: Name of the top-level Verilog module of the NPU unless chosen otherwise.
+DEFAULT_NAME = TOP_NAMES["npu"]
 
 #: Version of the ``manifest.json`` layout.
 MANIFEST_VERSION = 1
@@ -33,11 +38,7 @@ MANIFEST_VERSION = 1
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-#: Top-level designs: the whole NPU (AXI host interface) or the GEMM core alone (streams).
-TOPS = ("npu", "gemm_core")
-
-
-def top_component(config: NPUConfig, *, top: str = "gemm_core", pe_module: str | None = None):
+def top_component(config: NPUConfig, *, top: str = "npu", pe_module: str | None = None):
     """The top-level Amaranth component ``top`` for ``config`` (PEs as ``pe_module``
     instances when a name is given, inline otherwise)."""
     if top == "npu":
@@ -47,7 +48,7 @@ def top_component(config: NPUConfig, *, top: str = "gemm_core", pe_module: str |
     return GemmCore(config, pe_module=pe_module)
 
 
-def _check_args(config, name, top="gemm_core"):
+def _check_args(config, name, top="npu"):
     NPUConfig.check(config)
     if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"name must be a Verilog identifier, not {name!r}")
@@ -55,7 +56,7 @@ def _check_args(config, name, top="gemm_core"):
         raise ValueError(f"top must be one of {', '.join(TOPS)}, not {top!r}")
 
 
-def _convert(config, name, top="gemm_core"):
+def _convert(config, name, top="npu"):
     """The top module ``name`` followed by the PE module ``<name>_pe`` it instantiates.
 
     Generating the PE once and instantiating it by name keeps the array hierarchical and
@@ -68,9 +69,10 @@ def _convert(config, name, top="gemm_core"):
     return component, text + "\n" + pe_text
 
 
-def generate_verilog(config: NPUConfig, name: str = DEFAULT_NAME, *,
-                     top: str = "gemm_core") -> str:
-    """Elaborate the top-level component ``top`` for ``config`` into a Verilog module ``name``."""
+def generate_verilog(config: NPUConfig, name: str | None = None, *, top: str = "npu") -> str:
+    """Elaborate the top-level component ``top`` for ``config`` into a Verilog module
+    ``name`` (default: :data:`TOP_NAMES` of ``top``)."""
+    name = TOP_NAMES.get(top, DEFAULT_NAME) if name is None else name
     _check_args(config, name, top)
     return _convert(config, name, top)[1]
 
@@ -148,22 +150,24 @@ def _make_staging_dir(parent, name):
             continue
 
 
-def write_outputs(config: NPUConfig, outdir, *, name: str = DEFAULT_NAME) -> dict:
-    """Write ``<name>.v``, ``config.toml``, ``manifest.json`` and the register map
-    (``regmap.json``, ``npu_regs.h``, ``REGISTERS.md``) into ``outdir``.
+def write_outputs(config: NPUConfig, outdir, *, name: str | None = None,
+                  top: str = "npu") -> dict:
+    """Write ``<name>.v`` (the component ``top``), ``config.toml``, ``manifest.json`` and
+    the register map (``regmap.json``, ``npu_regs.h``, ``REGISTERS.md``) into ``outdir``.
 
     The design is generated before anything touches the file system, and the files are
     written into a temporary directory next to ``outdir`` and then moved into place:
     on error nothing is left behind and files already in ``outdir`` are unchanged.
     Other files in an existing ``outdir`` are kept.  Returns the manifest.
     """
-    _check_args(config, name)
+    name = TOP_NAMES.get(top, DEFAULT_NAME) if name is None else name
+    _check_args(config, name, top)
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"{outdir}: exists and is not a directory")
 
     started = time.perf_counter()
-    component, text = _convert(config, name)
+    component, text = _convert(config, name, top)
     seconds = time.perf_counter() - started
     verilog_bytes = text.encode("utf-8")
     files = {"verilog": f"{name}.v", "config": "config.toml", "manifest": "manifest.json",
@@ -171,6 +175,7 @@ def write_outputs(config: NPUConfig, outdir, *, name: str = DEFAULT_NAME) -> dic
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "top": name,
+        "design": top,
         "files": files,
         "verilog_sha256": hashlib.sha256(verilog_bytes).hexdigest(),
         "config_hash": config.config_hash(),

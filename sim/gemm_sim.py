@@ -27,7 +27,7 @@ TOPLEVEL = "npu_gemm_core"
 @functools.lru_cache(maxsize=8)
 def _verilog(config: NPUConfig) -> str:
     from npugen.flows.verilog import generate_verilog
-    return generate_verilog(config, TOPLEVEL)
+    return generate_verilog(config, TOPLEVEL, top="gemm_core")
 
 
 def build_core(config: NPUConfig, *, waves: bool = False) -> Path:

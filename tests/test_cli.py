@@ -106,24 +106,26 @@ def test_help(capsys):
 
 # -- generate -----------------------------------------------------------------------------
 
-def test_generate_tiny(capsys, tmp_path):
+@pytest.mark.parametrize("top, module", [("npu", "npu_top"), ("gemm_core", "npu_gemm_core")])
+def test_generate_tiny(capsys, tmp_path, top, module):
     outdir = tmp_path / "out"
-    code, out, err = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
+    options = [] if top == "npu" else ["--top", top]
+    code, out, err = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir), *options)
     assert (code, err) == (0, "")
     config = PRESETS["tiny"]
-    written = ["npu_gemm_core.v", "config.toml", "manifest.json", "regmap.json", "npu_regs.h",
+    written = [f"{module}.v", "config.toml", "manifest.json", "regmap.json", "npu_regs.h",
                "REGISTERS.md"]
     assert sorted(p.name for p in outdir.iterdir()) == sorted(written)
     for name in written:
         assert f"wrote {outdir / name}" in out
 
-    text = (outdir / "npu_gemm_core.v").read_bytes()
-    assert re.search(rb"^module npu_gemm_core\(", text, re.MULTILINE)
+    text = (outdir / f"{module}.v").read_bytes()
+    assert re.search(rf"^module {module}\(".encode(), text, re.MULTILINE)
     assert NPUConfig.load(outdir / "config.toml") == config
 
     manifest = json.loads((outdir / "manifest.json").read_text())
-    assert manifest["top"] == "npu_gemm_core"
-    assert manifest["files"] == {"verilog": "npu_gemm_core.v", "config": "config.toml",
+    assert (manifest["top"], manifest["design"]) == (module, top)
+    assert manifest["files"] == {"verilog": f"{module}.v", "config": "config.toml",
                                  "manifest": "manifest.json", "regmap_json": "regmap.json",
                                  "c_header": "npu_regs.h", "regmap_md": "REGISTERS.md"}
     assert manifest["verilog_sha256"] == hashlib.sha256(text).hexdigest()
@@ -139,7 +141,7 @@ def test_generate_tiny(capsys, tmp_path):
     names = [p["name"] for p in ports]
     assert len(set(names)) == len(names)
     assert names[:2] == ["clk", "rst"]
-    component = verilog.top_component(config)
+    component = verilog.top_component(config, top=top)
     Fragment.get(component, None)  # elaborated, as the generator does
     flattened = ["__".join(map(str, path))
                  for path, _, _ in component.signature.flatten(component)]
@@ -180,7 +182,7 @@ def test_generate_creates_parents(capsys, tmp_path):
     outdir = tmp_path / "a" / "b" / "out"
     code, _, _ = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
     assert code == 0
-    assert (outdir / "npu_gemm_core.v").is_file()
+    assert (outdir / "npu_top.v").is_file()
 
 
 @pytest.fixture
@@ -211,11 +213,11 @@ def test_generate_write_error_leaves_nothing(capsys, tmp_path, failing_write):
 def test_generate_write_error_keeps_existing(capsys, tmp_path, failing_write):
     outdir = tmp_path / "out"
     outdir.mkdir()
-    (outdir / "npu_gemm_core.v").write_text("old")
+    (outdir / "npu_top.v").write_text("old")
     code, _, _ = run(capsys, "generate", "--preset", "tiny", "-o", str(outdir))
     assert code == 1
-    assert [p.name for p in outdir.iterdir()] == ["npu_gemm_core.v"]
-    assert (outdir / "npu_gemm_core.v").read_text() == "old"
+    assert [p.name for p in outdir.iterdir()] == ["npu_top.v"]
+    assert (outdir / "npu_top.v").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
