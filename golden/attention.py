@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gemm import matmul_integer
+from .gemm import _int8_operand, _int8_out_params, matmul_integer
 from .quant import INT32_MAX, SHIFT_MAX, SHIFT_MIN, _int_scalar, quantize_multiplier, requantize
 from .vector import integer_softmax, softmax_multiplier
 
@@ -57,12 +57,7 @@ class AttentionParams:
         _int_scalar("softmax_shift", self.softmax_shift, SHIFT_MIN, SHIFT_MAX)
         _int_scalar("out_multiplier", self.out_multiplier, 0, INT32_MAX)
         _int_scalar("out_shift", self.out_shift, SHIFT_MIN, SHIFT_MAX)
-        _int_scalar("out_zero_point", self.out_zero_point, -128, 127)
-        _int_scalar("out_min", self.out_min, -128, 127)
-        _int_scalar("out_max", self.out_max, -128, 127)
-        if self.out_min > self.out_max:
-            raise ValueError(f"out_min must not exceed out_max, not out_min={self.out_min}, "
-                             f"out_max={self.out_max}")
+        _int8_out_params(self.out_zero_point, self.out_min, self.out_max)
 
     @classmethod
     def from_scales(cls, *, q_scale, k_scale, v_scale, out_scale, head_dim,
@@ -81,9 +76,7 @@ class AttentionParams:
 
 
 def _operand(name, value):
-    if not isinstance(value, np.ndarray) or value.dtype != np.int8:
-        got = getattr(value, "dtype", type(value).__name__)
-        raise TypeError(f"{name} must be an int8 NumPy array, not {got}")
+    value = _int8_operand(name, value)
     if value.ndim != 2 or 0 in value.shape:
         raise ValueError(f"{name} must be a non-empty 2-D array, not shape {value.shape}")
     if value.min() < -127:

@@ -74,6 +74,7 @@ from .binary import binarize_activations, binarize_weights, pack_bits, xnor_popc
 from .gemm import qgemm
 from .int4 import INT4_MAX, INT4_MIN, choose_int4_qparams, qgemm_int4, quantize_int4
 from .quant import (
+    _float_array,
     choose_qparams,
     dequantize,
     quantize,
@@ -104,11 +105,7 @@ def _choice(name, value, choices):
 
 
 def _data(name, x):
-    arr = np.asarray(x)
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating)
-                                     or np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must hold real numbers, not {arr.dtype} values")
-    arr = arr.astype(np.float64)
+    arr = _float_array(name, x).astype(np.float64)
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty")
     if not np.isfinite(arr).all():

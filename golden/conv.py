@@ -18,8 +18,8 @@ import numbers
 
 import numpy as np
 
-from .gemm import _per_channel
-from .quant import INT32_MAX, INT32_MIN, SHIFT_MAX, SHIFT_MIN, _int_array, _int_scalar, requantize
+from .gemm import _int8_operand, _requant_params
+from .quant import _int_array, _int_scalar, requantize
 
 __all__ = ["ConvGeometry", "conv_geometry", "conv2d_integer", "qconv2d"]
 
@@ -99,13 +99,6 @@ def conv_geometry(x_shape, w_shape, **kwargs) -> ConvGeometry:
     return ConvGeometry(x_shape, w_shape, **kwargs)
 
 
-def _int8_array(name, value):
-    if not isinstance(value, np.ndarray) or value.dtype != np.int8:
-        got = getattr(value, "dtype", type(value).__name__)
-        raise TypeError(f"{name} must be an int8 NumPy array, not {got}")
-    return value
-
-
 def _conv_sum(x, w, geom, x_zero_point):
     """Exact int64 sums (no wrap) of the convolution of effective values."""
     top, bottom, left, right = geom.padding
@@ -141,8 +134,8 @@ def conv2d_integer(x, w, x_zero_point=0, *, stride=1, padding=0, dilation=1, gro
     value, zero point 0).  Padding taps contribute 0.  ``stride``, ``dilation`` are an
     int or ``(h, w)``; ``padding`` an int, ``(h, w)`` or ``(top, bottom, left, right)``.
     """
-    x = _int8_array("x", x)
-    w = _int8_array("w", w)
+    x = _int8_operand("x", x)
+    w = _int8_operand("w", w)
     geom = ConvGeometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                         groups=groups)
     zp = _int_scalar("x_zero_point", x_zero_point, -128, 127)
@@ -164,22 +157,14 @@ def qconv2d(x, w, *, x_zero_point, bias, multiplier, shift, out_zero_point, out_
     """
     if not isinstance(output, str) or output not in ("int8", "int32"):
         raise ValueError(f"output must be 'int8' or 'int32', not {output!r}")
-    x = _int8_array("x", x)
-    w = _int8_array("w", w)
+    x = _int8_operand("x", x)
+    w = _int8_operand("w", w)
     geom = ConvGeometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                         groups=groups)
     _int_array("w", w, -127, 127, "symmetric int8 ")
     zp = _int_scalar("x_zero_point", x_zero_point, -128, 127)
-    n = geom.c_out
-    bias = _per_channel("bias", bias, n, INT32_MIN, INT32_MAX, "int32 ")
-    multiplier = _per_channel("multiplier", multiplier, n, 0, INT32_MAX)
-    shift = _per_channel("shift", shift, n, SHIFT_MIN, SHIFT_MAX)
-    out_zero_point = _int_scalar("out_zero_point", out_zero_point, -128, 127)
-    out_min = _int_scalar("out_min", out_min, -128, 127)
-    out_max = _int_scalar("out_max", out_max, -128, 127)
-    if out_min > out_max:
-        raise ValueError(f"out_min must not exceed out_max, not out_min={out_min}, "
-                         f"out_max={out_max}")
+    bias, multiplier, shift, out_zero_point, out_min, out_max = _requant_params(
+        geom.c_out, bias, multiplier, shift, out_zero_point, out_min, out_max)
     acc_bits = _int_scalar("acc_bits", acc_bits, 16, 32)
     total = _wrap(_conv_sum(x, w, geom, zp) + bias, acc_bits)
     if output == "int32":

@@ -44,6 +44,36 @@ def _per_channel(name, value, n, lo, hi, kind=""):
     return arr
 
 
+def _int8_operand(name, value):
+    """``value`` if it is an int8 NumPy array; a TypeError naming ``name`` otherwise."""
+    dtype = getattr(value, "dtype", None)
+    if not isinstance(value, np.ndarray) or dtype != np.int8:
+        got = dtype if dtype is not None else type(value).__name__
+        raise TypeError(f"{name} must be an int8 NumPy array, not {got}")
+    return value
+
+
+def _int8_out_params(out_zero_point, out_min, out_max):
+    """The int8 output zero point and clamp ``[out_min, out_max]``, checked."""
+    out_zero_point = _int_scalar("out_zero_point", out_zero_point, -128, 127)
+    out_min = _int_scalar("out_min", out_min, -128, 127)
+    out_max = _int_scalar("out_max", out_max, -128, 127)
+    if out_min > out_max:
+        raise ValueError(f"out_min must not exceed out_max, not out_min={out_min}, "
+                         f"out_max={out_max}")
+    return out_zero_point, out_min, out_max
+
+
+def _requant_params(n, bias, multiplier, shift, out_zero_point, out_min, out_max):
+    """The checked requantization of ``n`` output channels: ``bias`` (int32),
+    ``multiplier`` (Q31 in ``[0, 2**31 - 1]``) and ``shift`` (``[-31, 30]``) as scalars or
+    ``(n,)`` arrays, then :func:`_int8_out_params`."""
+    return (_per_channel("bias", bias, n, INT32_MIN, INT32_MAX, "int32 "),
+            _per_channel("multiplier", multiplier, n, 0, INT32_MAX),
+            _per_channel("shift", shift, n, SHIFT_MIN, SHIFT_MAX),
+            *_int8_out_params(out_zero_point, out_min, out_max))
+
+
 def _wrap_u64(values, bits):
     """Sign-extend the low ``bits`` bits of uint64 ``values`` into int64."""
     unused = np.uint64(64 - bits)
@@ -105,11 +135,8 @@ def qgemm(a, w, *, a_zero_point, bias, multiplier, shift, out_zero_point,
     """
     if not isinstance(output, str) or output not in _OUTPUTS:
         raise ValueError(f"output must be 'int8' or 'int32', not {output!r}")
-    for name, arr in (("a", a), ("w", w)):
-        dtype = getattr(arr, "dtype", None)
-        if not isinstance(arr, np.ndarray) or dtype != np.int8:
-            got = dtype if dtype is not None else type(arr).__name__
-            raise TypeError(f"{name} must be an int8 NumPy array, not {got}")
+    a = _int8_operand("a", a)
+    w = _int8_operand("w", w)
     if a.ndim != 2:
         raise ValueError(f"a must be a 2-D array (M, K), not shape {a.shape}")
     if w.ndim != 2:
@@ -120,15 +147,8 @@ def qgemm(a, w, *, a_zero_point, bias, multiplier, shift, out_zero_point,
     _int_array("w", w, -127, 127, "symmetric int8 ")
     n = w.shape[1]
     za = np.asarray(_int_scalar("a_zero_point", a_zero_point, -128, 127))
-    bias = _per_channel("bias", bias, n, INT32_MIN, INT32_MAX, "int32 ")
-    multiplier = _per_channel("multiplier", multiplier, n, 0, INT32_MAX)
-    shift = _per_channel("shift", shift, n, SHIFT_MIN, SHIFT_MAX)
-    out_zero_point = _int_scalar("out_zero_point", out_zero_point, -128, 127)
-    out_min = _int_scalar("out_min", out_min, -128, 127)
-    out_max = _int_scalar("out_max", out_max, -128, 127)
-    if out_min > out_max:
-        raise ValueError(f"out_min must not exceed out_max, not out_min={out_min}, "
-                         f"out_max={out_max}")
+    bias, multiplier, shift, out_zero_point, out_min, out_max = _requant_params(
+        n, bias, multiplier, shift, out_zero_point, out_min, out_max)
     acc_bits = _check_acc_bits(acc_bits, 16)
     if output == "int8" and acc_bits > 32:
         raise ValueError(f"acc_bits must be at most 32 for output='int8', not {acc_bits}")

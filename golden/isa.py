@@ -3,14 +3,16 @@
 An instruction is 256 bits, four little-endian 64-bit words ``w0..w3`` (``docs/ISA.md``).
 Each record class (:class:`Load`, :class:`Store`, :class:`Matmul`, :class:`Vector`,
 :class:`Fence`, :class:`End`) holds every field of its instruction as a plain integer;
-:func:`encode` places the fields at exactly the bit positions of ``docs/ISA.md`` (the
-same as the Amaranth layouts of ``hw/isa.py``; a test compares them field by field) and
-checks only that each value fits its bit field, so that malformed instructions can be
-built on purpose.  The semantic checks (counts, lanes, ranges, features) are the
-controller's and live in :func:`npugen.golden.npu_model.check_instruction`.
+:func:`encode` places the fields at exactly the bit positions of ``docs/ISA.md``
+(:data:`FIELDS`) and checks only that each value fits its bit field, so that malformed
+instructions can be built on purpose.  The semantic checks (counts, lanes, ranges,
+features) are the controller's and live in :func:`npugen.golden.npu_model.check_instruction`.
 
-The enumerations mirror ``hw/isa.py`` and ``hw/gemm_core.py`` as plain ``IntEnum``
-classes: this module never imports Amaranth.
+The enumerations are plain ``IntEnum`` classes: this module never imports Amaranth.
+They and :data:`FIELDS` are the one source of the instruction set's names, values and
+bit positions: ``hw/isa.py`` builds its Amaranth enumerations and layouts from them
+(a test compares the two field by field).  :class:`CoreError` mirrors
+``hw/gemm_core.py``'s enumeration (a test compares them).
 """
 
 from __future__ import annotations

@@ -240,6 +240,10 @@ _ID_FIELDS = {
     "FEATURES": (Field("SPARSE_2_4", 0, 1, "2:4 structured weight sparsity (sparse_2_4)"),),
 }
 
+#: The units with a busy counter (``*_BUSY`` at 0x040...), in the order of the register
+#: file's ``unit_busy`` bits.
+_COUNTED_UNITS = ("load", "compute", "vector", "store")
+
 #: The whole map; the ID block (offsets 0x100...) has ``reset=None``.
 REGISTERS = (
     _reg("ID", 0x000, "RO", ID_VALUE, 'identification, "NPUG"'),
@@ -275,14 +279,10 @@ REGISTERS = (
                                        "(sampled at START)"),
     _reg("WRITE_LIMIT", 0x03C, "RW", 0, "first host address above the write window "
                                         "(sampled at START)"),
-    _reg("LOAD_BUSY", 0x040, "RO", 0, "cycles the load unit was busy in the last run "
-                                      "(mod 2^32)"),
-    _reg("COMPUTE_BUSY", 0x044, "RO", 0, "cycles the compute unit was busy in the last run "
-                                         "(mod 2^32)"),
-    _reg("VECTOR_BUSY", 0x048, "RO", 0, "cycles the vector unit was busy in the last run "
-                                        "(mod 2^32)"),
-    _reg("STORE_BUSY", 0x04C, "RO", 0, "cycles the store unit was busy in the last run "
-                                       "(mod 2^32)"),
+) + tuple(
+    _reg(f"{unit.upper()}_BUSY", 0x040 + 4 * i, "RO", 0,
+         f"cycles the {unit} unit was busy in the last run (mod 2^32)")
+    for i, unit in enumerate(_COUNTED_UNITS)
 ) + tuple(
     _reg(name, 0x100 + 4 * i, "RO", None, f"build parameter: {description}",
          *_ID_FIELDS.get(name, ()))
@@ -292,7 +292,7 @@ REGISTERS = (
 #: Names of the ID-block registers, in offset order.
 ID_BLOCK = tuple(_ID_PARAMETERS)
 #: Per-unit busy counters in the order of the register file's ``unit_busy`` bits.
-UNIT_COUNTERS = ("LOAD_BUSY", "COMPUTE_BUSY", "VECTOR_BUSY", "STORE_BUSY")
+UNIT_COUNTERS = tuple(f"{unit.upper()}_BUSY" for unit in _COUNTED_UNITS)
 
 
 def id_values(config: NPUConfig) -> dict[str, int]:

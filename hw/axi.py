@@ -10,7 +10,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = ["AXI4Signature", "AXI4LiteSignature", "RESP_OKAY", "RESP_SLVERR", "RESP_DECERR",
-           "BURST_INCR"]
+           "BURST_INCR", "connect_channels"]
 
 RESP_OKAY = 0b00
 RESP_SLVERR = 0b10
@@ -18,18 +18,31 @@ RESP_DECERR = 0b11
 BURST_INCR = 0b01
 
 
+def connect_channels(m, bus, channels):
+    """Joins ``channels`` (a manager-side port with some of the members of the manager
+    port ``bus``, e.g. only its read channels) to ``bus`` in ``m``: each output of
+    ``channels`` drives the member of ``bus`` of the same name, each input is driven by
+    it.  Combinational."""
+    for name, member in channels.signature.members.items():
+        outer, inner = getattr(bus, name), getattr(channels, name)
+        m.d.comb += outer.eq(inner) if member.flow == Out else inner.eq(outer)
+
+
 def _check(name, value, allowed):
     if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, not {value!r}")
+
+
+def _check_range(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {value!r}")
 
 
 class AXI4LiteSignature(wiring.Signature):
     """AXI4-Lite, manager side: ``addr_width`` address bits, 32 or 64 data bits."""
 
     def __init__(self, *, addr_width, data_width=32):
-        if isinstance(addr_width, bool) or not isinstance(addr_width, int) or \
-                not 1 <= addr_width <= 64:
-            raise ValueError(f"addr_width must be an integer in 1..64, not {addr_width!r}")
+        _check_range("addr_width", addr_width, 1, 64)
         _check("data_width", data_width, (32, 64))
         self._addr_width = addr_width
         self._data_width = data_width
@@ -62,12 +75,9 @@ class AXI4Signature(wiring.Signature):
     """AXI4 (full), manager side: bursts, IDs of ``id_width`` bits."""
 
     def __init__(self, *, addr_width=32, data_width, id_width=1):
-        if isinstance(addr_width, bool) or not isinstance(addr_width, int) or \
-                not 12 <= addr_width <= 64:
-            raise ValueError(f"addr_width must be an integer in 12..64, not {addr_width!r}")
+        _check_range("addr_width", addr_width, 12, 64)
         _check("data_width", data_width, (32, 64, 128, 256, 512, 1024))
-        if isinstance(id_width, bool) or not isinstance(id_width, int) or not 1 <= id_width <= 16:
-            raise ValueError(f"id_width must be an integer in 1..16, not {id_width!r}")
+        _check_range("id_width", id_width, 1, 16)
         self._addr_width = addr_width
         self._data_width = data_width
         self._id_width = id_width

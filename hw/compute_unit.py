@@ -61,7 +61,8 @@ from .pe import ProcessingElement
 from .scratchpad import (ScratchpadReadSignature, ScratchpadWriteSignature, out_word_layout,
                          param_word_layout)
 
-__all__ = ["ComputeUnit", "OPERAND_FIFO_DEPTH", "check_pe_module", "pe_component"]
+__all__ = ["ComputeUnit", "OPERAND_FIFO_DEPTH", "check_pe_module", "pe_component",
+           "PEModuleMixin"]
 
 #: Depth of the activation and weight FIFOs between the scratchpads and the core
 #: (a read every cycle needs one word in the FIFO and one in the read port).
@@ -89,7 +90,31 @@ def pe_component(config):
                              sparse=config.sparse_2_4)
 
 
-class ComputeUnit(wiring.Component):
+class PEModuleMixin:
+    """``config``, ``pe_module`` and :meth:`pe_component` of a component around a GEMM
+    core whose PEs may be instantiated as the Verilog module ``pe_module``
+    (:class:`ComputeUnit`, :class:`~npugen.hw.npu.NPU`)."""
+
+    def _set_config(self, config, pe_module):
+        """Checks and keeps the constructor's ``config`` and ``pe_module``."""
+        NPUConfig.check(config)
+        self._config = config
+        self._pe_module = check_pe_module(pe_module)
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def pe_module(self):
+        return self._pe_module
+
+    def pe_component(self):
+        """The PE to generate as the ``pe_module`` Verilog module (the GemmCore's PE)."""
+        return pe_component(self._config)
+
+
+class ComputeUnit(PEModuleMixin, wiring.Component):
     """MATMUL instructions on one GEMM core (see the module documentation).
 
     Parameters
@@ -112,9 +137,7 @@ class ComputeUnit(wiring.Component):
     """
 
     def __init__(self, config, *, pe_module=None):
-        NPUConfig.check(config)
-        self._config = config
-        self._pe_module = check_pe_module(pe_module)
+        self._set_config(config, pe_module)
         super().__init__({
             "cmd": In(stream.Signature(matmul_layout)),
             "act_rd": Out(ScratchpadReadSignature(activation_row_layout(config))),
@@ -130,18 +153,6 @@ class ComputeUnit(wiring.Component):
             "error_index": Out(1),
             "error_valid": Out(1),
         })
-
-    @property
-    def config(self):
-        return self._config
-
-    @property
-    def pe_module(self):
-        return self._pe_module
-
-    def pe_component(self):
-        """The PE to generate as the ``pe_module`` Verilog module (the GemmCore's PE)."""
-        return pe_component(self._config)
 
     def elaborate(self, platform):
         m = Module()

@@ -129,6 +129,12 @@ class UnitControlSignature(wiring.Signature):
         return f"UnitControlSignature({self.kind!r})"
 
 
+def _views(bits):
+    """The instruction ``bits`` as a LOAD, STORE, MATMUL and VECTOR (no logic)."""
+    return tuple(layout(bits) for layout in
+                 (load_layout, store_layout, matmul_layout, vector_layout))
+
+
 def _overlap(a, b):
     """Half-open ranges ``a`` and ``b`` share a word (an empty range shares none)."""
     return (a.start < b.end) & (b.start < a.end)
@@ -458,21 +464,17 @@ class Controller(wiring.Component):
                 m.d.sync += settle.eq(0)
                 m.d.comb += kill.eq(1)
                 m.d.sync += state.eq(_State.ENDING)
-        with m.Elif(state == _State.ENDING):
+        with m.Elif((state == _State.ENDING) | (state == _State.DRAIN)):
+            # END or a static error: the instructions before it complete, then END
+            # retires and the program finishes, or it fails.
+            ending = state == _State.ENDING
             m.d.comb += [self.busy.eq(1), self.fetch_flush.eq(1)]
             with m.If(unit_error):
                 m.d.sync += record_unit_error
                 m.d.sync += state.eq(_State.ABORT)
             with m.Elif(settled & sb_empty & units_idle):
-                m.d.comb += end_retire.eq(1)
-                m.d.sync += state.eq(_State.FINISHING)
-        with m.Elif(state == _State.DRAIN):
-            m.d.comb += [self.busy.eq(1), self.fetch_flush.eq(1)]
-            with m.If(unit_error):
-                m.d.sync += record_unit_error
-                m.d.sync += state.eq(_State.ABORT)
-            with m.Elif(settled & sb_empty & units_idle):
-                m.d.sync += state.eq(_State.FAILING)
+                m.d.comb += end_retire.eq(ending)
+                m.d.sync += state.eq(Mux(ending, _State.FINISHING, _State.FAILING))
         with m.Elif(state == _State.ABORT):
             m.d.comb += [self.busy.eq(1), self.fetch_flush.eq(1)]
             # `abort` is a one-cycle pulse (the first cycle of ABORT); the units then
@@ -500,8 +502,7 @@ class Controller(wiring.Component):
 
     def _ends(self, m, bits, p1, p2):
         """The exact ends of the ranges of instruction ``bits`` (products ``p1``, ``p2``)."""
-        ld, st, mm, ve = (layout(bits) for layout in
-                          (load_layout, store_layout, matmul_layout, vector_layout))
+        ld, st, mm, ve = _views(bits)
         ends = Signal(_ends_layout)
         op = bits[0:8]
         with m.If(op == Opcode.LOAD):
@@ -526,8 +527,7 @@ class Controller(wiring.Component):
         (``_ranges_layout``, 17-bit: used only when it is valid) and its LOAD target."""
         cfg = self._config
         C = cfg.cols
-        ld, st, mm, ve = (layout(bits) for layout in
-                          (load_layout, store_layout, matmul_layout, vector_layout))
+        ld, st, mm, ve = _views(bits)
         checks = {}
 
         # LOAD

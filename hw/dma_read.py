@@ -38,60 +38,38 @@ outstanding beats and goes idle.  ``abort`` drops everything not yet on the bus,
 an AR handshake already offered, drains the outstanding beats and goes idle.
 """
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.config import NPUConfig
-
-from .axi import BURST_INCR, RESP_OKAY
+from .axi import RESP_OKAY
+from .dma_common import (ADDR_BITS, DESC_DEPTH, HOST_BITS, ID_BITS, MAX_BURST_BEATS,
+                         MAX_OUTSTANDING, AddressChannel, BusPortSignature, WordWalk,
+                         check_config, issue_bursts, log2, min_, report_errors, stop_on,
+                         track_busy)
 from .isa import INSTRUCTION_BITS, LoadTarget, NPUError, load_layout
 
 __all__ = ["ReadPortSignature", "ReadMux", "BurstPlanner", "InstructionFetch", "LoadEngine",
-           "fetch_item_layout", "load_word_bits", "MAX_BURST_BEATS", "MAX_OUTSTANDING",
-           "FETCH_DEPTH", "FETCH_ID", "LOAD_ID", "HOST_BITS"]
+           "segment_queue", "offer_segment", "fetch_item_layout", "load_word_bits",
+           "MAX_BURST_BEATS", "MAX_OUTSTANDING", "FETCH_DEPTH", "FETCH_ID", "LOAD_ID",
+           "HOST_BITS"]
 
-#: Longest burst (beats).
-MAX_BURST_BEATS = 16
-#: Bursts a read or write engine keeps outstanding at most.
-MAX_OUTSTANDING = 8
 #: Instructions the fetch unit buffers ahead.
 FETCH_DEPTH = 8
 #: Read IDs of the two managers behind :class:`ReadMux`.
 FETCH_ID = 0
 LOAD_ID = 1
-#: Bits of the exact (signed) host address arithmetic: 32-bit base + two 16×32-bit terms.
-HOST_BITS = 50
 
-_ADDR_BITS = 32
 _PAGE_BYTES = 4096
 _INSTR_BYTES = INSTRUCTION_BITS // 8
-_DESC_DEPTH = 32
-_ID_BITS = 1
-
-
-def _check_config(component, config):
-    try:
-        NPUConfig.check(config)
-    except TypeError:
-        component._MustUse__silence = True  # rejected, never elaborated: not "unused"
-        raise
-
-
-def _log2(value):
-    return value.bit_length() - 1
-
-
-def _min(a, b):
-    return Mux(a < b, a, b)
 
 
 def rotate_left_bytes(value, amount, nbytes):
     """``value`` (``nbytes`` bytes) rotated towards the MSB by ``amount`` bytes:
     byte ``q`` of the result is byte ``(q - amount) mod nbytes`` of ``value``."""
     stage = value
-    for k in range(_log2(nbytes)):
+    for k in range(log2(nbytes)):
         stage = Mux(amount[k], stage.rotate_left(8 << k), stage)
     return stage
 
@@ -113,30 +91,18 @@ def fetch_item_layout():
                               "fault": NPUError})
 
 
-class ReadPortSignature(wiring.Signature):
+class ReadPortSignature(BusPortSignature):
     """The AR and R channels of AXI4 (manager side) at the bus width of ``config``:
     ``arid araddr arlen arsize arburst arvalid arready`` and
     ``rid rdata rresp rlast rvalid rready``, named as in :class:`~npugen.hw.axi.AXI4Signature`."""
 
     def __init__(self, config):
-        NPUConfig.check(config)
-        self._data_width = config.axi_data_bits
-        super().__init__({
-            "arid": Out(_ID_BITS), "araddr": Out(_ADDR_BITS), "arlen": Out(8),
+        super().__init__(config, lambda data_width: {
+            "arid": Out(ID_BITS), "araddr": Out(ADDR_BITS), "arlen": Out(8),
             "arsize": Out(3), "arburst": Out(2), "arvalid": Out(1), "arready": In(1),
-            "rid": In(_ID_BITS), "rdata": In(self._data_width), "rresp": In(2),
+            "rid": In(ID_BITS), "rdata": In(data_width), "rresp": In(2),
             "rlast": In(1), "rvalid": In(1), "rready": Out(1),
         })
-
-    @property
-    def data_width(self):
-        return self._data_width
-
-    def __eq__(self, other):
-        return isinstance(other, ReadPortSignature) and self.data_width == other.data_width
-
-    def __repr__(self):
-        return f"ReadPortSignature(data_width={self.data_width})"
 
 
 class ReadMux(wiring.Component):
@@ -147,7 +113,7 @@ class ReadMux(wiring.Component):
     """
 
     def __init__(self, config):
-        _check_config(self, config)
+        check_config(self, config)
         super().__init__({"fetch": In(ReadPortSignature(config)),
                           "load": In(ReadPortSignature(config)),
                           "bus": Out(ReadPortSignature(config))})
@@ -220,21 +186,21 @@ class BurstPlanner(wiring.Component):
         self._max_segments = max_segments
         super().__init__({
             "seg_valid": In(1), "seg_ready": Out(1), "seg_data": In(1),
-            "seg_start": In(_ADDR_BITS), "seg_len": In(len_bits), "seg_close": In(1),
+            "seg_start": In(ADDR_BITS), "seg_len": In(len_bits), "seg_close": In(1),
             "shared": Out(1), "desc_ok": In(1),
-            "close": Out(1), "close_ok": In(1), "close_addr": Out(_ADDR_BITS),
+            "close": Out(1), "close_ok": In(1), "close_addr": Out(ADDR_BITS),
             "close_len": Out(8), "close_final": Out(1), "drop": In(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        lb = _log2(self._bytes)
+        lb = log2(self._bytes)
         page_beats = _PAGE_BYTES // self._bytes
-        beat_bits = _ADDR_BITS - lb
+        beat_bits = ADDR_BITS - lb
 
         def limit(x):
             """Last beat a burst starting at beat ``x`` may reach."""
-            room_ok = x[:_log2(page_beats)] <= page_beats - MAX_BURST_BEATS
+            room_ok = x[:log2(page_beats)] <= page_beats - MAX_BURST_BEATS
             return Mux(room_ok, x + (MAX_BURST_BEATS - 1), x | (page_beats - 1))[:beat_bits]
 
         is_open = Signal()
@@ -242,7 +208,7 @@ class BurstPlanner(wiring.Component):
         bstart = Signal(beat_bits)
         blast = Signal(beat_bits)
         blim = Signal(beat_bits)
-        baddr = Signal(_ADDR_BITS)
+        baddr = Signal(ADDR_BITS)
         cont = Signal()                        # a segment continues into a new burst
         cur = Signal(beat_bits)
         cend = Signal(beat_bits)
@@ -251,7 +217,7 @@ class BurstPlanner(wiring.Component):
         full = segments == self._max_segments
 
         b0 = self.seg_start[lb:]
-        b1 = (self.seg_start + self.seg_len - 1)[lb:_ADDR_BITS]
+        b1 = (self.seg_start + self.seg_len - 1)[lb:ADDR_BITS]
         new_item = self.seg_valid & ~cont & self.desc_ok
         shared = Signal()
         m.d.comb += shared.eq(is_open & ~force & ~full & (b0 == blast))
@@ -261,9 +227,9 @@ class BurstPlanner(wiring.Component):
         covered = ~cont & shared & (b1 == b0)
         can_append = is_open & ~force & (cont | ~full) & (frm == (blast + 1)[:beat_bits]) & \
             (frm <= blim)
-        app_end = _min(last, blim)
+        app_end = min_(last, blim)
         new_lim = limit(frm)
-        new_end = _min(last, new_lim)
+        new_end = min_(last, new_lim)
         item_close = Mux(cont, cforce, self.seg_close)
 
         merged = Signal()
@@ -306,6 +272,32 @@ class BurstPlanner(wiring.Component):
         return m
 
 
+def segment_queue(m, data_bytes, desc_layout, *, reset):
+    """An engine's :class:`BurstPlanner` (``data_bytes`` beats) and its descriptor FIFO
+    (:data:`~npugen.hw.dma_common.DESC_DEPTH` entries of ``desc_layout``, reset by
+    ``reset``), added to ``m`` as ``planner`` and ``descriptors``.  A burst joins at most
+    half as many segments as the FIFO holds (see :class:`BurstPlanner`)."""
+    m.submodules.planner = planner = BurstPlanner(data_bytes, 9, DESC_DEPTH // 2)
+    descriptors = SyncFIFO(width=desc_layout.size, depth=DESC_DEPTH)
+    m.submodules.descriptors = ResetInserter(reset)(descriptors)
+    return planner, descriptors
+
+
+def offer_segment(m, planner, descriptors, *, valid, data, start, length, close, desc, flush):
+    """Offers a segment ``[start, start + length)`` (a marker without bytes unless
+    ``data``; ``close`` ends its burst) to ``planner`` and its descriptor ``desc`` to the
+    FIFO ``descriptors``: both take it in the same cycle, nothing is taken during
+    ``flush``.  Sets ``desc.shared`` from the planner; returns the condition "taken"."""
+    take = valid & planner.seg_ready
+    m.d.comb += [
+        planner.seg_valid.eq(valid & ~flush), planner.seg_data.eq(data),
+        planner.seg_start.eq(start), planner.seg_len.eq(length), planner.seg_close.eq(close),
+        planner.desc_ok.eq(descriptors.w_rdy), desc.shared.eq(planner.shared),
+        descriptors.w_data.eq(desc), descriptors.w_en.eq(take & ~flush),
+    ]
+    return take
+
+
 class InstructionFetch(wiring.Component):
     """Prefetches consecutive 256-bit instructions into a buffer of :data:`FETCH_DEPTH`.
 
@@ -322,7 +314,7 @@ class InstructionFetch(wiring.Component):
     """
 
     def __init__(self, config):
-        _check_config(self, config)
+        check_config(self, config)
         self._config = config
         super().__init__({
             "start": In(1), "start_addr": In(32), "flush": In(1), "idle": Out(1),
@@ -334,7 +326,7 @@ class InstructionFetch(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nbytes = self._config.axi_data_bits // 8
-        lb = _log2(nbytes)
+        lb = log2(nbytes)
         per_instr = _INSTR_BYTES // nbytes                 # beats per instruction
         per_burst = MAX_BURST_BEATS // per_instr           # instructions per burst
         layout = fetch_item_layout()
@@ -351,19 +343,12 @@ class InstructionFetch(wiring.Component):
         pc_out = Signal(32)         # next instruction to deliver
         inflight = Signal(range(FETCH_DEPTH + 1))          # requested, not delivered
         outstanding = Signal(range(FETCH_DEPTH * per_instr + 1))   # beats not received
-        ar_valid = Signal()
-        ar_addr = Signal(32)
-        ar_len = Signal(8)
         beat = Signal(range(per_instr))
         bad = Signal()
         assembled = Signal(INSTRUCTION_BITS)
 
         bus = self.bus
-        m.d.comb += [bus.arid.eq(FETCH_ID), bus.araddr.eq(ar_addr), bus.arlen.eq(ar_len),
-                     bus.arsize.eq(lb), bus.arburst.eq(BURST_INCR), bus.arvalid.eq(ar_valid)]
-        ar_taken = ar_valid & bus.arready
-        with m.If(ar_taken):
-            m.d.sync += ar_valid.eq(0)
+        ar = AddressChannel(m, bus, "ar", axi_id=FETCH_ID, size=lb)
 
         # Issue: a burst of n instructions at pc_req.
         in_window = (pc_req >= self.read_base) & (pc_req + _INSTR_BYTES <= self.read_limit)
@@ -371,17 +356,16 @@ class InstructionFetch(wiring.Component):
         to_limit = (self.read_limit - pc_req)[5:]
         space = FETCH_DEPTH - fifo.level - inflight
         count = Signal(range(per_burst + 1))
-        m.d.comb += count.eq(_min(_min(_min(to_page, to_limit), space), per_burst))
-        can_issue = running & ~fault_pending & (~ar_valid | bus.arready) & ~self.flush & \
-            ~self.start
+        m.d.comb += count.eq(min_(min_(min_(to_page, to_limit), space), per_burst))
+        can_issue = running & ~fault_pending & ar.free & ~self.flush & ~self.start
         issued = Signal()
         with m.If(can_issue):
             with m.If(~in_window):
                 m.d.sync += fault_pending.eq(1)
             with m.Elif(count != 0):
                 m.d.comb += issued.eq(1)
-                m.d.sync += [ar_valid.eq(1), ar_addr.eq(pc_req[:32]),
-                             ar_len.eq(count * per_instr - 1),
+                m.d.sync += [ar.valid.eq(1), ar.addr.eq(pc_req[:32]),
+                             ar.len.eq(count * per_instr - 1),
                              pc_req.eq(pc_req + (count << 5))]
 
         # R beats: assemble instructions, little-endian, first beat at bit 0.
@@ -416,7 +400,7 @@ class InstructionFetch(wiring.Component):
             inflight.eq(inflight + Mux(issued, count, 0) - delivered),
             outstanding.eq(outstanding + Mux(issued, count * per_instr, 0) - got),
         ]
-        m.d.comb += self.idle.eq((outstanding == 0) & ~ar_valid)
+        m.d.comb += self.idle.eq((outstanding == 0) & ~ar.valid)
 
         # Start, flush, drain.
         with m.If(self.start | self.flush):
@@ -425,7 +409,7 @@ class InstructionFetch(wiring.Component):
                          bad.eq(0), inflight.eq(0), pending.eq(self.start)]
             with m.If(self.start):
                 m.d.sync += [pc_req.eq(self.start_addr), pc_out.eq(self.start_addr)]
-        with m.Elif(discard & (outstanding - got == 0) & ~ar_valid):
+        with m.Elif(discard & (outstanding - got == 0) & ~ar.valid):
             m.d.sync += discard.eq(0)
             with m.If(pending):
                 m.d.sync += [pending.eq(0), running.eq(1)]
@@ -453,7 +437,7 @@ class LoadEngine(wiring.Component):
     """
 
     def __init__(self, config):
-        _check_config(self, config)
+        check_config(self, config)
         self._config = config
         super().__init__({
             "cmd": In(stream.Signature(load_layout)),
@@ -479,41 +463,25 @@ class LoadEngine(wiring.Component):
         m = Module()
         cfg = self._config
         nbytes = cfg.axi_data_bits // 8
-        lb = _log2(nbytes)
+        lb = log2(nbytes)
         word_bytes = load_word_bits(cfg) // 8
         desc_layout = self._desc_layout(lb)
 
         draining = Signal()
         flush = Signal()
-        m.submodules.planner = planner = BurstPlanner(nbytes, 9, _DESC_DEPTH // 2)
-        desc_fifo = SyncFIFO(width=desc_layout.size, depth=_DESC_DEPTH)
-        m.submodules.descriptors = ResetInserter(flush)(desc_fifo)
+        planner, desc_fifo = segment_queue(m, nbytes, desc_layout, reset=flush)
 
         # ---- bursts committed to the bus -------------------------------------------
         bus = self.bus
-        ar_valid = Signal()
-        ar_addr = Signal(32)
-        ar_len = Signal(8)
-        bursts = Signal(range(MAX_OUTSTANDING + 1))
-        beats = Signal(range(MAX_OUTSTANDING * MAX_BURST_BEATS + 1))
-        m.d.comb += [bus.arid.eq(LOAD_ID), bus.araddr.eq(ar_addr), bus.arlen.eq(ar_len),
-                     bus.arsize.eq(lb), bus.arburst.eq(BURST_INCR), bus.arvalid.eq(ar_valid)]
         r_fire = bus.rvalid & bus.rready
-        m.d.comb += [planner.close_ok.eq((~ar_valid | bus.arready) &
-                                         (bursts < MAX_OUTSTANDING)),
-                     planner.drop.eq(flush)]
-        with m.If(ar_valid & bus.arready):
-            m.d.sync += ar_valid.eq(0)
-        with m.If(planner.close):
-            m.d.sync += [ar_valid.eq(1), ar_addr.eq(planner.close_addr),
-                         ar_len.eq(planner.close_len)]
-        m.d.sync += [
-            bursts.eq(bursts + planner.close - (r_fire & bus.rlast)),
-            beats.eq(beats + Mux(planner.close, planner.close_len + 1, 0) - r_fire),
-        ]
+        ar = AddressChannel(m, bus, "ar", axi_id=LOAD_ID, size=lb)
+        issue_bursts(m, planner, ar, finished=r_fire & bus.rlast, drop=flush)
+        beats = Signal(range(MAX_OUTSTANDING * MAX_BURST_BEATS + 1))
+        m.d.sync += beats.eq(beats + Mux(planner.close, planner.close_len + 1, 0) - r_fire)
 
         # ---- word sequencer ----------------------------------------------------------
-        cmd = Signal(load_layout)
+        walk = WordWalk(load_layout)
+        cmd, o, i, sp, addr = walk.cmd, walk.o, walk.i, walk.sp, walk.addr
         lane_bytes4 = Signal()                 # PARAM: 4-byte lanes
         lanes = Signal(8)
         stride = Signal(16)
@@ -521,22 +489,14 @@ class LoadEngine(wiring.Component):
         gather = Signal()
         extent = Signal(25)                    # bytes from a word's address to its end
         lane_misaligned = Signal()
-        o = Signal(16)
-        i = Signal(16)
         j = Signal(8)
-        sp = Signal(16)
-        row = Signal(signed(HOST_BITS))
-        addr = Signal(signed(HOST_BITS))
         lane_addr = Signal(32)
-        instrs = Signal(range(4 * _DESC_DEPTH))   # accepted, not done
 
         lane_e = Mux(lane_bytes4, 4, 1)
-        last_i = i == cmd.inner_count - 1
-        last_o = o == cmd.outer_count - 1
         in_windows = ((i >= cmd.inner_lo) & (i < cmd.inner_hi) &
                       (o >= cmd.outer_lo) & (o < cmd.outer_hi))
-        window_ok = (addr >= self.read_base) & (addr + extent <= self.read_limit)
-        aligned = ~lane_bytes4 | ((addr[:2] == 0) & ~lane_misaligned)
+        fault = walk.fault(self.read_base, self.read_limit, extent,
+                           aligned=~lane_bytes4 | ((addr[:2] == 0) & ~lane_misaligned))
 
         seg_kind = Signal(2)
         seg_start = Signal(32)
@@ -545,29 +505,17 @@ class LoadEngine(wiring.Component):
         seg_last_word = Signal()
         seg_code = Signal(8)
         seg_valid = Signal()
-        take = seg_valid & planner.seg_ready
+        desc = Signal(desc_layout)
+        take = offer_segment(m, planner, desc_fifo, valid=seg_valid, data=seg_kind == _SEG,
+                             start=seg_start, length=seg_len, close=0, desc=desc, flush=flush)
 
-        def next_word():
-            m.d.sync += sp.eq(sp + 1)
-            with m.If(last_i):
-                m.d.sync += [o.eq(o + 1), i.eq(0), row.eq(row + cmd.outer_stride),
-                             addr.eq(row + cmd.outer_stride)]
-                with m.If(last_o):
-                    m.next = "IDLE"
-            with m.Else():
-                m.d.sync += [i.eq(i + 1), addr.eq(addr + cmd.inner_stride)]
-
-        def stop_on_flush():
-            with m.If(flush):          # abort or error: the sequencer stops where it is
-                m.next = "IDLE"
-
+        # On abort or error (flush) the sequencer stops where it is.
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
                 with m.If(self.cmd.valid & self.cmd.ready):
                     p = self.cmd.payload
-                    m.d.sync += [cmd.eq(p), o.eq(0), i.eq(0), sp.eq(p.sp_addr),
-                                 row.eq(p.addr), addr.eq(p.addr),
+                    m.d.sync += [*walk.start(p),
                                  lane_bytes4.eq(p.target == LoadTarget.PARAM),
                                  lanes.eq(p.lanes), stride.eq(p.lane_stride)]
                     m.next = "SETUP"
@@ -581,17 +529,14 @@ class LoadEngine(wiring.Component):
                     lane_misaligned.eq(lane_bytes4 & (lanes != 1) & (stride[:2] != 0)),
                 ]
                 m.next = "WORD"
-                stop_on_flush()
+                stop_on(m, flush)
             with m.State("WORD"):
                 m.d.comb += [seg_valid.eq(1), seg_start.eq(addr[:32]), seg_pos0.eq(0),
                              seg_last_word.eq(1)]
                 with m.If(~in_windows):
                     m.d.comb += seg_kind.eq(_PAD)
-                with m.Elif(~window_ok):
-                    m.d.comb += [seg_kind.eq(_FAULT),
-                                 seg_code.eq(NPUError.BAD_HOST_ADDRESS.value)]
-                with m.Elif(~aligned):
-                    m.d.comb += [seg_kind.eq(_FAULT), seg_code.eq(NPUError.MISALIGNED.value)]
+                with m.Elif(fault != NPUError.NONE.value):
+                    m.d.comb += [seg_kind.eq(_FAULT), seg_code.eq(fault)]
                 with m.Else():
                     m.d.comb += [seg_kind.eq(_SEG),
                                  seg_len.eq(Mux(bcast, lane_e, Mux(gather, lane_e, extent))),
@@ -603,8 +548,8 @@ class LoadEngine(wiring.Component):
                         m.d.sync += [j.eq(1), lane_addr.eq(addr[:32] + stride)]
                         m.next = "LANES"
                     with m.Else():
-                        next_word()
-                stop_on_flush()
+                        walk.advance(m)
+                stop_on(m, flush)
             with m.State("LANES"):
                 last_lane = j == lanes - 1
                 m.d.comb += [seg_valid.eq(1), seg_kind.eq(_SEG), seg_start.eq(lane_addr),
@@ -615,26 +560,17 @@ class LoadEngine(wiring.Component):
                     m.d.sync += [j.eq(j + 1), lane_addr.eq(lane_addr + stride)]
                     with m.If(last_lane):
                         m.next = "WORD"
-                        next_word()
-                stop_on_flush()
+                        walk.advance(m)
+                stop_on(m, flush)
             with m.State("FAULTED"):
-                stop_on_flush()
+                stop_on(m, flush)
 
-        desc = Signal(desc_layout)
         m.d.comb += [
-            planner.seg_valid.eq(seg_valid & ~flush),
-            planner.seg_data.eq(seg_kind == _SEG),
-            planner.seg_start.eq(seg_start),
-            planner.seg_len.eq(seg_len),
-            planner.seg_close.eq(0),
-            planner.desc_ok.eq(desc_fifo.w_rdy),
             desc.kind.eq(seg_kind), desc.off.eq(seg_start[:lb]), desc.len.eq(seg_len),
-            desc.pos0.eq(seg_pos0), desc.shared.eq(planner.shared),
-            desc.last_word.eq(seg_last_word),
-            desc.last_instr.eq(seg_last_word & last_i & last_o),
+            desc.pos0.eq(seg_pos0), desc.last_word.eq(seg_last_word),
+            desc.last_instr.eq(seg_last_word & walk.last_i & walk.last_o),
             desc.sp.eq(sp), desc.target.eq(cmd.target), desc.lanes.eq(lanes),
             desc.bcast.eq(bcast), desc.pad.eq(cmd.pad), desc.code.eq(seg_code),
-            desc_fifo.w_data.eq(desc), desc_fifo.w_en.eq(take & ~flush),
         ]
 
         # ---- R consumer ----------------------------------------------------------------
@@ -658,7 +594,7 @@ class LoadEngine(wiring.Component):
         m.d.comb += [
             pos.eq(Mux(first, head.pos0, cursor)),
             rem.eq(Mux(first, head.len, remaining)),
-            n.eq(_min(rem, room)),
+            n.eq(min_(rem, room)),
             end.eq(pos + n),
             reuse.eq(first & head.shared),
             beat.eq(Mux(reuse, beat_reg, bus.rdata)),
@@ -719,21 +655,12 @@ class LoadEngine(wiring.Component):
                                              param_word, byte_word))]
 
         # ---- errors, abort, drain, busy ----------------------------------------------
-        m.d.sync += self.error_valid.eq(0)
-        with m.If(fault_seen & ~self.abort):
-            m.d.sync += [self.error_valid.eq(1), self.error.as_value().eq(head.code)]
-        with m.If(read_error & ~self.abort):
-            m.d.sync += [self.error_valid.eq(1), self.error.eq(NPUError.AXI_READ_ERROR)]
+        report_errors(m, self, fault=fault_seen, code=head.code, bus_error=read_error,
+                      bus_code=NPUError.AXI_READ_ERROR)
         m.d.comb += [kill.eq(self.abort | read_error), flush.eq(kill | fault_seen)]
         with m.If(flush):
             m.d.sync += [draining.eq(1), first.eq(1)]
         with m.Elif(draining & (beats - r_fire == 0) & ~planner.close):
             m.d.sync += draining.eq(0)
-
-        accepted = self.cmd.valid & self.cmd.ready
-        with m.If(flush):
-            m.d.sync += instrs.eq(0)
-        with m.Else():
-            m.d.sync += instrs.eq(instrs + accepted - self.done)
-        m.d.comb += self.busy.eq((instrs != 0) | draining)
+        track_busy(m, self, clear=flush, draining=draining)
         return m

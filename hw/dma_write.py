@@ -34,15 +34,16 @@ every burst already closed is completed (its AW and all W beats, with the real d
 the outstanding responses are taken and the unit goes idle; nothing else is written.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.config import NPUConfig
-
-from .axi import BURST_INCR, RESP_OKAY
-from .dma_read import HOST_BITS, MAX_OUTSTANDING, BurstPlanner, _check_config, _log2
+from .axi import RESP_OKAY
+from .dma_common import (ADDR_BITS, ID_BITS, MAX_OUTSTANDING, AddressChannel,
+                         BusPortSignature, WordWalk, check_config, issue_bursts, log2,
+                         report_errors, stop_on, track_busy)
+from .dma_read import offer_segment, segment_queue
 from .isa import NPUError, store_layout
 
 __all__ = ["WritePortSignature", "StoreEngine", "WRITE_ID"]
@@ -50,38 +51,23 @@ __all__ = ["WritePortSignature", "StoreEngine", "WRITE_ID"]
 #: AXI ID of every write.
 WRITE_ID = 0
 
-_ADDR_BITS = 32
-_ID_BITS = 1
-_DESC_DEPTH = 32
 _WORD_FIFO_DEPTH = 3
 _SEG, _FAULT = 0, 1
 
 
-class WritePortSignature(wiring.Signature):
+class WritePortSignature(BusPortSignature):
     """The AW, W and B channels of AXI4 (manager side) at the bus width of ``config``:
     ``awid awaddr awlen awsize awburst awvalid awready``, ``wdata wstrb wlast wvalid
     wready``, ``bid bresp bvalid bready``, named as in :class:`~npugen.hw.axi.AXI4Signature`."""
 
     def __init__(self, config):
-        NPUConfig.check(config)
-        self._data_width = config.axi_data_bits
-        super().__init__({
-            "awid": Out(_ID_BITS), "awaddr": Out(_ADDR_BITS), "awlen": Out(8),
+        super().__init__(config, lambda data_width: {
+            "awid": Out(ID_BITS), "awaddr": Out(ADDR_BITS), "awlen": Out(8),
             "awsize": Out(3), "awburst": Out(2), "awvalid": Out(1), "awready": In(1),
-            "wdata": Out(self._data_width), "wstrb": Out(self._data_width // 8),
+            "wdata": Out(data_width), "wstrb": Out(data_width // 8),
             "wlast": Out(1), "wvalid": Out(1), "wready": In(1),
-            "bid": In(_ID_BITS), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+            "bid": In(ID_BITS), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
         })
-
-    @property
-    def data_width(self):
-        return self._data_width
-
-    def __eq__(self, other):
-        return isinstance(other, WritePortSignature) and self.data_width == other.data_width
-
-    def __repr__(self):
-        return f"WritePortSignature(data_width={self.data_width})"
 
 
 class StoreEngine(wiring.Component):
@@ -94,7 +80,7 @@ class StoreEngine(wiring.Component):
     """
 
     def __init__(self, config):
-        _check_config(self, config)
+        check_config(self, config)
         self._config = config
         super().__init__({
             "cmd": In(stream.Signature(store_layout)),
@@ -117,7 +103,7 @@ class StoreEngine(wiring.Component):
         m = Module()
         cfg = self._config
         nbytes = cfg.axi_data_bits // 8
-        lb = _log2(nbytes)
+        lb = log2(nbytes)
         word_bits = 32 * cfg.cols
         desc_layout = self._desc_layout(lb)
         entry_layout = data.StructLayout({"desc": desc_layout, "word": unsigned(word_bits)})
@@ -125,9 +111,7 @@ class StoreEngine(wiring.Component):
         draining = Signal()
         flush = Signal()            # drop the work not yet committed to the bus
         clear = Signal()            # forget everything (the drain is over)
-        m.submodules.planner = planner = BurstPlanner(nbytes, 9, _DESC_DEPTH // 2)
-        desc_fifo = SyncFIFO(width=desc_layout.size, depth=_DESC_DEPTH)
-        m.submodules.descriptors = ResetInserter(clear)(desc_fifo)
+        planner, desc_fifo = segment_queue(m, nbytes, desc_layout, reset=clear)
         word_fifo = SyncFIFO(width=entry_layout.size, depth=_WORD_FIFO_DEPTH)
         m.submodules.words = ResetInserter(clear)(word_fifo)
         burst_fifo = SyncFIFO(width=8, depth=MAX_OUTSTANDING)          # awlen per burst
@@ -137,97 +121,57 @@ class StoreEngine(wiring.Component):
 
         # ---- bursts committed to the bus -------------------------------------------
         bus = self.bus
-        aw_valid = Signal()
-        aw_addr = Signal(32)
-        aw_len = Signal(8)
-        bursts = Signal(range(MAX_OUTSTANDING + 1))     # closed, B not yet received
-        m.d.comb += [bus.awid.eq(0), bus.awaddr.eq(aw_addr), bus.awlen.eq(aw_len),
-                     bus.awsize.eq(lb), bus.awburst.eq(BURST_INCR), bus.awvalid.eq(aw_valid)]
         b_fire = bus.bvalid & bus.bready
+        aw = AddressChannel(m, bus, "aw", axi_id=WRITE_ID, size=lb)
+        bursts = issue_bursts(m, planner, aw, finished=b_fire, drop=flush)  # B not received
         m.d.comb += [
-            planner.close_ok.eq((~aw_valid | bus.awready) & (bursts < MAX_OUTSTANDING)),
-            planner.drop.eq(flush),
             burst_fifo.w_en.eq(planner.close), burst_fifo.w_data.eq(planner.close_len),
             flag_fifo.w_en.eq(planner.close), flag_fifo.w_data.eq(planner.close_final),
         ]
-        with m.If(aw_valid & bus.awready):
-            m.d.sync += aw_valid.eq(0)
-        with m.If(planner.close):
-            m.d.sync += [aw_valid.eq(1), aw_addr.eq(planner.close_addr),
-                         aw_len.eq(planner.close_len)]
-        m.d.sync += bursts.eq(bursts + planner.close - b_fire)
 
         # ---- word sequencer ----------------------------------------------------------
-        cmd = Signal(store_layout)
+        walk = WordWalk(store_layout)
+        sp, addr = walk.sp, walk.addr
         int32 = Signal()
         nbytes_word = Signal(9)
-        o = Signal(16)
-        i = Signal(16)
-        sp = Signal(16)
-        row = Signal(signed(HOST_BITS))
-        addr = Signal(signed(HOST_BITS))
-        instrs = Signal(range(4 * _DESC_DEPTH))      # accepted, not done
-
-        last_i = i == cmd.inner_count - 1
-        last_o = o == cmd.outer_count - 1
-        window_ok = (addr >= self.write_base) & (addr + nbytes_word <= self.write_limit)
-        aligned = ~int32 | (addr[:2] == 0)
+        fault = walk.fault(self.write_base, self.write_limit, nbytes_word,
+                           aligned=~int32 | (addr[:2] == 0))
 
         seg_valid = Signal()
         seg_kind = Signal()
         seg_code = Signal(8)
-        take = seg_valid & planner.seg_ready
+        seg_last = (seg_kind == _SEG) & walk.last_i & walk.last_o
+        desc = Signal(desc_layout)
+        take = offer_segment(m, planner, desc_fifo, valid=seg_valid, data=seg_kind == _SEG,
+                             start=addr[:32], length=nbytes_word, close=seg_last, desc=desc,
+                             flush=flush)
 
-        def stop_on_flush():
-            with m.If(flush):
-                m.next = "IDLE"
-
+        # On abort or error (flush) the sequencer stops where it is.
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
                 with m.If(self.cmd.valid & self.cmd.ready):
                     p = self.cmd.payload
-                    m.d.sync += [cmd.eq(p), o.eq(0), i.eq(0), sp.eq(p.sp_addr),
-                                 row.eq(p.addr), addr.eq(p.addr), int32.eq(p.elem_bytes == 4),
+                    m.d.sync += [*walk.start(p), int32.eq(p.elem_bytes == 4),
                                  nbytes_word.eq(Mux(p.elem_bytes == 4, p.lanes << 2, p.lanes))]
                     m.next = "WORD"
             with m.State("WORD"):
                 m.d.comb += seg_valid.eq(1)
-                with m.If(~window_ok):
-                    m.d.comb += [seg_kind.eq(_FAULT),
-                                 seg_code.eq(NPUError.BAD_HOST_ADDRESS.value)]
-                with m.Elif(~aligned):
-                    m.d.comb += [seg_kind.eq(_FAULT), seg_code.eq(NPUError.MISALIGNED.value)]
+                with m.If(fault != NPUError.NONE.value):
+                    m.d.comb += [seg_kind.eq(_FAULT), seg_code.eq(fault)]
                 with m.If(take):
                     with m.If(seg_kind == _FAULT):
                         m.next = "FAULTED"
                     with m.Else():
-                        m.d.sync += sp.eq(sp + 1)
-                        with m.If(last_i):
-                            m.d.sync += [o.eq(o + 1), i.eq(0),
-                                         row.eq(row + cmd.outer_stride),
-                                         addr.eq(row + cmd.outer_stride)]
-                            with m.If(last_o):
-                                m.next = "IDLE"
-                        with m.Else():
-                            m.d.sync += [i.eq(i + 1), addr.eq(addr + cmd.inner_stride)]
-                stop_on_flush()
+                        walk.advance(m)
+                stop_on(m, flush)
             with m.State("FAULTED"):
-                stop_on_flush()
+                stop_on(m, flush)
 
-        seg_last = (seg_kind == _SEG) & last_i & last_o
-        desc = Signal(desc_layout)
         m.d.comb += [
-            planner.seg_valid.eq(seg_valid & ~flush),
-            planner.seg_data.eq(seg_kind == _SEG),
-            planner.seg_start.eq(addr[:32]),
-            planner.seg_len.eq(nbytes_word),
-            planner.seg_close.eq(seg_last),
-            planner.desc_ok.eq(desc_fifo.w_rdy),
             desc.kind.eq(seg_kind), desc.sp.eq(sp), desc.off.eq(addr[:lb]),
-            desc.len.eq(nbytes_word), desc.shared.eq(planner.shared), desc.int32.eq(int32),
-            desc.last_instr.eq(seg_last), desc.code.eq(seg_code),
-            desc_fifo.w_data.eq(desc), desc_fifo.w_en.eq(take & ~flush),
+            desc.len.eq(nbytes_word), desc.int32.eq(int32), desc.last_instr.eq(seg_last),
+            desc.code.eq(seg_code),
         ]
 
         # ---- OUT read: one word per descriptor into the word FIFO --------------------
@@ -328,12 +272,9 @@ class StoreEngine(wiring.Component):
         m.d.comb += [bus.bready.eq(1), flag_fifo.r_en.eq(b_fire)]
         write_error = b_fire & (bus.bresp != RESP_OKAY) & ~draining
         m.d.sync += [self.done.eq(b_fire & flag_fifo.r_data & (bus.bresp == RESP_OKAY) &
-                                  ~draining & ~self.abort),
-                     self.error_valid.eq(0)]
-        with m.If(fault_seen & ~self.abort):
-            m.d.sync += [self.error_valid.eq(1), self.error.as_value().eq(d.code)]
-        with m.If(write_error & ~self.abort):
-            m.d.sync += [self.error_valid.eq(1), self.error.eq(NPUError.AXI_WRITE_ERROR)]
+                                  ~draining & ~self.abort)]
+        report_errors(m, self, fault=fault_seen, code=d.code, bus_error=write_error,
+                      bus_code=NPUError.AXI_WRITE_ERROR)
 
         # Abort or write error: drop what is not committed, complete the closed bursts.
         m.d.comb += flush.eq(self.abort | write_error | fault_seen)
@@ -344,11 +285,5 @@ class StoreEngine(wiring.Component):
             m.d.sync += draining.eq(0)
         with m.If(clear | fault_seen):
             m.d.sync += [first.eq(1), k.eq(0), buf_valid.eq(0), sent.eq(0)]
-
-        accepted = self.cmd.valid & self.cmd.ready
-        with m.If(flush | clear):
-            m.d.sync += instrs.eq(0)
-        with m.Else():
-            m.d.sync += instrs.eq(instrs + accepted - self.done)
-        m.d.comb += self.busy.eq((instrs != 0) | draining)
+        track_busy(m, self, clear=flush | clear, draining=draining)
         return m

@@ -25,10 +25,8 @@ from amaranth.hdl import Cat, Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.config import NPUConfig
-
-from .axi import AXI4LiteSignature, AXI4Signature
-from .compute_unit import ComputeUnit, check_pe_module, pe_component
+from .axi import AXI4LiteSignature, AXI4Signature, connect_channels
+from .compute_unit import ComputeUnit, PEModuleMixin
 from .controller import Controller
 from .dma_read import InstructionFetch, LoadEngine, ReadMux
 from .dma_write import StoreEngine
@@ -42,7 +40,7 @@ __all__ = ["NPU", "REGISTER_ADDR_BITS"]
 REGISTER_ADDR_BITS = 12
 
 
-class NPU(wiring.Component):
+class NPU(PEModuleMixin, wiring.Component):
     """The whole NPU of ``config`` (see the module documentation).
 
     ``pe_module`` names the Verilog module every PE is instantiated as (generated once
@@ -51,27 +49,13 @@ class NPU(wiring.Component):
     """
 
     def __init__(self, config, *, pe_module=None):
-        NPUConfig.check(config)
-        self._config = config
-        self._pe_module = check_pe_module(pe_module)
+        self._set_config(config, pe_module)
         super().__init__({
             "s_axil": In(AXI4LiteSignature(addr_width=REGISTER_ADDR_BITS)),
             "m_axi": Out(AXI4Signature(addr_width=32, data_width=config.axi_data_bits,
                                        id_width=1)),
             "irq": Out(1),
         })
-
-    @property
-    def config(self):
-        return self._config
-
-    @property
-    def pe_module(self):
-        return self._pe_module
-
-    def pe_component(self):
-        """The PE to generate as the ``pe_module`` Verilog module."""
-        return pe_component(self._config)
 
     def elaborate(self, platform):
         m = Module()
@@ -92,13 +76,8 @@ class NPU(wiring.Component):
         m.d.comb += self.irq.eq(regs.irq)
         wiring.connect(m, fetch=fetch.bus, mux=read_mux.fetch)
         wiring.connect(m, load=load.bus, mux=read_mux.load)
-        for bus in (read_mux.bus, store.bus):
-            for name, member in bus.signature.members.items():
-                outer, inner = getattr(self.m_axi, name), getattr(bus, name)
-                if member.flow == Out:
-                    m.d.comb += outer.eq(inner)
-                else:
-                    m.d.comb += inner.eq(outer)
+        connect_channels(m, self.m_axi, read_mux.bus)
+        connect_channels(m, self.m_axi, store.bus)
 
         # Registers ↔ controller, fetch and DMA windows.
         m.d.comb += [

@@ -15,17 +15,16 @@ dense_cycles / cycles``; ``ideal_cycles`` is then ``⌈M·K·N / (2·R·C)⌉``.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from npugen.golden.config import NPUConfig
 from npugen.golden.perf_model import gemm_cycles
 from npugen.golden.tile_program import ideal_cycles, random_gemm_job
 
 from .gemm_sim import build_core, run_gemm_jobs
+from .progress import progress_steps
 
 __all__ = ["bench_gemm", "DTYPES", "bench_spmm", "bench_spmm_sweep", "SWEEP_DENSITIES",
            "plot_spmm_sweep"]
@@ -56,19 +55,14 @@ def bench_gemm(config: NPUConfig, *, m: int, k: int, n: int, seed: int = 1,
     for name, value in (("m", m), ("k", k), ("n", n)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    if progress is None:
-        progress = sys.stderr.isatty()
-
-    steps = tqdm(total=2, desc="build model", disable=not progress, file=sys.stderr,
-                 leave=False)
     started = time.monotonic()
-    build_core(config, waves=waves)
-    steps.update()
-    steps.set_description("simulate")
-    job = random_gemm_job(np.random.default_rng(seed), m, k, n, mode=dtype, sparsity=sparsity)
-    run = run_gemm_jobs(config, [job], seed=seed, waves=waves)
-    steps.update()
-    steps.close()
+    with progress_steps(["build model", "simulate"], progress) as advance:
+        build_core(config, waves=waves)
+        advance()
+        job = random_gemm_job(np.random.default_rng(seed), m, k, n, mode=dtype,
+                              sparsity=sparsity)
+        run = run_gemm_jobs(config, [job], seed=seed, waves=waves)
+        advance()
 
     ideal = ideal_cycles(config, m, k, n, dtype, sparsity)
     record = {
@@ -135,22 +129,17 @@ def bench_spmm(config: NPUConfig, *, density: float, m: int = 64, k: int = 256, 
     if k > config.acc_depth:
         raise ValueError(f"k must be at most acc_depth = {config.acc_depth} (the sparse "
                          f"engine's activation buffer), not {k}")
-    if progress is None:
-        progress = sys.stderr.isatty()
-
-    steps = tqdm(total=2, desc="build sparse engine", disable=not progress, file=sys.stderr,
-                 leave=False)
     started = time.monotonic()
-    build_engine(config, waves=waves)
-    steps.update()
-    steps.set_description(f"simulate density {density}")
-    rng = np.random.default_rng(seed)
-    job = random_gemm_job(rng, m, k, n)          # int8 operands
-    pruned = prune_magnitude(job.w, 1.0 - density)
-    job.w = pruned.weights
-    run = run_spmm_jobs(config, [job], seed=seed, waves=waves)
-    steps.update()
-    steps.close()
+    with progress_steps(["build sparse engine", f"simulate density {density}"],
+                        progress) as advance:
+        build_engine(config, waves=waves)
+        advance()
+        rng = np.random.default_rng(seed)
+        job = random_gemm_job(rng, m, k, n)          # int8 operands
+        pruned = prune_magnitude(job.w, 1.0 - density)
+        job.w = pruned.weights
+        run = run_spmm_jobs(config, [job], seed=seed, waves=waves)
+        advance()
 
     csr = weight_csr(job.w)
     nnz = csr.nnz

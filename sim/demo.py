@@ -9,15 +9,13 @@ outside the destination regions must be unchanged.
 
 from __future__ import annotations
 
-import sys
 import time
-
-from tqdm import tqdm
 
 from npugen.golden.config import NPUConfig
 
 from .npu_bench import compile_kernel, kernel_record
 from .npu_sim import build_npu, run_kernels
+from .progress import progress_steps
 
 __all__ = ["DEMO_KERNELS", "run_demo", "format_table"]
 
@@ -41,21 +39,16 @@ def _shape_text(kernel: str, shape: dict) -> str:
 def run_demo(config: NPUConfig, *, seed: int = 0, kernels=DEMO_KERNELS,
              progress: bool | None = None) -> list[dict]:
     """Run the demo kernels on ``config``'s NPU; one benchmark record per kernel."""
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = tqdm(total=3, disable=not progress, file=sys.stderr, leave=False)
     started = time.monotonic()
-    bar.set_description("compile kernels")
-    programs = [compile_kernel(config, kernel, seed + i, **shape)
-                for i, (kernel, shape) in enumerate(kernels)]
-    bar.update()
-    bar.set_description("generate Verilog and build the Verilator model")
-    build_npu(config)
-    bar.update()
-    bar.set_description("simulate")
-    results = run_kernels(config, programs, seed=seed)
-    bar.update()
-    bar.close()
+    with progress_steps(["compile kernels", "generate Verilog and build the Verilator model",
+                         "simulate"], progress) as advance:
+        programs = [compile_kernel(config, kernel, seed + i, **shape)
+                    for i, (kernel, shape) in enumerate(kernels)]
+        advance()
+        build_npu(config)
+        advance()
+        results = run_kernels(config, programs, seed=seed)
+        advance()
     records = []
     for i, ((kernel, shape), result) in enumerate(zip(kernels, results)):
         record = kernel_record(result, kind=kernel, shape=shape, seed=seed + i)

@@ -15,8 +15,6 @@ as ``docs/ISA.md`` states them, word by word, stopping at the first error.
 from __future__ import annotations
 
 import functools
-import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +25,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from npugen.golden.config import NPUConfig
-from npugen.hw.axi import AXI4Signature
+from npugen.hw.axi import AXI4Signature, connect_channels
 from npugen.hw.dma_read import (InstructionFetch, LoadEngine, ReadMux, act_lanes,
                                 fetch_item_layout, load_word_bits)
 from npugen.hw.dma_write import StoreEngine
 from npugen.hw.isa import NPUError, load_layout, store_layout
 
 from . import runner
+from .jobs import run_testbench
 
 __all__ = ["TOPLEVEL", "EVENTS", "DmaHarness", "encode", "target_lanes", "load_words",
            "store_writes", "SparseBytes", "build_dma", "run_dma"]
@@ -83,14 +82,8 @@ class DmaHarness(wiring.Component):
         wiring.connect(m, load=load.bus, mux=mux.load)
 
         axi = self.m_axi
-        for name, _ in mux.bus.signature.members.items():
-            port, ours = getattr(axi, name), getattr(mux.bus, name)
-            m.d.comb += (ours.eq(port) if name in ("arready", "rid", "rdata", "rresp", "rlast",
-                                                   "rvalid") else port.eq(ours))
-        for name, _ in store.bus.signature.members.items():
-            port, ours = getattr(axi, name), getattr(store.bus, name)
-            m.d.comb += (ours.eq(port) if name in ("awready", "wready", "bid", "bresp",
-                                                   "bvalid") else port.eq(ours))
+        connect_channels(m, axi, mux.bus)
+        connect_channels(m, axi, store.bus)
 
         wr = out.write_port()
         rd = out.read_port()
@@ -173,9 +166,11 @@ class SparseBytes:
 
 
 def _word_addresses(f):
+    """``(o, i, scratchpad word, host address)`` of every word of LOAD/STORE ``f``."""
     for o in range(f["outer_count"]):
         for i in range(f["inner_count"]):
-            yield o, i, f["addr"] + o * f["outer_stride"] + i * f["inner_stride"]
+            yield (o, i, (f["sp_addr"] + o * f["inner_count"] + i) & 0xFFFF,
+                   f["addr"] + o * f["outer_stride"] + i * f["inner_stride"])
 
 
 def load_words(config, memory: SparseBytes, f: dict, read_base: int, read_limit: int):
@@ -192,8 +187,7 @@ def load_words(config, memory: SparseBytes, f: dict, read_base: int, read_limit:
     count = target_lanes(config, target)
     pad = f["pad"] & ((1 << width) - 1) if lane_bytes == 1 else f["pad"] & 0xFFFFFFFF
     words = []
-    for o, i, a in _word_addresses(f):
-        sp = (f["sp_addr"] + o * f["inner_count"] + i) & 0xFFFF
+    for o, i, sp, a in _word_addresses(f):
         values = []
         if f["inner_lo"] <= i < f["inner_hi"] and f["outer_lo"] <= o < f["outer_hi"]:
             lanes = [a + j * f["lane_stride"] for j in range(f["lanes"])]
@@ -215,8 +209,7 @@ def store_writes(config, out_words: dict[int, int], f: dict, write_base: int,
     ``(address, bytes)`` written in order and the NPUError code that stopped it."""
     e = f["elem_bytes"]
     writes = []
-    for o, i, a in _word_addresses(f):
-        sp = (f["sp_addr"] + o * f["inner_count"] + i) & 0xFFFF
+    for _, _, sp, a in _word_addresses(f):
         nbytes = f["lanes"] * e
         if a < write_base or a + nbytes > write_limit:
             return writes, int(NPUError.BAD_HOST_ADDRESS.value)
@@ -256,27 +249,12 @@ def run_dma(config: NPUConfig, phases: list[dict], *, seed: int, pattern: str = 
     """Run ``phases`` (see :mod:`npugen.sim.tb_dma`) on the model of ``config``, with
     host ``memory`` (4 KB blocks), AXI pauses ``pattern`` (``tb_dma.PATTERNS``) and a
     probability ``cmd_idle`` of an idle cycle on the command streams."""
-    build_dir = build_dma(config, waves=waves)
-    if work_dir is None:
-        work_dir = Path(tempfile.mkdtemp(prefix="dma-", dir=build_dir))
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    job_file, result_file = work_dir / "job.pkl", work_dir / "result.pkl"
-    result_file.unlink(missing_ok=True)
-    with open(job_file, "wb") as f:
-        pickle.dump({"config": config.to_dict(), "seed": seed, "pattern": pattern,
-                     "memory": memory or {}, "cmd_idle": cmd_idle, "phases": phases}, f)
-    failure = None
-    try:
-        runner.run(build_dir, TOPLEVEL, "npugen.sim.tb_dma", testcase="run_phases",
-                   env={"NPUGEN_JOB": str(job_file), "NPUGEN_RESULT": str(result_file)},
-                   waves=waves, seed=seed, test_dir=work_dir)
-    except runner.SimulationFailed as e:
-        failure = e
-    if not result_file.exists():
-        raise failure or runner.SimulationFailed(f"no results in {work_dir}")
-    with open(result_file, "rb") as f:
-        result = pickle.load(f)
+    job = {"config": config.to_dict(), "seed": seed, "pattern": pattern,
+           "memory": memory or {}, "cmd_idle": cmd_idle, "phases": phases}
+    result, failure, work_dir = run_testbench(build_dma(config, waves=waves), TOPLEVEL,
+                                              "npugen.sim.tb_dma", "run_phases", job,
+                                              seed=seed, waves=waves, work_dir=work_dir,
+                                              prefix="dma-")
     if failure is not None:
         raise failure
     return DmaRun(result["phases"], result["memory"], work_dir)

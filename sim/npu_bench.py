@@ -12,16 +12,15 @@ byte written outside the destination regions.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
 
 from npugen.golden import workloads
 from npugen.golden.config import NPUConfig
 
 from .npu_sim import build_npu, run_kernels
+from .progress import progress_steps
 
 __all__ = ["KERNELS", "compile_kernel", "bench_kernel", "kernel_record"]
 
@@ -71,18 +70,13 @@ def kernel_record(result, *, kind: str, shape: dict, seed: int) -> dict:
 def bench_kernel(config: NPUConfig, kind: str, *, seed: int = 0, pattern: str = "none",
                  waves: bool = False, progress: bool | None = None, **shape) -> dict:
     """Compile a random kernel ``kind`` of ``shape``, run it on the NPU model, return the record."""
-    if progress is None:
-        progress = sys.stderr.isatty()
     program = compile_kernel(config, kind, seed, **shape)
-    steps = tqdm(total=2, desc="build NPU model", disable=not progress, file=sys.stderr,
-                 leave=False)
     started = time.monotonic()
-    build_npu(config, waves=waves)
-    steps.update()
-    steps.set_description(f"simulate {kind}")
-    (result,) = run_kernels(config, [program], seed=seed, pattern=pattern, waves=waves)
-    steps.update()
-    steps.close()
+    with progress_steps(["build NPU model", f"simulate {kind}"], progress) as advance:
+        build_npu(config, waves=waves)
+        advance()
+        (result,) = run_kernels(config, [program], seed=seed, pattern=pattern, waves=waves)
+        advance()
     record = kernel_record(result, kind=kind, shape=shape, seed=seed)
     record["wall_seconds"] = round(time.monotonic() - started, 2)
     return record

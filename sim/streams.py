@@ -20,7 +20,7 @@ from npugen.golden.config import NPUConfig
 from npugen.sim.payload import pack, unpack_lanes
 
 __all__ = ["CLOCK_NS", "StreamTB", "pause_pattern", "now_cycles", "load_job", "write_result",
-           "score_results", "run_and_score", "timeout_for"]
+           "reset_dut", "score_results", "run_and_score", "timeout_for"]
 
 AmaranthStreamBus, AmaranthStreamTransaction, AmaranthStreamSource, AmaranthStreamSink, _ = \
     define_stream("AmaranthStream", signals=["payload", "valid", "ready"])
@@ -51,6 +51,15 @@ def write_result(record: dict) -> None:
         pickle.dump(record, f)
 
 
+async def reset_dut(dut) -> None:
+    """Hold ``dut.rst`` for 3 cycles of ``dut.clk``; return at the first rising edge after
+    it is released."""
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 3)
+    dut.rst.value = 0
+    await RisingEdge(dut.clk)
+
+
 class StreamTB:
     """Clock, reset, a source per input stream and a sink on ``result``.
 
@@ -75,10 +84,7 @@ class StreamTB:
             self.result.set_pause_generator(pause_pattern(rng, backpressure))
 
     async def reset(self):
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await reset_dut(self.dut)
 
     def enqueue(self, program: dict) -> None:
         """Queue every stream's beats of one program."""

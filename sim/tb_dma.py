@@ -36,7 +36,7 @@ from npugen.hw.isa import load_layout, store_layout
 from npugen.sim.dma_sim import EVENTS, encode
 from npugen.sim.streams import (CLOCK_NS, AmaranthStreamBus, AmaranthStreamSink,
                                 AmaranthStreamSource, AmaranthStreamTransaction, load_job,
-                                pause_pattern, write_result)
+                                pause_pattern, reset_dut, write_result)
 
 
 def bursty_pattern(rng: random.Random, start: float = 0.08, longest: int = 12,
@@ -120,10 +120,7 @@ class DmaTB:
             getattr(dut, name).value = 0
 
     async def reset(self):
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await reset_dut(self.dut)
 
     async def monitor(self):
         """Record every event of the cycle into the current phase's record."""

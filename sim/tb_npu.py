@@ -18,12 +18,13 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
+from cocotb.triggers import RisingEdge, with_timeout
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
 
 from npugen.golden import regmap
-from npugen.sim.streams import CLOCK_NS, load_job, now_cycles, pause_pattern, write_result
+from npugen.sim.streams import (CLOCK_NS, load_job, now_cycles, pause_pattern, reset_dut,
+                                write_result)
 
 #: Pause probabilities (subordinate outputs, subordinate inputs) per bus pattern.
 PATTERNS = {
@@ -88,10 +89,7 @@ class NPUTB:
         self.offsets = {reg.name: reg.offset for reg in regmap.REGISTERS}
 
     async def reset(self):
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await reset_dut(self.dut)
 
     async def read_reg(self, name):
         return await self.csr.read_dword(self.offsets[name])

@@ -21,7 +21,7 @@ from cocotb.utils import get_sim_time
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from npugen.golden.regmap import ERROR_CODES, OKAY, SLVERR, RegisterFileModel
-from npugen.sim.streams import CLOCK_NS, load_job, pause_pattern
+from npugen.sim.streams import CLOCK_NS, load_job, pause_pattern, reset_dut
 
 #: Cycles one register access may take under the heaviest pattern before the test fails.
 ACCESS_TIMEOUT_CYCLES = 5000
@@ -89,10 +89,7 @@ class RegistersTB:
             channel.set_pause_generator(factory(self.rng) if factory else None)
 
     async def reset(self):
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 3)
-        self.dut.rst.value = 0
-        await RisingEdge(self.dut.clk)
+        await reset_dut(self.dut)
 
     async def _watch_start(self):
         dut = self.dut

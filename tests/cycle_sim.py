@@ -7,7 +7,20 @@ are set and the outputs read, then ``await ctx.tick()`` moves to cycle ``t + 1``
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
-__all__ = ["run_cycles", "run_operand_pairs"]
+__all__ = ["simulate", "run_cycles", "run_operand_pairs"]
+
+
+def simulate(dut, *testbenches):
+    """Run the async ``testbenches`` (``add_testbench``) on ``dut`` in its own ``sync``
+    domain (also when it has no registers) until they return."""
+    top = Module()
+    top.domains.sync = ClockDomain()
+    top.submodules.dut = dut
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    for testbench in testbenches:
+        sim.add_testbench(testbench)
+    sim.run()
 
 
 def run_cycles(dut, cycles, read, *, drive=None):
@@ -28,13 +41,7 @@ def run_cycles(dut, cycles, read, *, drive=None):
             trace.append(read(ctx))
             await ctx.tick()
 
-    top = Module()
-    top.domains.sync = ClockDomain()
-    top.submodules.dut = dut
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
+    simulate(dut, testbench)
     return trace
 
 

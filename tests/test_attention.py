@@ -23,6 +23,21 @@ def quantized_case(rng, sq, sk, d, dv):
     return codes, scales
 
 
+def seeded_case(seed, sq, sk, d, dv, *, out_scale=None, out_ratio=1.0, **params):
+    """:func:`quantized_case` from ``seed`` (printed), the attention parameters of its
+    scales (output scale ``out_scale``, else ``out_ratio`` times V's scale) and the random
+    generator, to draw more from."""
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    (q, k, v), scales = quantized_case(rng, sq, sk, d, dv)
+    if out_scale is None:
+        out_scale = out_ratio * scales[2]
+    params = AttentionParams.from_scales(q_scale=scales[0], k_scale=scales[1],
+                                         v_scale=scales[2], out_scale=out_scale, head_dim=d,
+                                         **params)
+    return (q, k, v), scales, params, rng
+
+
 def float_attention(q, k, v, q_scale, k_scale, v_scale):
     """Softmax attention in float64 on the dequantized int8 operands."""
     s = (q.astype(np.float64) @ k.T.astype(np.float64)) * (q_scale * k_scale / math.sqrt(q.shape[1]))
@@ -41,13 +56,8 @@ def test_params_from_scales():
 
 
 def test_pipeline_steps():
-    seed = SEED_BASE + 1
-    print(f"seed={seed}")
-    rng = np.random.default_rng(seed)
-    (q, k, v), scales = quantized_case(rng, 9, 13, 6, 5)
-    params = AttentionParams.from_scales(q_scale=scales[0], k_scale=scales[1],
-                                         v_scale=scales[2], out_scale=0.01, head_dim=6,
-                                         out_zero_point=4)
+    (q, k, v), _, params, _ = seeded_case(SEED_BASE + 1, 9, 13, 6, 5, out_scale=0.01,
+                                          out_zero_point=4)
     out, scores, probs, acc = attention_head(q, k, v, params, intermediates=True)
     np.testing.assert_array_equal(scores, q.astype(np.int64) @ k.T.astype(np.int64))
     np.testing.assert_array_equal(probs, integer_softmax(scores, 13, params.softmax_multiplier,
@@ -78,13 +88,10 @@ def exp_relative_error():
 @pytest.mark.parametrize("sq, sk, d, dv", [(8, 16, 16, 16), (12, 64, 32, 8), (5, 7, 8, 8),
                                            (4, 128, 64, 16)])
 def test_close_to_float_attention(sq, sk, d, dv):
-    seed = SEED_BASE + 100 + sk + d
-    print(f"seed={seed}")
-    rng = np.random.default_rng(seed)
-    (q, k, v), (sq_, sk_, sv_) = quantized_case(rng, sq, sk, d, dv)
-    out_scale = sv_ * 1.5                              # an output range of 1.5× V's
-    params = AttentionParams.from_scales(q_scale=sq_, k_scale=sk_, v_scale=sv_,
-                                         out_scale=out_scale, head_dim=d)
+    ratio = 1.5                                        # an output range of 1.5× V's
+    (q, k, v), (sq_, sk_, sv_), params, _ = seeded_case(SEED_BASE + 100 + sk + d, sq, sk, d,
+                                                        dv, out_ratio=ratio)
+    out_scale = ratio * sv_
     out, _, probs, _ = attention_head(q, k, v, params, intermediates=True)
     p_float, out_float = float_attention(q, k, v, sq_, sk_, sv_)
     # Probabilities: floor((e·R) >> 41) loses less than one unit of 1/128; the i-exp
@@ -111,12 +118,7 @@ def test_close_to_float_attention(sq, sk, d, dv):
 
 
 def test_structural_properties():
-    seed = SEED_BASE + 200
-    print(f"seed={seed}")
-    rng = np.random.default_rng(seed)
-    (q, k, v), scales = quantized_case(rng, 10, 24, 8, 6)
-    params = AttentionParams.from_scales(q_scale=scales[0], k_scale=scales[1],
-                                         v_scale=scales[2], out_scale=scales[2], head_dim=8)
+    (q, k, v), _, params, rng = seeded_case(SEED_BASE + 200, 10, 24, 8, 6)
     out, _, probs, _ = attention_head(q, k, v, params, intermediates=True)
     # Probabilities are in [0, 127]; a row sums to at most 128 and loses less than one
     # unit per key to the floor.

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from amaranth.hdl import ClockDomain, Elaboratable, Fragment, Module
+from amaranth.hdl import Elaboratable, Fragment, Module
 from amaranth.lib import wiring
-from amaranth.sim import Simulator
 
+from cycle_sim import simulate
 from npugen.golden.config import NPUConfig, PRESETS
 from npugen.golden.perf_model import result_latency
 from npugen.golden.precision import mode_code, k_per_tile
@@ -226,13 +226,7 @@ class Bench:
             await script(ctx, self)
             self.trace.cycles = self.cycle
 
-        top = Module()
-        top.domains.sync = ClockDomain()
-        top.submodules.harness = self.harness
-        sim = Simulator(top)
-        sim.add_clock(1e-8)
-        sim.add_testbench(testbench)
-        sim.run()
+        simulate(self.harness, testbench)
         return self.trace
 
 

@@ -19,10 +19,9 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
-from amaranth.hdl import ClockDomain, Module
 from amaranth.lib import data
-from amaranth.sim import Simulator
 
+from cycle_sim import simulate
 from npugen.golden.config import NPUConfig, PRESETS
 from npugen.hw.controller import Controller, UnitControlSignature, UNIT_KINDS
 from npugen.hw.dma_read import fetch_item_layout
@@ -400,16 +399,7 @@ class Bench:
         return outcome
 
     def run(self, script):
-        async def testbench(ctx):
-            await script(ctx)
-
-        top = Module()
-        top.domains.sync = ClockDomain()
-        top.submodules.dut = self.dut
-        sim = Simulator(top)
-        sim.add_clock(1e-8)
-        sim.add_testbench(testbench)
-        sim.run()
+        simulate(self.dut, script)
 
 
 def run_programs(config, runs, *, seed=0, stall=0.0):
@@ -431,6 +421,14 @@ def assert_finished(out, program):
     assert out.dispatched == executed
     assert out.retired == len(program)
     assert all("done" in out.times[i] for i in executed)
+
+
+def run_finished(program, spec):
+    """Run ``program`` alone on TINY with the unit timings ``spec``; check that it
+    finished and return its outcome."""
+    out, = run_programs(TINY, [(program, {"spec": spec})])
+    assert_finished(out, program)
+    return out
 
 
 # ------------------------------------------------------------------------ parameters
@@ -468,9 +466,7 @@ def test_load_after_matmul_waits_for_reads_and_disjoint_ranges_overlap():
         END,
     ]
     spec = {0: {"duration": 15}, 1: {"reads": 30, "duration": 40}, 3: {"duration": 3}}
-    out, = run_programs(TINY, [(program, {"spec": spec})])
-    assert_finished(out, program)
-    t = out.times
+    t = run_finished(program, spec).times
     assert t[1]["dispatch"] < t[0]["done"]                 # MATMUL runs beside the LOAD
     assert t[2]["dispatch"] > t[1]["reads"]                # the LOAD waits for the reads...
     assert t[2]["dispatch"] < t[1]["done"]                 # ...not for the results
@@ -493,9 +489,7 @@ def test_out_hazards_between_compute_vector_and_store():
     ]
     spec = {0: {"duration": 30}, 1: {"duration": 20}, 2: {"duration": 20},
             3: {"duration": 15}, 4: {"duration": 12}, 6: {"duration": 25}}
-    out, = run_programs(TINY, [(program, {"spec": spec})])
-    assert_finished(out, program)
-    t = out.times
+    t = run_finished(program, spec).times
     assert t[1]["dispatch"] > t[0]["done"]
     assert t[2]["dispatch"] > t[1]["done"]
     assert t[3]["dispatch"] > t[2]["done"]
@@ -515,9 +509,7 @@ def test_matmul_waits_for_loads_of_its_operands():
         END,
     ]
     spec = {0: {"duration": 20}, 1: {"reads": 15, "duration": 10}, 3: {"duration": 25}}
-    out, = run_programs(TINY, [(program, {"spec": spec})])
-    assert_finished(out, program)
-    t = out.times
+    t = run_finished(program, spec).times
     assert t[1]["dispatch"] > t[0]["done"]
     assert t[2]["dispatch"] > t[1]["reads"]
     assert t[4]["dispatch"] > t[3]["done"]
@@ -528,9 +520,7 @@ def test_matmul_waits_for_loads_of_its_operands():
 def test_two_matmuls_in_flight_then_wait():
     program = [MATMUL(out=0), MATMUL(out=1), MATMUL(out=2), END]
     spec = {i: {"reads": 10, "duration": 20} for i in range(3)}
-    out, = run_programs(TINY, [(program, {"spec": spec})])
-    assert_finished(out, program)
-    t = out.times
+    t = run_finished(program, spec).times
     assert t[1]["dispatch"] < t[0]["done"]
     assert t[2]["dispatch"] > t[0]["done"]
 
@@ -538,8 +528,7 @@ def test_two_matmuls_in_flight_then_wait():
 def test_fence_and_end():
     program = [LOAD(n=1), STORE(n=1), MATMUL(out=9), FENCE, LOAD(sp=50), END]
     spec = {0: {"duration": 20}, 1: {"duration": 35}, 2: {"duration": 10}, 4: {"duration": 2}}
-    out, = run_programs(TINY, [(program, {"spec": spec})])
-    assert_finished(out, program)
+    out = run_finished(program, spec)
     t = out.times
     assert t[4]["dispatch"] > max(t[i]["done"] for i in range(3))
     assert t[1]["dispatch"] < t[0]["done"]

@@ -3,24 +3,13 @@ QLinearConv within one LSB) and an independent direct-loop convolution."""
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
+from onnx import TensorProto
 
+from onnx_ref import onnx_run
 from npugen.golden.conv import ConvGeometry, conv2d_integer, qconv2d
 from npugen.golden.quant import quantize_multiplier, requantize, requantize_float
 
 SEED_BASE = 0xC0_0000
-
-
-def onnx_run(op, inputs, attrs, out_type):
-    node = helper.make_node(op, list(inputs), ["y"], **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-         for name, v in inputs.items()],
-        [helper.make_tensor_value_info("y", out_type, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    return ReferenceEvaluator(model).run(None, inputs)[0]
 
 
 def onnx_attrs(geom):
@@ -95,7 +84,7 @@ def test_conv2d_integer_matches_onnx_and_direct_loops(case):
     assert got.shape == geom.out_shape and got.dtype == np.int64
     expect = onnx_run("ConvInteger", {"x": nchw(x), "w": oihw(w),
                                       "x_zero_point": np.asarray(zp, np.int8)},
-                      onnx_attrs(geom), TensorProto.INT32)
+                      TensorProto.INT32, **onnx_attrs(geom))
     np.testing.assert_array_equal(got, expect.transpose(0, 2, 3, 1))
     np.testing.assert_array_equal(got, direct_conv(x, w, zp, geom))
 
@@ -134,7 +123,7 @@ def test_qconv2d_vs_qlinearconv_within_one_lsb(case):
         "x": nchw(x), "x_scale": np.asarray(x_scale), "x_zero_point": np.asarray(zp, np.int8),
         "w": oihw(w), "w_scale": w_scale, "w_zero_point": np.zeros(c_out, np.int8),
         "y_scale": np.asarray(y_scale), "y_zero_point": np.asarray(y_zp, np.int8), "B": bias,
-    }, onnx_attrs(geom), TensorProto.INT8).transpose(0, 2, 3, 1)
+    }, TensorProto.INT8, **onnx_attrs(geom)).transpose(0, 2, 3, 1)
     # The reference's single rounding is requantize_float of the same accumulators.
     single = requantize_float(acc, real, bias=bias, out_zero_point=y_zp)
     np.testing.assert_array_equal(single, expect)

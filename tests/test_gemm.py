@@ -6,9 +6,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
+from onnx import TensorProto
 
+from onnx_ref import onnx_run
 from npugen.golden.gemm import matmul_integer, qgemm
 from npugen.golden.quant import (
     INT32_MAX,
@@ -19,17 +19,6 @@ from npugen.golden.quant import (
 )
 
 SEED_BASE = 0x6E44_0000
-
-
-def onnx_run(op, inputs, out_type):
-    node = helper.make_node(op, list(inputs), ["y"])
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-         for name, v in inputs.items()],
-        [helper.make_tensor_value_info("y", out_type, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    return ReferenceEvaluator(model).run(None, inputs)[0]
 
 
 def exact_matmul(a, b, za=0, zb=0):

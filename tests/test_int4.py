@@ -6,8 +6,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
 
+from onnx_ref import onnx_run
 from npugen.golden.int4 import (
     INT4_MAX,
     INT4_MIN,
@@ -20,17 +20,6 @@ from npugen.golden.int4 import (
 
 SEED_BASE = 0x1447_0000
 ONNX_INT4 = helper.tensor_dtype_to_np_dtype(TensorProto.INT4)
-
-
-def onnx_run(op, inputs, out_type, out_shape, **attrs):
-    node = helper.make_node(op, list(inputs), ["y"], **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-         for name, v in inputs.items()],
-        [helper.make_tensor_value_info("y", out_type, out_shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    return ReferenceEvaluator(model).run(None, inputs)[0]
 
 
 def onnx_quantize_int4(x, scale, zero_point, axis=None):

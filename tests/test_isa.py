@@ -5,6 +5,7 @@ import dataclasses
 import random
 
 import pytest
+from amaranth.hdl import Shape, unsigned
 
 from npugen.golden import isa as gisa
 from npugen.golden.isa import (
@@ -47,6 +48,11 @@ def test_enumerations_mirror_the_hardware():
                              (gisa.VectorOp, hw.VectorOp), (gisa.NPUError, hw.NPUError),
                              (gisa.CoreError, hw_core.CoreError)):
         assert {m.name: m.value for m in golden} == {m.name: m.value for m in amaranth}
+    # The Amaranth enumerations are as wide as the fields that carry them.
+    assert Shape.cast(hw.Opcode) == unsigned(8)
+    assert Shape.cast(hw.LoadTarget) == unsigned(FIELDS[Load]["target"][2])
+    assert Shape.cast(hw.VectorOp) == unsigned(FIELDS[Vector]["op"][2])
+    assert Shape.cast(hw.NPUError) == unsigned(8)
 
 
 @pytest.mark.parametrize("cls", list(LAYOUTS), ids=lambda c: c.__name__)

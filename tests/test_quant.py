@@ -4,9 +4,9 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
+from onnx import TensorProto
 
+from onnx_ref import onnx_run
 from npugen.golden.quant import (
     INT32_MAX,
     INT32_MIN,
@@ -424,17 +424,6 @@ def test_requantizer_errors(call, exc, message):
 # -- affine quantization ------------------------------------------------------------
 
 
-def _onnx_run(op, inputs, out_type, **attrs):
-    node = helper.make_node(op, list(inputs), ["y"], **attrs)
-    graph = helper.make_graph(
-        [node], op,
-        [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-         for name, v in inputs.items()],
-        [helper.make_tensor_value_info("y", out_type, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    return ReferenceEvaluator(model).run(None, inputs)[0]
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_asymmetric_qparams_represent_zero_exactly(seed):
     print(f"seed={seed}")
@@ -496,21 +485,21 @@ def test_quantize_dequantize_match_onnx(seed):
     x[0] = np.array([0.25, 0.75, -0.25, -0.75, 1.25], np.float32)
     scale, zp = choose_qparams(x, symmetric=False)
     for s, z in [(scale, zp), (np.float32(0.5), np.int32(3))]:
-        onnx_q = _onnx_run("QuantizeLinear", {"x": x, "s": np.asarray(s, np.float32),
+        onnx_q = onnx_run("QuantizeLinear", {"x": x, "s": np.asarray(s, np.float32),
                                               "z": np.asarray(z, np.int8)}, TensorProto.INT8)
         q = quantize(x, s, z)
         np.testing.assert_array_equal(q, onnx_q)
-        onnx_x = _onnx_run("DequantizeLinear", {"q": q, "s": np.asarray(s, np.float32),
+        onnx_x = onnx_run("DequantizeLinear", {"q": q, "s": np.asarray(s, np.float32),
                                                 "z": np.asarray(z, np.int8)}, TensorProto.FLOAT)
         np.testing.assert_array_equal(dequantize(q, s, z), onnx_x)
     np.testing.assert_array_equal(quantize(x[0], np.float32(0.5), 0), [0, 2, 0, -2, 2])
     scale, zp = choose_qparams(x, symmetric=False, axis=0, qmin=0, qmax=255)
-    onnx_q = _onnx_run("QuantizeLinear", {"x": x, "s": scale, "z": zp.astype(np.uint8)},
+    onnx_q = onnx_run("QuantizeLinear", {"x": x, "s": scale, "z": zp.astype(np.uint8)},
                        TensorProto.UINT8, axis=0)
     q = quantize(x, scale, zp, qmin=0, qmax=255, axis=0)
     assert q.dtype == np.uint8
     np.testing.assert_array_equal(q, onnx_q)
-    onnx_x = _onnx_run("DequantizeLinear", {"q": q, "s": scale, "z": zp.astype(np.uint8)},
+    onnx_x = onnx_run("DequantizeLinear", {"q": q, "s": scale, "z": zp.astype(np.uint8)},
                        TensorProto.FLOAT, axis=0)
     np.testing.assert_array_equal(dequantize(q, scale, zp, axis=0), onnx_x)
 

@@ -9,10 +9,10 @@ read, then ``await ctx.tick()``.  A read presented in cycle t has its word in t 
 import random
 
 import pytest
-from amaranth.hdl import ClockDomain, Module, signed
+from amaranth.hdl import signed
 from amaranth.lib import data
-from amaranth.sim import Simulator
 
+from cycle_sim import simulate
 from npugen.golden.config import NPUConfig, PRESETS
 from npugen.hw.isa import LoadTarget
 from npugen.hw.scratchpad import (ScratchpadLoadSignature, ScratchpadReadSignature,
@@ -23,16 +23,6 @@ TINY = PRESETS["tiny"]
 #: No 2:4 sparsity (no WIDX), odd lane counts, the smallest depths.
 DENSE = NPUConfig(rows=3, cols=5, acc_depth=16, out_fifo_depth=4, axi_data_bits=32,
                   act_sp_depth=64, wgt_sp_depth=64, out_sp_depth=64, param_sp_depth=16)
-
-
-def simulate(dut, testbench):
-    top = Module()
-    top.domains.sync = ClockDomain()
-    top.submodules.dut = dut
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
 
 
 def mask(bits):

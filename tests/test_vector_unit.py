@@ -15,10 +15,10 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal, unsigned
+from amaranth.hdl import Elaboratable, Module, Signal, unsigned
 from amaranth.lib.memory import Memory
-from amaranth.sim import Simulator
 
+import cycle_sim
 from cycle_sim import run_cycles
 from npugen.golden.config import NPUConfig, PRESETS
 from npugen.golden.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
@@ -129,13 +129,7 @@ def simulate(config, init, commands, *, seed, stall=0.0, abort_at=None, max_cycl
         result["memory"] = memory
         result["cycles"] = cycle
 
-    top = Module()
-    top.domains.sync = ClockDomain()
-    top.submodules.h = h
-    sim = Simulator(top)
-    sim.add_clock(1e-8)
-    sim.add_testbench(testbench)
-    sim.run()
+    cycle_sim.simulate(h, testbench)
     return result
 
 
@@ -266,6 +260,14 @@ def random_command(rng, op, cols, depth):
                       **random_params(rng, op))
         return cmd
     raise AssertionError("no layout found")
+
+
+def small_case(seed):
+    """TINY with a 64-word OUT scratchpad, and random contents for it from ``seed``
+    (printed)."""
+    print(f"seed={seed}")
+    config = TINY.replace(out_sp_depth=64)
+    return config, random_memory(random.Random(seed), config.cols, 64)
 
 
 def random_memory(rng, cols, depth):
@@ -438,11 +440,8 @@ def test_back_to_back_and_cycle_counts():
 def test_stalls_only_slow_down():
     """Heavy back-pressure: results are unchanged and the unit still finishes."""
     seed = 0x7EC_0051
-    print(f"seed={seed}")
-    rng = random.Random(seed)
-    config = TINY.replace(out_sp_depth=64)
+    config, init = small_case(seed)
     cols = config.cols
-    init = random_memory(rng, cols, 64)
     multiplier, shift = softmax_multiplier(0.02)
     commands = [command("requant", count=4, src=0, dst=20, n_words=5, multiplier=1 << 30,
                         shift=-1, cols=cols),
@@ -470,11 +469,8 @@ def test_abort(op, abort_after, stall):
     """After abort the unit is idle the next cycle, writes nothing more, gives no done
     for the aborted command and then runs the next command correctly."""
     seed = 0x7EC_0061 + abort_after
-    print(f"seed={seed}")
-    rng = random.Random(seed)
-    config = TINY.replace(out_sp_depth=64)
+    config, init = small_case(seed)
     cols = config.cols
-    init = random_memory(rng, cols, 64)
     multiplier, shift = softmax_multiplier(0.03)
     first = command(op, count=3, src=0, dst=20, src_b=40, n_words=4, multiplier=multiplier,
                     shift=shift, cols=cols)
@@ -500,10 +496,7 @@ def test_abort(op, abort_after, stall):
 def test_abort_while_idle_and_with_a_command():
     """An abort in the cycle a command is offered keeps it waiting; it then runs."""
     seed = 0x7EC_0071
-    print(f"seed={seed}")
-    rng = random.Random(seed)
-    config = TINY.replace(out_sp_depth=64)
-    init = random_memory(rng, config.cols, 64)
+    config, init = small_case(seed)
     cmd = command("clamp", count=2, src=0, dst=10, n_words=2, lo=-9, hi=9, cols=config.cols)
     result = simulate(config, init, [cmd], seed=seed, abort_at=[0, 1])
     assert result["accepted"] == [2]
