@@ -7,6 +7,9 @@ addresses: program, inputs, parameters, workspace, outputs), the read and write 
 the destination regions (the only bytes the program may write), how to read the outputs
 back, the expected outputs from the kernel-level golden functions, ``macs`` and
 ``ideal_cycles`` (``⌈MACs / (rows·cols·pack)⌉``, twice the K per cycle for 2:4 weights).
+:func:`plan_gemm` and :func:`plan_conv2d` give the same instructions and addresses from
+the shapes alone (a :class:`ProgramPlan`, for the cycle model ``npu_perf``): the lowering
+is a function of shapes and quantization fields, the data only fills the segments.
 
 Lowering (see ``docs/ISA.md`` for the instructions):
 
@@ -52,12 +55,12 @@ from .conv import ConvGeometry, qconv2d
 from .int4 import pack_int4
 from .isa import End, Fence, Load, LoadTarget, Matmul, Store, Vector, VectorOp, assemble
 from .npu_model import HostMemory, NPUModel
-from .precision import MODE_CODES, PACK, SPARSE_K_FACTOR
+from .precision import MODE_CODES, PACK, SPARSE_K_FACTOR, check_sparsity
 from .sparse_formats import NMMatrix
 from .tile_program import GemmJob, ideal_cycles as _gemm_ideal_cycles
 
-__all__ = ["Segment", "OutputSpec", "CompiledProgram", "compile_gemm", "compile_conv2d",
-           "compile_attention", "ALIGN", "FILL"]
+__all__ = ["Segment", "OutputSpec", "CompiledProgram", "ProgramPlan", "compile_gemm",
+           "compile_conv2d", "compile_attention", "plan_gemm", "plan_conv2d", "ALIGN", "FILL"]
 
 #: Alignment (bytes) of every segment of the memory image.
 ALIGN = 64
@@ -164,6 +167,29 @@ class CompiledProgram:
         return result, memory
 
 
+@dataclass
+class ProgramPlan:
+    """A kernel's program planned from its shapes alone (no tensor data).
+
+    ``plan_gemm``/``plan_conv2d`` return exactly the instructions and addresses that
+    ``compile_gemm``/``compile_conv2d`` give for data of the same shapes and the same
+    quantization fields (both run one lowering); ``addresses`` maps each segment name
+    (``program``, inputs, parameters, outputs) to its host address.
+    """
+    config: NPUConfig
+    kind: str
+    instructions: list
+    prog_addr: int
+    base: int
+    size: int
+    addresses: dict
+    read_window: tuple
+    write_window: tuple
+    macs: int
+    ideal_cycles: int
+    info: dict = field(default_factory=dict)
+
+
 # -- memory layout ----------------------------------------------------------------------
 
 
@@ -181,38 +207,88 @@ class _Layout:
         self.requests = [("program", "program", program_bytes, 0)]
 
     def add(self, name, kind, data, *, min_offset=0):
-        """``min_offset``: the segment must start at least that far above address 0."""
-        self.requests.append((name, kind, bytes(data), min_offset))
+        """``data``: the bytes, or only the size (zero bytes, or addresses only);
+        ``min_offset``: the segment must start at least that far above address 0."""
+        self.requests.append((name, kind, data if isinstance(data, int) else bytes(data),
+                              min_offset))
 
-    def place(self):
+    def _placed(self):
         cursor = self.base
-        segments = []
+        placed = []
         for kind in self.ORDER:
             for name, k, data, min_offset in self.requests:
                 if k != kind:
                     continue
                 addr = _align(max(cursor, min_offset))
-                data = data if isinstance(data, bytes) else bytes(data)
-                segments.append(Segment(name, kind, addr, data))
-                cursor = addr + len(data) + ALIGN      # a guard gap after every segment
+                placed.append((name, kind, addr, data))
+                size = data if isinstance(data, int) else len(data)
+                cursor = addr + size + ALIGN      # a guard gap after every segment
         end = _align(cursor)
         if end > 1 << 32:
             raise ValueError(f"the memory image does not fit 32-bit addresses from base "
                              f"{self.base:#x} ({end - self.base} bytes)")
-        return segments, end - self.base
+        return placed, end - self.base
+
+    def addresses(self):
+        """``({name: address}, size)`` without building the image."""
+        placed, size = self._placed()
+        return {name: addr for name, _, addr, _ in placed}, size
+
+    def place(self):
+        placed, size = self._placed()
+        return [Segment(name, kind, addr, bytes(data) if isinstance(data, int) else data)
+                for name, kind, addr, data in placed], size
 
 
-def _build(config, kind, emit, layout_fn, base, outputs, expected, macs, ideal, info):
-    """Two passes: count the instructions, place the segments, emit with real addresses."""
-    provisional = _Layout(base, bytes(32))
-    layout_fn(provisional)
-    count = len(emit({name: 0 for name, *_ in provisional.requests}))
-    layout = _Layout(base, bytes(32 * count))
-    layout_fn(layout)
-    segments, size = layout.place()
-    addr = {seg.name: seg.addr for seg in segments}
-    instructions = emit(addr)
+@dataclass
+class _Lowering:
+    """A kernel lowered from its shapes: its segments ``(name, kind, bytes, min_offset)``
+    and ``emit`` (segment addresses → instructions); the data only fills the segments."""
+    kind: str
+    segments: list
+    emit: object
+    macs: int
+    ideal_cycles: int
+    info: dict
+
+
+def _emit(lowering, base, data=None):
+    """Two passes: count the instructions, place the segments, emit with real addresses.
+
+    ``data`` maps segment names to their bytes (``None``: sizes only, for planning).
+    Returns the layout, the addresses, the image size and the instructions.
+    """
+    names = ["program"] + [name for name, *_ in lowering.segments]
+    count = len(lowering.emit(dict.fromkeys(names, 0)))
+    layout = _Layout(base, 32 * count)
+    for name, kind, size, min_offset in lowering.segments:
+        content = size if data is None or name not in data else data[name]
+        assert isinstance(content, int) or len(content) == size, name
+        layout.add(name, kind, content, min_offset=min_offset)
+    addr, size = layout.addresses()
+    instructions = lowering.emit(addr)
     assert len(instructions) == count
+    return layout, addr, size, instructions
+
+
+def _plan(config, lowering, base):
+    _, addr, size, instructions = _emit(lowering, base)
+    ends = {"program": addr["program"] + 32 * len(instructions)}
+    ends.update((name, addr[name] + nbytes) for name, _, nbytes, _ in lowering.segments)
+    kinds = {name: kind for name, kind, _, _ in lowering.segments}
+    read_end = max(end for name, end in ends.items() if kinds.get(name) != "output")
+    dests = [(addr[name], ends[name]) for name, kind in kinds.items()
+             if kind in ("workspace", "output")]
+    write_window = (min(d[0] for d in dests), max(d[1] for d in dests))
+    return ProgramPlan(config, lowering.kind, instructions, addr["program"], base, size, addr,
+                       (base, read_end), write_window, lowering.macs, lowering.ideal_cycles,
+                       lowering.info)
+
+
+def _build(config, lowering, base, data, outputs, expected):
+    """The compiled program of ``lowering`` with the segment contents ``data``."""
+    layout, addr, _, instructions = _emit(lowering, base, data)
+    segments, size = layout.place()
     segments[0] = Segment("program", "program", addr["program"], assemble(instructions))
     read_end = max(seg.end for seg in segments if seg.kind in ("program", "input", "parameter",
                                                                 "workspace"))
@@ -220,9 +296,9 @@ def _build(config, kind, emit, layout_fn, base, outputs, expected, macs, ideal, 
     write_window = (min(d[0] for d in dests), max(d[1] for d in dests))
     specs = {name: OutputSpec(name, addr[name], shape, dtype)
              for name, (shape, dtype) in outputs.items()}
-    return CompiledProgram(config, kind, instructions, addr["program"], base, size, segments,
-                           (base, read_end), write_window, dests, specs, expected, macs, ideal,
-                           info)
+    return CompiledProgram(config, lowering.kind, instructions, addr["program"], base, size,
+                           segments, (base, read_end), write_window, dests, specs, expected,
+                           lowering.macs, lowering.ideal_cycles, lowering.info)
 
 
 # -- scheduling ---------------------------------------------------------------------------
@@ -455,28 +531,15 @@ def _base(base):
 # -- GEMM -------------------------------------------------------------------------------
 
 
-def compile_gemm(config, job: GemmJob, *, base: int = 0) -> CompiledProgram:
-    """The program of one GEMM (a :class:`~npugen.golden.tile_program.GemmJob`).
-
-    Inputs: ``a`` (``M×K`` int8 row-major, or packed along K: int4 ``M×⌈K/2⌉``, binary
-    ``M×⌈K/8⌉`` bytes); parameters: ``w``, the weights zero-padded to whole tiles,
-    packed along K into weight-row bytes (int4 two per byte, binary eight; 2:4 the
-    compressed values, with their 2-bit indices in ``widx``) and stored tile by tile
-    (``[n_tiles][k_tiles·rows][cols]``, each tile contiguous), and ``params``
-    (``bias``, ``multiplier``, ``shift``: int32 × N each); output ``y``: ``M×N`` int8
-    (int32 for ``raw``), row-major.
-    """
-    config = NPUConfig.check(config)
-    if not isinstance(job, GemmJob):
-        raise TypeError(f"job must be a GemmJob, not {job!r}")
-    base = _base(base)
-    mode, sparse = job.mode, job.sparsity is not None
+def _gemm_lowering(config, M, K, N, *, mode, sparsity, raw, a_zero_point, out_zero_point,
+                   out_min, out_max):
+    """The GEMM program from its shapes and quantization fields (see :func:`compile_gemm`)."""
+    sparse = sparsity is not None
     if mode not in config.modes:
         raise ValueError(f"mode must be one of the built modes {list(config.modes)}, "
                          f"not {mode!r}")
     if sparse and not config.sparse_2_4:
-        raise ValueError(f"sparsity {job.sparsity!r} needs a configuration with sparse_2_4")
-    M, K, N = job.shape
+        raise ValueError(f"sparsity {sparsity!r} needs a configuration with sparse_2_4")
     for name, value in (("M", M), ("K", K), ("N", N)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, not {value}")
@@ -490,49 +553,21 @@ def compile_gemm(config, job: GemmJob, *, base: int = 0) -> CompiledProgram:
     if N > _U16 or M > (1 << 24):
         raise ValueError(f"N must be at most {_U16} and M at most {1 << 24}, not N={N}, M={M}")
 
-    # Host layouts.
-    values_a = np.asarray(job.a, dtype=np.int64)
-    values_w = np.asarray(job.w, dtype=np.int64)
-    if mode == "int8":
-        a_bytes = values_a.astype(np.int8)
-    elif mode == "int4":
-        a_bytes = pack_int4(values_a, axis=1)
-    else:
-        a_bytes = pack_bits(values_a, axis=1)
-    a_row = a_bytes.shape[1]
+    a_row = -(-K // PACK[mode])          # bytes of an activation row (packed along K)
     word_bytes = R * factor
-    params = np.concatenate([job.bias, job.multiplier, job.shift])
-    eb = 4 if job.raw else 1
-    # Weights padded to whole tiles (zeros; binary padding is masked by k_valid), packed
-    # along K into weight-row bytes, and stored tile by tile: N tile nt is the contiguous
-    # block [nt][k_tiles·rows][cols].
-    w_pad = np.zeros((k_tiles * kpt, n_tiles * C), dtype=np.int64)
-    w_pad[:K, :N] = values_w
-    if sparse:
-        packed = NMMatrix.from_dense(w_pad)
-        w_rows_bytes, widx_rows = packed.values, packed.indices
-    else:
-        w_rows_bytes = {"int8": lambda w: w, "int4": lambda w: pack_int4(w, axis=0),
-                        "binary": lambda w: pack_bits(np.where(w < 0, -1, 1), axis=0)}[mode](w_pad)
-        widx_rows = None
+    eb = 4 if raw else 1
     tile_bytes = k_tiles * R * C
-    w_tiles = _tiles(w_rows_bytes, [(nt * C, C) for nt in range(n_tiles)], C)
-
-    def layout_fn(layout):
-        layout.add("a", "input", a_bytes.tobytes())
-        layout.add("w", "parameter", w_tiles.tobytes())
-        if sparse:
-            layout.add("widx", "parameter",
-                       _tiles(widx_rows, [(nt * C, C) for nt in range(n_tiles)], C).tobytes())
-        layout.add("params", "parameter", _i32(params))
-        layout.add("y", "output", bytes(M * N * eb))
+    segments = [("a", "input", M * a_row, 0), ("w", "parameter", n_tiles * tile_bytes, 0)]
+    if sparse:
+        segments.append(("widx", "parameter", n_tiles * tile_bytes, 0))
+    segments += [("params", "parameter", 3 * 4 * N, 0), ("y", "output", M * N * eb, 0)]
 
     blocks = _ramped(M, m_limit, min(m_limit, 2 * R + 1))
-    pad = job.a_zero_point if mode == "int8" else 0
-    fields = dict(mode=MODE_CODES[mode], sparse=int(sparse), raw=int(job.raw), k_tiles=k_tiles,
+    pad = a_zero_point if mode == "int8" else 0
+    fields = dict(mode=MODE_CODES[mode], sparse=int(sparse), raw=int(raw), k_tiles=k_tiles,
                   k_valid_last=K - (k_tiles - 1) * kpt,
-                  a_zero_point=0 if mode == "binary" else job.a_zero_point,
-                  out_zero_point=job.out_zero_point, out_min=job.out_min, out_max=job.out_max)
+                  a_zero_point=0 if mode == "binary" else a_zero_point,
+                  out_zero_point=out_zero_point, out_min=out_min, out_max=out_max)
 
     def emit(addr):
         steps = []
@@ -568,11 +603,113 @@ def compile_gemm(config, job: GemmJob, *, base: int = 0) -> CompiledProgram:
             m0 += mb
         return _schedule(config, steps) + [End()]
 
+    return _Lowering("gemm", segments, emit, M * K * N,
+                     _gemm_ideal_cycles(config, M, K, N, mode, sparsity),
+                     {"m_blocks": blocks, "k_tiles": k_tiles, "n_tiles": n_tiles})
+
+
+def compile_gemm(config, job: GemmJob, *, base: int = 0) -> CompiledProgram:
+    """The program of one GEMM (a :class:`~npugen.golden.tile_program.GemmJob`).
+
+    Inputs: ``a`` (``M×K`` int8 row-major, or packed along K: int4 ``M×⌈K/2⌉``, binary
+    ``M×⌈K/8⌉`` bytes); parameters: ``w``, the weights zero-padded to whole tiles,
+    packed along K into weight-row bytes (int4 two per byte, binary eight; 2:4 the
+    compressed values, with their 2-bit indices in ``widx``) and stored tile by tile
+    (``[n_tiles][k_tiles·rows][cols]``, each tile contiguous), and ``params``
+    (``bias``, ``multiplier``, ``shift``: int32 × N each); output ``y``: ``M×N`` int8
+    (int32 for ``raw``), row-major.
+    """
+    config = NPUConfig.check(config)
+    if not isinstance(job, GemmJob):
+        raise TypeError(f"job must be a GemmJob, not {job!r}")
+    base = _base(base)
+    mode, sparse = job.mode, job.sparsity is not None
+    M, K, N = job.shape
+    lowering = _gemm_lowering(config, M, K, N, mode=mode, sparsity=job.sparsity, raw=job.raw,
+                              a_zero_point=job.a_zero_point, out_zero_point=job.out_zero_point,
+                              out_min=job.out_min, out_max=job.out_max)
+    R, C = config.rows, config.cols
+    k_tiles, n_tiles = lowering.info["k_tiles"], lowering.info["n_tiles"]
+    kpt = R * PACK[mode] * (SPARSE_K_FACTOR if sparse else 1)
+
+    # Host layouts.
+    values_a = np.asarray(job.a, dtype=np.int64)
+    values_w = np.asarray(job.w, dtype=np.int64)
+    if mode == "int8":
+        a_bytes = values_a.astype(np.int8)
+    elif mode == "int4":
+        a_bytes = pack_int4(values_a, axis=1)
+    else:
+        a_bytes = pack_bits(values_a, axis=1)
+    params = np.concatenate([job.bias, job.multiplier, job.shift])
+    # Weights padded to whole tiles (zeros; binary padding is masked by k_valid), packed
+    # along K into weight-row bytes, and stored tile by tile: N tile nt is the contiguous
+    # block [nt][k_tiles·rows][cols].
+    w_pad = np.zeros((k_tiles * kpt, n_tiles * C), dtype=np.int64)
+    w_pad[:K, :N] = values_w
+    if sparse:
+        packed = NMMatrix.from_dense(w_pad)
+        w_rows_bytes, widx_rows = packed.values, packed.indices
+    else:
+        w_rows_bytes = {"int8": lambda w: w, "int4": lambda w: pack_int4(w, axis=0),
+                        "binary": lambda w: pack_bits(np.where(w < 0, -1, 1), axis=0)}[mode](w_pad)
+        widx_rows = None
+    columns = [(nt * C, C) for nt in range(n_tiles)]
+    data = {"a": a_bytes.tobytes(), "w": _tiles(w_rows_bytes, columns, C).tobytes(),
+            "params": _i32(params)}
+    if sparse:
+        data["widx"] = _tiles(widx_rows, columns, C).tobytes()
+
     expected = job.reference(config.acc_bits).astype(np.int32 if job.raw else np.int8)
-    return _build(config, "gemm", emit, layout_fn, base,
-                  {"y": ((M, N), "int32" if job.raw else "int8")}, {"y": expected},
-                  job.macs, _gemm_ideal_cycles(config, M, K, N, mode, job.sparsity),
-                  {"m_blocks": blocks, "k_tiles": k_tiles, "n_tiles": n_tiles})
+    return _build(config, lowering, base, data,
+                  {"y": ((M, N), "int32" if job.raw else "int8")}, {"y": expected})
+
+
+def _int8_field(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer in [-128, 127], not {value!r}")
+    if not -128 <= value <= 127:
+        raise ValueError(f"{name} must be an integer in [-128, 127], not {value!r}")
+    return int(value)
+
+
+def _quant_fields(x_name, zero_point, out_zero_point, out_min, out_max):
+    fields = {x_name: _int8_field(x_name, zero_point),
+              "out_zero_point": _int8_field("out_zero_point", out_zero_point),
+              "out_min": _int8_field("out_min", out_min),
+              "out_max": _int8_field("out_max", out_max)}
+    if fields["out_min"] > fields["out_max"]:
+        raise ValueError(f"out_min ({out_min}) must not exceed out_max ({out_max})")
+    return fields
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def plan_gemm(config, m: int, k: int, n: int, *, mode: str = "int8", sparsity=None,
+              raw: bool = False, a_zero_point: int = 0, out_zero_point: int = 0,
+              out_min: int = -128, out_max: int = 127, base: int = 0) -> ProgramPlan:
+    """The program :func:`compile_gemm` gives for an ``m×k×n`` GEMM, without data.
+
+    Same instructions and addresses as ``compile_gemm`` of a :class:`GemmJob` of these
+    shapes, mode, sparsity, ``raw`` and quantization fields.
+    """
+    config = NPUConfig.check(config)
+    m, k, n = (_positive_int(name, v) for name, v in (("m", m), ("k", k), ("n", n)))
+    if not isinstance(mode, str) or mode not in PACK:
+        raise ValueError(f"mode must be one of {', '.join(PACK)}, not {mode!r}")
+    check_sparsity(sparsity, mode)
+    if not isinstance(raw, bool):
+        raise TypeError(f"raw must be a bool, not {raw!r}")
+    fields = _quant_fields("a_zero_point", a_zero_point, out_zero_point, out_min, out_max)
+    base = _base(base)
+    return _plan(config, _gemm_lowering(config, m, k, n, mode=mode, sparsity=sparsity, raw=raw,
+                                        **fields), base)
 
 
 # -- conv2d -------------------------------------------------------------------------------
@@ -645,6 +782,33 @@ def compile_conv2d(config, x, w, *, x_zero_point, bias, multiplier, shift, out_z
                        groups=groups, acc_bits=config.acc_bits)
     geom = ConvGeometry(x.shape, w.shape, stride=stride, padding=padding, dilation=dilation,
                         groups=groups)
+    lowering = _conv_lowering(config, geom, x_zero_point=int(x_zero_point),
+                              out_zero_point=out_zero_point, out_min=out_min, out_max=out_max)
+    R, C = config.rows, config.cols
+    cg, og, G = geom.c_in_group, geom.c_out_group, geom.groups
+    chunks = -(-cg // R)
+    taps = geom.kh * geom.kw
+    k_tiles = taps * chunks
+    cout = n = geom.c_out
+
+    # Weights: row q = (tap, chunk, lane) of group g's K, column = output channel.
+    wk = np.asarray(w, dtype=np.int64).reshape(taps, cg, cout)
+    w_mat = np.zeros((taps, chunks * R, cout), dtype=np.int64)
+    w_mat[:, :cg, :] = wk
+    w_mat = w_mat.reshape(k_tiles * R, cout)
+    # One weight tile per (group, N tile of the group's output channels), contiguous.
+    tile_cols = [(g * og + n0, min(C, og - n0)) for g in range(G) for n0 in range(0, og, C)]
+    params = np.concatenate([np.broadcast_to(np.asarray(v, dtype=np.int64), (n,))
+                             for v in (bias, multiplier, shift)])
+    data = {"x": np.ascontiguousarray(x).tobytes(), "w": _tiles(w_mat, tile_cols, C).tobytes(),
+            "params": _i32(params)}
+    return _build(config, lowering, base, data, {"y": (geom.out_shape, "int8")},
+                  {"y": expected})
+
+
+def _conv_lowering(config, geom, *, x_zero_point, out_zero_point, out_min, out_max):
+    """The conv2d program from its geometry and quantization fields (see
+    :func:`compile_conv2d`)."""
     R, C = config.rows, config.cols
     cg, og, G = geom.c_in_group, geom.c_out_group, geom.groups
     chunks = -(-cg // R)
@@ -657,20 +821,10 @@ def compile_conv2d(config, x, w, *, x_zero_point, bias, multiplier, shift, out_z
         raise ValueError(f"C_out must be at most {_U16}, not {geom.c_out}")
     cout = geom.c_out
     zp = int(x_zero_point)
-
-    # Weights: row q = (tap, chunk, lane) of group g's K, column = output channel.
-    wk = np.asarray(w, dtype=np.int64).reshape(taps, cg, cout)
-    w_mat = np.zeros((taps, chunks * R, cout), dtype=np.int64)
-    w_mat[:, :cg, :] = wk
-    w_mat = w_mat.reshape(k_tiles * R, cout)
-    # One weight tile per (group, N tile of the group's output channels), contiguous.
     tile_cols = [(g * og + n0, min(C, og - n0)) for g in range(G) for n0 in range(0, og, C)]
     tile_of = {first: t for t, (first, _) in enumerate(tile_cols)}
     tile_bytes = k_tiles * R * C
-    w_tiles = _tiles(w_mat, tile_cols, C)
     n = cout
-    params = np.concatenate([np.broadcast_to(np.asarray(v, dtype=np.int64), (n,))
-                             for v in (bias, multiplier, shift)])
     top, _, left, _ = geom.padding
     sh, sw = geom.stride
     dh, dw = geom.dilation
@@ -678,12 +832,10 @@ def compile_conv2d(config, x, w, *, x_zero_point, bias, multiplier, shift, out_z
     # The LOAD base address of the first output pixel's out-of-image taps may lie below
     # the tensor: keep x high enough that every base address is non-negative.
     headroom = (top * geom.w + left) * geom.c_in
-
-    def layout_fn(layout):
-        layout.add("x", "input", np.ascontiguousarray(x).tobytes(), min_offset=headroom)
-        layout.add("w", "parameter", w_tiles.tobytes())
-        layout.add("params", "parameter", _i32(params))
-        layout.add("y", "output", bytes(math.prod(geom.out_shape)))
+    segments = [("x", "input", geom.n * geom.h * geom.w * geom.c_in, headroom),
+                ("w", "parameter", len(tile_cols) * tile_bytes, 0),
+                ("params", "parameter", 3 * 4 * n, 0),
+                ("y", "output", math.prod(geom.out_shape), 0)]
 
     blocks = _conv_blocks(geom, m_limit, R)
     fields = dict(mode=MODE_CODES["int8"], sparse=0, raw=0, k_tiles=k_tiles, k_valid_last=R,
@@ -739,11 +891,28 @@ def compile_conv2d(config, x, w, *, x_zero_point, bias, multiplier, shift, out_z
                             lanes=lanes, elem_bytes=1)])))
         return _schedule(config, steps) + [End()]
 
-    return _build(config, "conv2d", emit, layout_fn, base,
-                  {"y": (geom.out_shape, "int8")}, {"y": expected}, geom.macs,
-                  math.ceil(geom.macs / config.peak_macs_per_cycle("int8")),
-                  {"m_blocks": [p1 - p0 for p0, p1 in blocks], "k_tiles": k_tiles,
-                   "geometry": geom})
+    return _Lowering("conv2d", segments, emit, geom.macs,
+                     math.ceil(geom.macs / config.peak_macs_per_cycle("int8")),
+                     {"m_blocks": [p1 - p0 for p0, p1 in blocks], "k_tiles": k_tiles,
+                      "geometry": geom})
+
+
+def plan_conv2d(config, x_shape, w_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                x_zero_point: int = 0, out_zero_point: int = 0, out_min: int = -128,
+                out_max: int = 127, base: int = 0) -> ProgramPlan:
+    """The program :func:`compile_conv2d` gives for ``x`` of ``x_shape`` (``[N, H, W,
+    C_in]``) and ``w`` of ``w_shape`` (``[kh, kw, C_in/groups, C_out]``), without data."""
+    config = NPUConfig.check(config)
+    for name, shape in (("x_shape", x_shape), ("w_shape", w_shape)):
+        if not isinstance(shape, (tuple, list)) or len(shape) != 4:
+            raise ValueError(f"{name} must be 4 positive integers, not {shape!r}")
+        for v in shape:
+            _positive_int(name, v)
+    geom = ConvGeometry(tuple(x_shape), tuple(w_shape), stride=stride, padding=padding,
+                        dilation=dilation, groups=groups)
+    fields = _quant_fields("x_zero_point", x_zero_point, out_zero_point, out_min, out_max)
+    base = _base(base)
+    return _plan(config, _conv_lowering(config, geom, **fields), base)
 
 
 # -- attention ------------------------------------------------------------------------------
@@ -801,13 +970,11 @@ def compile_attention(config, q, k, v, params: AttentionParams, *, heads: int = 
     param_data[1, 1, :] = params.out_multiplier
     param_data[1, 2, :] = params.out_shift
 
-    def layout_fn(layout):
-        layout.add("q", "input", np.ascontiguousarray(q).tobytes())
-        layout.add("k", "input", np.ascontiguousarray(k).tobytes())
-        layout.add("v", "input", np.ascontiguousarray(v).tobytes())
-        layout.add("params", "parameter", _i32(param_data.ravel()))
-        layout.add("p", "workspace", bytes(heads * sq * sk_pad))
-        layout.add("y", "output", bytes(sq * width_v))
+    data = {"q": np.ascontiguousarray(q).tobytes(), "k": np.ascontiguousarray(k).tobytes(),
+            "v": np.ascontiguousarray(v).tobytes(), "params": _i32(param_data.ravel())}
+    segments = [(name, "input", len(data[name]), 0) for name in ("q", "k", "v")]
+    segments += [("params", "parameter", len(data["params"]), 0),
+                 ("p", "workspace", heads * sq * sk_pad, 0), ("y", "output", sq * width_v, 0)]
 
     def emit(addr):
         prog = [Load(target=LoadTarget.PARAM, sp_addr=par_raw, addr=addr["params"],
@@ -871,7 +1038,8 @@ def compile_attention(config, q, k, v, params: AttentionParams, *, heads: int = 
         return prog + [End()]
 
     macs = heads * (sq * d * sk + sq * sk * dv)
-    return _build(config, "attention", emit, layout_fn, base,
-                  {"y": ((sq, width_v), "int8")}, {"y": expected}, macs,
-                  math.ceil(macs / config.peak_macs_per_cycle("int8")),
-                  {"m_blocks": blocks, "heads": heads})
+    lowering = _Lowering("attention", segments, emit, macs,
+                         math.ceil(macs / config.peak_macs_per_cycle("int8")),
+                         {"m_blocks": blocks, "heads": heads})
+    return _build(config, lowering, base, data, {"y": ((sq, width_v), "int8")},
+                  {"y": expected})

@@ -37,6 +37,7 @@ is an int32 array.
 
 from __future__ import annotations
 
+import enum
 import math
 import numbers
 
@@ -51,6 +52,9 @@ __all__ = [
     "SOFTMAX_POLY_C", "SOFTMAX_Z_LIMIT", "SOFTMAX_RECIP_BITS", "SOFTMAX_RECIP_NUMERATOR",
     "SOFTMAX_OUT_SHIFT", "SOFTMAX_OUT_MAX", "N_VALID_MAX",
     "softmax_multiplier", "integer_softmax", "softmax_exp", "row_max", "vector_op",
+    "MBQM_LATENCY", "DIVIDER_STEPS", "STAGE_ELEMENTWISE", "STAGE_NORM", "STAGE_MAX",
+    "STAGE_MBQM_IN", "STAGE_REQUANT", "STAGE_EXP", "STAGE_SUM", "DONE_AFTER_WRITE",
+    "MAX_TURN", "SUM_TURN", "vector_cycles",
 ]
 
 #: Operation names, indexed by the VECTOR instruction's ``op`` code.
@@ -78,6 +82,69 @@ SOFTMAX_OUT_MAX = 127
 #: Largest ``n_valid`` (a 16-bit field; keeps the row sum below ``2**39``).
 N_VALID_MAX = (1 << 16) - 1
 
+
+# -- timing of the vector unit (``hw/vector_unit.py`` builds its pipeline from these) ----
+
+#: Cycles of the hardware's MultiplyByQuantizedMultiplier stages (``hw/requantizer.py``
+#: ``MBQM_LATENCY``; a test keeps the two equal).
+MBQM_LATENCY = 7
+#: The smallest softmax row sum is ``e`` of the row maximum, 1998² + 2094200 > 2**22:
+#: the quotient ``floor(2**48 / sum)`` has at most 48 - 22 = 26 bits.
+SUM_MIN_LOG2 = 22
+#: Cycles of the restoring divider (one quotient bit per cycle).
+DIVIDER_STEPS = SOFTMAX_RECIP_BITS - SUM_MIN_LOG2
+#: Pipeline stages at which each kind of word is written (its result enters the FIFO).
+STAGE_ELEMENTWISE = 2                       # CLAMP, ADD/SUB
+STAGE_NORM = 3                              # SOFTMAX pass 3, ROWMAX
+STAGE_MAX = 2                               # the row maximum is updated
+STAGE_MBQM_IN = 2                           # d (or a for REQUANT) enters the multiplier
+STAGE_REQUANT = STAGE_MBQM_IN + MBQM_LATENCY + 2         # 11: + zero point, clamp
+STAGE_EXP = STAGE_MBQM_IN + MBQM_LATENCY + 4             # 13: -t; z, p; l; e
+STAGE_SUM = STAGE_EXP + 1                                # 14: row sum updated
+#: Cycles from a result entering the write FIFO to ``done`` when it is the last one.
+DONE_AFTER_WRITE = 4
+#: Cycles without a read between pass 1 and pass 2 of a SOFTMAX row: the maximum is
+#: updated at STAGE_MAX and seen by the sequencer one cycle later.
+MAX_TURN = STAGE_MAX + 1
+#: Cycles without a read between pass 2 and pass 3: the sum is updated at STAGE_SUM and
+#: seen one cycle later, then the divider's steps and its hand-over cycle.
+SUM_TURN = STAGE_SUM + 1 + DIVIDER_STEPS + 1
+
+
+def vector_cycles(config, op, *, count, n_words, n_valid):
+    """Cycles from a VECTOR command accepted by the vector unit to its ``done`` pulse,
+    with the OUT write port always ready (exact for ``hw/vector_unit.py``).
+
+    ``op`` is a :class:`~npugen.golden.isa.VectorOp` or its code; the other arguments
+    are the instruction's fields.  CLAMP ``c·n + 6``, REQUANT ``c·n + 15``, ADD/SUB
+    ``2·c·n + 6``, ROWMAX ``c·v + 7``, SOFTMAX ``c·(v + 2·n + 45) + 7`` (``c = count``,
+    ``n = n_words``, ``v = ceil(n_valid / cols)``).
+    """
+    from .config import NPUConfig
+    from .isa import VectorOp
+
+    NPUConfig.check(config)
+    if isinstance(op, enum.Enum) and not isinstance(op, int):
+        op = op.value                  # the hardware's (Amaranth) VectorOp
+    try:
+        op = VectorOp(op)
+    except ValueError:
+        raise ValueError(f"op must be a VectorOp or its code 0..5, not {op!r}") from None
+    for name, value in (("count", count), ("n_words", n_words), ("n_valid", n_valid)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be a positive integer, not {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    valid_words = -(-n_valid // config.cols)
+    if op is VectorOp.SOFTMAX:
+        row = valid_words + MAX_TURN + n_words + SUM_TURN + n_words
+        return count * row + STAGE_NORM + DONE_AFTER_WRITE
+    if op is VectorOp.ROWMAX:
+        return count * valid_words + STAGE_NORM + DONE_AFTER_WRITE
+    if op in (VectorOp.ADD, VectorOp.SUB):
+        return 2 * count * n_words + STAGE_ELEMENTWISE + DONE_AFTER_WRITE
+    stage = STAGE_REQUANT if op is VectorOp.REQUANT else STAGE_ELEMENTWISE
+    return count * n_words + stage + DONE_AFTER_WRITE
 
 def softmax_multiplier(scale):
     """``(multiplier, shift)`` mapping input scale ``scale`` (``S_in``) to ``S_t``.

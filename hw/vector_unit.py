@@ -39,9 +39,17 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.vector import (SOFTMAX_OUT_MAX, SOFTMAX_OUT_SHIFT, SOFTMAX_POLY_B,
-                                  SOFTMAX_POLY_C, SOFTMAX_RECIP_BITS, SOFTMAX_Z_BITS,
-                                  SOFTMAX_Z_LIMIT)
+from npugen.golden.vector import (DIVIDER_STEPS, SOFTMAX_OUT_MAX, SOFTMAX_OUT_SHIFT,
+                                  SOFTMAX_POLY_B, SOFTMAX_POLY_C, SOFTMAX_Z_BITS,
+                                  SOFTMAX_Z_LIMIT, vector_cycles)
+from npugen.golden.vector import MBQM_LATENCY as _GOLDEN_MBQM_LATENCY
+from npugen.golden.vector import STAGE_ELEMENTWISE as _STAGE_ELEMENTWISE
+from npugen.golden.vector import STAGE_EXP as _STAGE_EXP
+from npugen.golden.vector import STAGE_MAX as _STAGE_MAX
+from npugen.golden.vector import STAGE_NORM as _STAGE_NORM
+from npugen.golden.vector import STAGE_REQUANT as _STAGE_REQUANT
+from npugen.golden.vector import STAGE_SUM as _STAGE_SUM
+from npugen.golden.vector import SUM_MIN_LOG2 as _SUM_MIN_LOG2
 
 from .isa import VectorOp, vector_layout
 from .requantizer import MBQM_LATENCY, QuantizedMultiplier
@@ -50,65 +58,20 @@ __all__ = ["VectorUnit", "vector_cycles", "DIVIDER_STEPS", "FIFO_DEPTH"]
 
 _INT32_MIN = -(1 << 31)
 
-#: The smallest softmax row sum is ``e`` of the row maximum, 1998² + 2094200 > 2**22:
-#: the quotient ``floor(2**48 / sum)`` has at most 48 - 22 = 26 bits.
-_SUM_MIN_LOG2 = 22
-#: Cycles of the restoring divider (one quotient bit per cycle).
-DIVIDER_STEPS = SOFTMAX_RECIP_BITS - _SUM_MIN_LOG2
 #: Bits of an exponent value ``e`` (``l < 2**23``) and of the row sum (``< 2**39``).
 _E_BITS = 23
 _SUM_BITS = 39
 
-# Pipeline stages at which each kind of word is written (its result enters the FIFO).
-_STAGE_ELEMENTWISE = 2                      # CLAMP, ADD/SUB
-_STAGE_NORM = 3                             # SOFTMAX pass 3, ROWMAX
-_STAGE_MAX = 2                              # the row maximum is updated
-_STAGE_MBQM_IN = 2                          # d (or a for REQUANT) enters the multiplier
-_STAGE_MBQM_OUT = _STAGE_MBQM_IN + MBQM_LATENCY          # 9: t available
-_STAGE_REQUANT = _STAGE_MBQM_OUT + 2                     # 11: + zero point, clamp
-_STAGE_EXP = _STAGE_MBQM_OUT + 4                         # 13: -t; z, p; l; e
-_STAGE_SUM = _STAGE_EXP + 1                              # 14: row sum updated
+# The pipeline stages, the divider and ``vector_cycles`` (the exact cycle count) live in
+# ``npugen.golden.vector`` so that the golden cycle model needs no Amaranth; the
+# multiplier's latency there must be the requantizer's.
+if _GOLDEN_MBQM_LATENCY != MBQM_LATENCY:
+    raise ImportError(f"npugen.golden.vector.MBQM_LATENCY ({_GOLDEN_MBQM_LATENCY}) differs "
+                      f"from the requantizer's ({MBQM_LATENCY})")
 _STAGES = _STAGE_SUM
 #: Slots of the write FIFO: enough credits for one read per cycle through the longest
 #: path (write at s13, FIFO output register, pop, credit returned).
 FIFO_DEPTH = _STAGE_EXP + 5
-#: Cycles from a result entering the FIFO to ``done`` when it is the last one.
-_DONE_AFTER_WRITE = 4
-#: Cycles without a read between pass 1 and pass 2 of a SOFTMAX row: the maximum is
-#: updated at s2 and seen by the sequencer one cycle later.
-_MAX_TURN = _STAGE_MAX + 1
-#: Cycles without a read between pass 2 and pass 3: the sum is updated at s14 and
-#: seen one cycle later, then the divider's steps and its hand-over cycle.
-_SUM_TURN = _STAGE_SUM + 1 + DIVIDER_STEPS + 1
-
-
-def vector_cycles(config, op, *, count, n_words, n_valid):
-    """Cycles from a VECTOR command accepted to its ``done`` pulse, ``wr_ready`` high.
-
-    ``op`` is a :class:`~npugen.hw.isa.VectorOp` or its code; the other arguments are
-    the instruction's fields (already valid).  Exact for the hardware of this module.
-    """
-    from npugen.golden.config import NPUConfig
-    NPUConfig.check(config)
-    try:
-        op = VectorOp(op)
-    except ValueError:
-        raise ValueError(f"op must be a VectorOp or its code 0..5, not {op!r}") from None
-    for name, value in (("count", count), ("n_words", n_words), ("n_valid", n_valid)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be a positive integer, not {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    valid_words = -(-n_valid // config.cols)
-    if op is VectorOp.SOFTMAX:
-        row = valid_words + _MAX_TURN + n_words + _SUM_TURN + n_words
-        return count * row + _STAGE_NORM + _DONE_AFTER_WRITE
-    if op is VectorOp.ROWMAX:
-        return count * valid_words + _STAGE_NORM + _DONE_AFTER_WRITE
-    if op in (VectorOp.ADD, VectorOp.SUB):
-        return 2 * count * n_words + _STAGE_ELEMENTWISE + _DONE_AFTER_WRITE
-    stage = _STAGE_REQUANT if op is VectorOp.REQUANT else _STAGE_ELEMENTWISE
-    return count * n_words + stage + _DONE_AFTER_WRITE
 
 
 class _Kind(enum.Enum, shape=3):
