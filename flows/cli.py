@@ -211,6 +211,9 @@ def cmd_bench_gemm(args):
 
 def _bench_on_npu(args, kernel, shape):
     config, _source = _config_from_args(args)
+    if args.dtype != "int8":
+        raise UsageError(f"--dtype must be int8 for {kernel} (the compiler lowers int8 "
+                         f"{kernel} layers), not {args.dtype!r}")
     from npugen.sim.npu_bench import bench_kernel, compile_kernel
     try:  # reject bad shapes before building anything
         compile_kernel(config, kernel, args.seed, **shape)
@@ -398,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dilation", type=int, default=1, help="dilation (default: %(default)s)")
     p.add_argument("--groups", type=int, default=1,
                    help="groups; groups = cin = cout is depthwise (default: %(default)s)")
+    p.add_argument("--dtype", default="int8", metavar="DTYPE",
+                   help="operand data type (int8) (default: %(default)s)")
     _bench_options(p)
     p.set_defaults(handler=cmd_bench_conv)
 
@@ -406,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq", type=int, required=True, help="sequence length")
     p.add_argument("--dim", type=int, required=True, help="head dimension")
     p.add_argument("--heads", type=int, default=1, help="heads (default: %(default)s)")
+    p.add_argument("--dtype", default="int8", metavar="DTYPE",
+                   help="operand data type (int8) (default: %(default)s)")
     _bench_options(p)
     p.set_defaults(handler=cmd_bench_attention)
 

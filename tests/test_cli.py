@@ -381,6 +381,9 @@ def test_bench_conv_and_attention(capsys, fake_bench):
     (["conv", "--h", "4", "--w", "4", "--cin", "3", "--cout", "4", "--groups", "2"],
      r"groups must divide cin and cout, not groups=2 with cin=3, cout=4"),
     (["attention", "--seq", "8", "--dim", "0"], r"--dim must be at least 1, not 0"),
+    (["attention", "--seq", "8", "--dim", "8", "--dtype", "int4"],
+     r"--dtype must be int8 for attention \(the compiler lowers int8 attention layers\), "
+     r"not 'int4'"),
 ])
 def test_bench_kernel_errors(capsys, fake_bench, args, regex):
     code, out, err = run(capsys, "bench", *args)
