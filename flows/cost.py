@@ -1,6 +1,8 @@
 """Unit cost table: every compute unit of :data:`npugen.flows.units.UNITS` synthesized alone.
 
-For each unit the table gives LUT4, FF, DSP, BRAM, Fmax, MACs per cycle and LUT4 per MAC.
+For each unit the table gives LUT4, FF, DSP, BRAM, Fmax, MACs per cycle and LUT4 per MAC;
+a unit that extends another (``baseline``: a PE with int4 or binary over the int8 PE)
+also gives the extra LUT4 per MAC of the extension, ``Δ LUT4/MAC``.
 Units of one ``group`` (e.g. the float multipliers in LUTs) are also compared with the
 partial-product model: a multiplier of two ``m+1``-bit significands has ``(m+1)²``
 partial-product bits — 576 for FP32 (m = 23), 121 for FP16 and TF32 (m = 10), 64 for
@@ -22,7 +24,8 @@ __all__ = ["run_cost", "cost_rows", "to_markdown", "to_csv", "write_outputs",
 
 PARTIAL_PRODUCTS_NOTE = ("Partial-product model: (m+1)² bits for m stored significand bits — "
                          "FP32 576, FP16/TF32 121, BF16 64; ratios are taken within a group "
-                         "against its smallest unit.")
+                         "against its smallest unit.  Δ LUT4/MAC: the LUT4 a unit adds to its "
+                         "baseline unit, per MAC per cycle of the unit.")
 
 
 def run_cost(config: NPUConfig, target: str, *, units=None, seeds=(1,), jobs: int = 1,
@@ -54,7 +57,8 @@ def cost_rows(records, config: NPUConfig) -> list[dict]:
         result = record.get("result")
         row = {"unit": name, "description": unit.description, "status": record["status"],
                "luts": None, "ffs": None, "dsps": None, "brams": None, "fmax_mhz": None,
-               "macs_per_cycle": None, "luts_per_mac": None, "group": unit.group,
+               "macs_per_cycle": None, "luts_per_mac": None, "extra_luts_per_mac": None,
+               "baseline": unit.baseline, "group": unit.group,
                "partial_products": unit.partial_products, "model_ratio": None,
                "measured_ratio": None, "error": record.get("error") or ""}
         try:
@@ -67,6 +71,14 @@ def cost_rows(records, config: NPUConfig) -> list[dict]:
             if row["macs_per_cycle"]:
                 row["luts_per_mac"] = round(result["luts"] / row["macs_per_cycle"], 2)
         rows.append(row)
+
+    by_unit = {row["unit"]: row for row in rows}
+    for row in rows:
+        base = by_unit.get(row["baseline"]) if row["baseline"] else None
+        if base is not None and row["luts"] is not None and base["luts"] is not None \
+                and row["macs_per_cycle"]:
+            row["extra_luts_per_mac"] = round((row["luts"] - base["luts"]) /
+                                              row["macs_per_cycle"], 2)
 
     groups: dict[str, list] = {}
     for row in rows:
@@ -83,7 +95,8 @@ def cost_rows(records, config: NPUConfig) -> list[dict]:
 
 _COLUMNS = [("unit", "unit"), ("luts", "LUT4"), ("ffs", "FF"), ("dsps", "DSP"),
             ("brams", "BRAM"), ("fmax_mhz", "Fmax (MHz)"), ("macs_per_cycle", "MACs/cycle"),
-            ("luts_per_mac", "LUT4/MAC"), ("partial_products", "pp model"),
+            ("luts_per_mac", "LUT4/MAC"), ("extra_luts_per_mac", "Δ LUT4/MAC"),
+            ("partial_products", "pp model"),
             ("model_ratio", "model ratio"), ("measured_ratio", "measured ratio"),
             ("status", "status")]
 

@@ -112,13 +112,20 @@ class Target:
         return FAMILIES[self.family]
 
 
+#: yosys options of the ECP5 targets.  ``-nowidelut``: ABC maps logic to LUT4s only
+#: instead of building 5- to 7-input functions from LUT4 pairs and PFU multiplexers.
+#: The wide functions save a level of logic but cost LUT4s (a LUT6 is four); on this
+#: project's units they cost 7–31 % more LUT4 for at most a few per cent of Fmax (see
+#: docs/ARCHITECTURE.md, FPGA flow).
+ECP5_SYNTH_OPTIONS = ("-nowidelut",)
+
 TARGETS = {
     "ecp5-85f": Target("ecp5-85f", "ecp5", ("--85k", "--package", "CABGA381"),
                        "Lattice ECP5 LFE5U-85F (ULX3S 85F), 84k LUT4, 156 MULT18X18D, 208 DP16KD",
-                       default_freq_mhz=150.0),
+                       synth_options=ECP5_SYNTH_OPTIONS, default_freq_mhz=150.0),
     "ecp5-25f": Target("ecp5-25f", "ecp5", ("--25k", "--package", "CABGA381"),
                        "Lattice ECP5 LFE5U-25F, 24k LUT4, 28 MULT18X18D, 56 DP16KD",
-                       default_freq_mhz=150.0),
+                       synth_options=ECP5_SYNTH_OPTIONS, default_freq_mhz=150.0),
     "ice40-up5k": Target("ice40-up5k", "ice40", ("--up5k", "--package", "sg48"),
                          "Lattice iCE40 UltraPlus 5K, 5280 LUT4, 8 SB_MAC16, 30 SB_RAM40_4K",
                          synth_options=("-dsp",), default_freq_mhz=30.0),
@@ -325,6 +332,249 @@ def area_from_cells(cells: dict[str, int], family: Family) -> dict[str, int]:
     return area
 
 
+# -- ECP5 DSP register packing ----------------------------------------------------------------
+
+#: Register groups of a MULT18X18D: parameter prefix → data ports.
+_DSP_INPUTS = {"REG_INPUTA": [f"A{i}" for i in range(18)],
+               "REG_INPUTB": [f"B{i}" for i in range(18)]}
+_DSP_OUTPUT = [f"P{i}" for i in range(36)]
+
+
+def _param(cell, name, default):
+    """A cell parameter as a plain string (yosys JSON marks bit-like strings with a space)."""
+    value = cell.get("parameters", {}).get(name, default)
+    return value.strip() if isinstance(value, str) else value
+
+
+def _ff_control(cell):
+    """``(clk, ce, lsr, srmode, gsr)`` of a TRELLIS_FF the DSP registers can reproduce, or None.
+
+    ``ce`` is a net bit or ``"1"``; ``lsr`` a net bit or ``"0"``.  A flip-flop with an
+    inverted clock, enable or reset, a set value, a preload, or a reset *and* an enable
+    (the DSP's priority of the two is not the flip-flop's) is not reproducible.
+    """
+    conn = cell["connections"]
+    if _param(cell, "CLKMUX", "CLK") != "CLK" or _param(cell, "REGSET", "RESET") != "RESET" \
+            or _param(cell, "LSRMODE", "LSR") != "LSR" or conn.get("M", ["x"])[0] not in ("x", "z"):
+        return None
+    cemux = _param(cell, "CEMUX", "1")
+    if cemux == "1":
+        ce = "1"
+    elif cemux == "CE" and "CE" in conn:
+        ce = conn["CE"][0]
+    else:
+        return None
+    lsr = conn.get("LSR", ["0"])[0]
+    if lsr in ("x", "z"):
+        lsr = "0"
+    if lsr != "0" and (_param(cell, "LSRMUX", "LSR") != "LSR" or ce != "1"):
+        return None
+    if lsr == "1" or ce == "0":
+        return None
+    return (conn["CLK"][0], ce, lsr, _param(cell, "SRMODE", "LSR_OVER_CE"),
+            _param(cell, "GSR", "ENABLED"))
+
+
+def pack_dsp_registers(netlist: dict) -> dict:
+    """Move flip-flops around every ECP5 ``MULT18X18D`` into the block's own registers.
+
+    yosys ``synth_ecp5`` maps a multiplication to a combinational ``MULT18X18D`` and
+    leaves the registers around it in the fabric, so a registered product still pays
+    the routing from the fabric into the DSP row plus the whole multiply in one cycle.
+    This pass does what a vendor packer does, on the yosys JSON netlist (in place):
+
+    * **input registers**: when every non-constant bit of the A (or B) operand comes
+      from a flip-flop and those flip-flops share clock, enable and reset, the DSP's
+      A (B) register takes their place: the operand pins read the flip-flops' D inputs
+      and the block registers them (``REG_INPUTA_CLK = "CLK0"``).  A flip-flop that
+      also drives other logic stays (the DSP register is a duplicate), else it goes;
+    * **output register**: when every used product bit drives exactly one flip-flop
+      and nothing else, and those share their controls, they become the output
+      register (``REG_OUTPUT_CLK = "CLK0"``).
+
+    Constant operand bits must be 0 (the DSP registers reset to 0).  yosys merges data
+    conditions into synchronous resets bit by bit (``D = c ? 0 : x`` becomes a reset
+    ``c``), so the flip-flops of one operand may have different resets; the block's
+    register then has no reset and each bit with one gets a LUT4 ``D ∧ ¬reset`` in
+    front of its pin.  The semantics are unchanged
+    cycle for cycle (the tests simulate both netlists).  Returns ``{"dsps",
+    "input_registers", "output_registers", "ffs_removed", "reset_luts"}``: blocks seen,
+    operand groups and product registers packed, flip-flops deleted, LUT4s added.
+    """
+    stats = {"dsps": 0, "input_registers": 0, "output_registers": 0, "ffs_removed": 0,
+             "reset_luts": 0}
+    for module in netlist.get("modules", {}).values():
+        cells = module.get("cells", {})
+        if not any(c["type"] == "MULT18X18D" for c in cells.values()):
+            continue
+        drivers, loads = {}, {}     # bit → (cell, port); bit → {cell: [(port, index)]}
+        for name, cell in cells.items():
+            directions = cell.get("port_directions", {})
+            for port, bits in cell["connections"].items():
+                for index, bit in enumerate(bits):
+                    if isinstance(bit, str):
+                        continue
+                    if directions.get(port) == "output":
+                        drivers[bit] = (name, port)
+                    else:
+                        loads.setdefault(bit, {}).setdefault(name, []).append((port, index))
+        for port in module.get("ports", {}).values():
+            for bit in port["bits"]:
+                if isinstance(bit, int):
+                    if port["direction"] == "input":
+                        drivers[bit] = (None, None)
+                    else:
+                        loads.setdefault(bit, {}).setdefault(None, []).append(("", 0))
+        removed = set()
+        next_bit = [max([*drivers, *loads, 1]) + 1]
+        fold_luts = {}             # flip-flop → output of its D ∧ ¬LSR LUT
+
+        def load(bit, cell_name, port):
+            if isinstance(bit, int):
+                loads.setdefault(bit, {}).setdefault(cell_name, []).append((port, 0))
+
+        def unload(bit, cell_name):
+            if isinstance(bit, int):
+                loads.get(bit, {}).pop(cell_name, None)
+
+        for dsp_name in sorted(n for n, c in cells.items() if c["type"] == "MULT18X18D"):
+            dsp = cells[dsp_name]
+            stats["dsps"] += 1
+            if any(_param(dsp, f"{group}_CLK", "NONE") != "NONE" for group in
+                   ("REG_INPUTA", "REG_INPUTB", "REG_INPUTC", "REG_PIPELINE", "REG_OUTPUT")):
+                continue
+            conn = dsp["connections"]
+            plans = {}
+            for group, ports in _DSP_INPUTS.items():
+                ffs, ok = set(), True
+                for port in ports:
+                    bit = conn.get(port, ["0"])[0]
+                    if isinstance(bit, str):
+                        ok &= bit in ("0", "x", "z")
+                        continue
+                    driver = drivers.get(bit)
+                    if driver is None or driver[0] is None or driver[1] != "Q" or \
+                            cells[driver[0]]["type"] != "TRELLIS_FF":
+                        ok = False
+                        break
+                    ffs.add(driver[0])
+                if not ok or not ffs:
+                    continue
+                controls = {ff: _ff_control(cells[ff]) for ff in ffs}
+                if None in controls.values():
+                    continue
+                common = set(controls.values())
+                if len(common) == 1:
+                    plans[group] = (ffs, common.pop(), {})
+                    continue
+                # Synchronous resets that differ from bit to bit (yosys merges data
+                # conditions into them): the block register gets no reset and every bit
+                # with one gets it as logic in front of the pin, D ∧ ¬LSR.
+                rest = {(clk, ce, srmode, gsr) for clk, ce, _lsr, srmode, gsr in common}
+                if len(rest) != 1 or next(iter(rest))[1] != "1" or \
+                        any(c[3] == "ASYNC" for c in common):
+                    continue
+                clk, ce, srmode, gsr = rest.pop()
+                fold = {ff: controls[ff][2] for ff in ffs if controls[ff][2] != "0"}
+                plans[group] = (ffs, (clk, ce, "0", srmode, gsr), fold)
+            out_ffs, ok = {}, True
+            for port in _DSP_OUTPUT:
+                bit = conn.get(port, [None])[0]
+                if not isinstance(bit, int) or not loads.get(bit):
+                    continue
+                users = loads[bit]
+                user = next(iter(users))
+                if len(users) != 1 or user is None or users[user] != [("DI", 0)] or \
+                        cells[user]["type"] != "TRELLIS_FF":
+                    ok = False
+                    break
+                out_ffs[port] = user
+            if ok and out_ffs:
+                controls = {_ff_control(cells[ff]) for ff in out_ffs.values()}
+                if len(controls) == 1 and None not in controls:
+                    plans["REG_OUTPUT"] = (set(out_ffs.values()), controls.pop(), {})
+            # One clock for every register of the block; one reset mode for those with a reset.
+            clocks = {control[0] for _ffs, control, _fold in plans.values()}
+            if len(clocks) > 1:
+                keep = max(clocks, key=lambda c: sum(control[0] == c
+                                                     for _f, control, _x in plans.values()))
+                plans = {g: p for g, p in plans.items() if p[1][0] == keep}
+            modes = {control[3] for _f, control, _x in plans.values() if control[2] != "0"}
+            if len(modes) > 1:
+                plans = {g: p for g, p in plans.items()
+                         if p[1][2] == "0" or p[1][3] == "LSR_OVER_CE"}
+            if not plans:
+                continue
+
+            params = dsp.setdefault("parameters", {})
+            directions = dsp.setdefault("port_directions", {})
+            enables, resets, gone = {}, {}, set()
+            for group, (ffs, (clk, ce, lsr, srmode, gsr), fold) in sorted(plans.items()):
+                ce_port = enables.setdefault(ce, f"CE{len(enables)}")
+                rst_port = resets.setdefault(lsr, f"RST{len(resets)}")
+                params.update({f"{group}_CLK": "CLK0", f"{group}_CE": ce_port,
+                               f"{group}_RST": rst_port, "GSR": gsr,
+                               "RESETMODE": "ASYNC" if lsr != "0" and srmode == "ASYNC"
+                               else params.get("RESETMODE", "SYNC")})
+                for port, bit in (("CLK0", clk), (ce_port, ce), (rst_port, lsr)):
+                    if port not in conn:
+                        conn[port] = [bit]
+                        directions[port] = "input"
+                        load(bit, dsp_name, port)
+                if group == "REG_OUTPUT":
+                    for port, ff in out_ffs.items():
+                        old, q = conn[port][0], cells[ff]["connections"]["Q"][0]
+                        conn[port] = [q]
+                        drivers[q] = (dsp_name, port)
+                        loads.pop(old, None)
+                        gone.add(ff)
+                    stats["output_registers"] += 1
+                    continue
+                folded = {}
+                for ff, reset in sorted(fold.items()):
+                    if ff in fold_luts:              # shared with another block
+                        folded[ff] = fold_luts[ff]
+                        continue
+                    # D ∧ ¬LSR in a LUT4 (inputs A = D, B = LSR; C, D unused).
+                    data = cells[ff]["connections"]["DI"][0]
+                    out = next_bit[0]
+                    next_bit[0] += 1
+                    drivers[out] = (f"{ff}$dsp_reset", "Z")
+                    cells[f"{ff}$dsp_reset"] = {
+                        "type": "LUT4", "parameters": {"INIT": format(0x2222, "016b")},
+                        "attributes": {}, "port_directions": {"A": "input", "B": "input",
+                                                              "C": "input", "D": "input",
+                                                              "Z": "output"},
+                        "connections": {"A": [data], "B": [reset], "C": ["0"], "D": ["0"],
+                                        "Z": [out]}}
+                    load(data, f"{ff}$dsp_reset", "A")
+                    load(reset, f"{ff}$dsp_reset", "B")
+                    folded[ff] = fold_luts[ff] = out
+                    stats["reset_luts"] += 1
+                for port in _DSP_INPUTS[group]:
+                    bit = conn.get(port, ["0"])[0]
+                    if isinstance(bit, str):
+                        continue
+                    ff = drivers[bit][0]
+                    d = folded.get(ff, cells[ff]["connections"]["DI"][0])
+                    conn[port] = [d]
+                    unload(bit, dsp_name)
+                    load(d, dsp_name, port)
+                for ff in ffs:
+                    if not loads.get(cells[ff]["connections"]["Q"][0]):
+                        gone.add(ff)
+                stats["input_registers"] += 1
+            for ff in gone:
+                for port, bits in cells[ff]["connections"].items():
+                    if port != "Q":
+                        unload(bits[0], ff)
+            removed |= gone
+        for ff in removed:
+            del cells[ff]
+        stats["ffs_removed"] += len(removed)
+    return stats
+
+
 def parse_nextpnr_report(report: dict, *, clock: str | None = None) -> dict:
     """``fmax_mhz`` (of ``clock``, else the slowest clock) and utilization of a report."""
     clocks = {name: float(v["achieved"]) for name, v in report.get("fmax", {}).items()}
@@ -442,8 +692,14 @@ def _relative(path, workdir):
 
 
 def run_yosys(yosys: Tool, target: Target, workdir: Path, sources, top: str, *,
-              frontend="verilog", timeout=None) -> dict:
-    """Synthesize; returns ``{"cells", "netlist", "log", "seconds"}`` or raises."""
+              frontend="verilog", timeout=None, pack_dsp=True) -> dict:
+    """Synthesize; returns ``{"cells", "netlist", "log", "seconds", "dsp_registers"}``.
+
+    On ECP5 the netlist then goes through :func:`pack_dsp_registers` (unless
+    ``pack_dsp`` is false); ``cells`` counts the packed netlist and ``dsp_registers``
+    holds the packing statistics (``None`` when no packing ran).  Raises
+    :class:`SynthError` when yosys fails or does not complete.
+    """
     workdir = Path(workdir)
     netlist = workdir / "netlist.json"
     script = workdir / "synth.ys"
@@ -466,7 +722,16 @@ def run_yosys(yosys: Tool, target: Target, workdir: Path, sources, top: str, *,
         raise SynthError(f"yosys netlist {netlist} is not valid JSON: {e} (log: {log})") from None
     cells = count_cells(data, top)
     check_netlist(cells, target.fam, log)
-    return {"cells": cells, "netlist": netlist, "log": log, "seconds": seconds}
+    packed = None
+    if target.family == "ecp5" and pack_dsp:
+        # yosys writes its netlist unchanged to yosys-netlist.json; nextpnr reads the
+        # netlist with the registers moved into the DSP blocks.
+        packed = pack_dsp_registers(data)
+        os.replace(netlist, workdir / "yosys-netlist.json")
+        netlist.write_text(json.dumps(data), encoding="utf-8")
+        cells = count_cells(data, top)
+    return {"cells": cells, "netlist": netlist, "log": log, "seconds": seconds,
+            "dsp_registers": packed}
 
 
 def run_nextpnr(nextpnr: Tool, target: Target, workdir: Path, netlist, *, seed: int,
@@ -558,6 +823,7 @@ def synthesize(config: NPUConfig, target, *, unit: str | None = None, seeds=(1,)
         "config_hash": config.config_hash(),
         **area,
         "cells": synth["cells"],
+        "dsp_registers": synth["dsp_registers"],
         "fmax_mhz": None,
         "fmax_mhz_seeds": [],
         "seeds": seeds if pnr else [],

@@ -46,6 +46,10 @@ class Unit:
         Units whose areas are compared with each other (same ``group``).
     partial_products : int or None
         Partial-product bits of the multiplier model, e.g. ``(m+1)**2``.
+    baseline : str or None
+        A unit this one extends (a PE with an extra precision mode extends the int8 PE):
+        the cost table reports the extra LUT4 per MAC of the extension,
+        ``(LUT4 − baseline LUT4) / MACs per cycle``.
     """
 
     factory: Callable
@@ -53,6 +57,7 @@ class Unit:
     description: str
     group: str | None = None
     partial_products: int | None = None
+    baseline: str | None = None
 
 
 def _with_modes(cls, modes, **kwargs):
@@ -76,6 +81,15 @@ def _pe(config):
                        weight_bits=config.lane_bits, acc_bits=config.acc_bits)
 
 
+def _pe_with(modes):
+    """A factory of a PE with ``modes`` (no 2:4), whatever the configuration's modes."""
+    def factory(config):
+        from npugen.hw.pe import ProcessingElement
+        return ProcessingElement(act_bits=config.lane_bits + 1, weight_bits=config.lane_bits,
+                                 acc_bits=config.acc_bits, modes=modes)
+    return factory
+
+
 def _array(config):
     from npugen.hw.systolic_array import SystolicArray
     return _with_modes(SystolicArray, config.modes, rows=config.rows, cols=config.cols,
@@ -95,7 +109,7 @@ def _requantizer(config):
 
 def _gemm_core(config):
     from npugen.flows.verilog import top_component
-    return top_component(config)
+    return top_component(config, top="gemm_core")
 
 
 def _float_unit(kind, fmt_name, **kwargs):
@@ -148,6 +162,10 @@ UNITS: dict[str, Unit] = {
                     group="int-mac", partial_products=9 * 8),
     "pe": Unit(_pe, lambda c: max(c.peak_macs_per_cycle(m) for m in c.modes) // c.pes,
                "processing element with the configuration's precision modes"),
+    "int4_pe": Unit(_pe_with(("int8", "int4")), 2, "PE with int8 and int4 (two int4 MACs "
+                    "per cycle on the shared multiplier)", baseline="int8_pe"),
+    "binary_pe": Unit(_pe_with(("int8", "binary")), 8, "PE with int8 and binary (eight "
+                      "XNOR-popcount MACs per cycle)", baseline="int8_pe"),
     "array": Unit(_array, _peak_macs, "rows × cols systolic array core with skew/deskew"),
     "accumulator": Unit(_accumulator, 0, "accumulator buffer (acc_depth rows × cols, RMW)"),
     "requantizer": Unit(_requantizer, 0, "per-column TFLite requantizer (cols lanes, 11 stages)"),

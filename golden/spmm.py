@@ -42,8 +42,9 @@ __all__ = ["weight_csr", "dense_reference", "spmm_integer", "sparse_qgemm", "Spm
            "assemble_spmm", "channel_beats", "spmm_cycles", "RESULT_LATENCY"]
 
 #: Cycles from the last ``nz`` beat issued to its result row taken from ``result`` as
-#: the testbench measures it: activation read, products, lane sum, accumulate, five
-#: requantizer stages, the result FIFO and the stream hand-over.
+#: the testbench measures it: activation read, products, lane sum, accumulate, the
+#: eleven requantizer stages (``npugen.hw.requantizer.LATENCY``), the result FIFO and the
+#: stream hand-over.
 RESULT_LATENCY = 17
 
 

@@ -2,14 +2,27 @@
 
 One row of ``cols`` accumulators per address (``acc_depth`` rows).  Each incoming
 partial-sum row is added to the stored row (or, with ``first``, replaces it) in a
-read-modify-write pipeline that accepts a row every cycle; the read port is
-transparent to the write port, so a row revisited on the very next cycle (M = 1)
-sees the value just written.  Rows flagged ``last`` leave on ``sum``.
+read-modify-write pipeline that accepts a row every cycle.  Rows flagged ``last`` leave
+on ``sum`` and are not written back, so the next tile for that address must start with
+``first``.
 
-Latency: a row presented in cycle t has its sum on ``sum`` in cycle ``t + 1``
-(combinational from the registered read).  Rows that are not ``last`` are written
-back at the end of t + 1; a ``last`` row leaves on ``sum`` and is not written back,
-so the next tile for that address must start with ``first``.
+Pipeline (a row presented in cycle t):
+
+* cycle t: the memory read of the row's address;
+* cycle t + 1: the read data goes into a register, so the memory's slow clock-to-output
+  time and the adder are in different cycles;
+* cycle t + 2: ``sum = psum + (first ? 0 : stored)``, combinational on ``sum`` (with
+  ``valid_out``, ``tag_out``); a row that is not ``last`` is written back at the end of
+  the cycle.
+
+The read of cycle t misses the write-backs of the two rows before it (rows t − 1 and
+t − 2 are written at the end of cycles t + 1 and t).  When one of those rows has the same
+address (M = 1 or 2 rows revisited back to back), its sum is forwarded from a register
+instead of the memory data, the newer one first.  The choice is made in cycle t + 1, so
+the adder of cycle t + 2 sees one of two registers (or zero for ``first``) through one
+level of logic.
+
+Latency 2: a row presented in cycle t has its sum on ``sum`` in cycle ``t + 2``.
 """
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
@@ -17,7 +30,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AccumulatorBuffer"]
+__all__ = ["AccumulatorBuffer", "LATENCY"]
+
+#: Cycles from a row presented to its sum on ``sum``.
+LATENCY = 2
 
 
 class AccumulatorBuffer(wiring.Component):
@@ -35,6 +51,7 @@ class AccumulatorBuffer(wiring.Component):
         self._config = config
         row = data.ArrayLayout(signed(config.acc_bits), config.cols)
         self._row_layout = row
+        self._tag_shape = tag_shape
         super().__init__({
             "valid_in": In(1),
             "addr": In(range(config.acc_depth)),
@@ -49,7 +66,7 @@ class AccumulatorBuffer(wiring.Component):
 
     @property
     def latency(self):
-        return 1
+        return LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -57,25 +74,56 @@ class AccumulatorBuffer(wiring.Component):
         m.submodules.memory = memory = Memory(shape=self._row_layout, depth=cfg.acc_depth,
                                               init=[])
         write = memory.write_port()
-        read = memory.read_port(transparent_for=(write,))
-
-        valid = Signal()
-        first = Signal()
-        last = Signal()
-        addr = Signal.like(self.addr)
-        psum = Signal(self._row_layout)
+        read = memory.read_port()
         m.d.comb += read.addr.eq(self.addr)
+
+        # The row's fields after one and two cycles (index 0: cycle t + 1).
+        stage = data.StructLayout({"valid": 1, "addr": range(cfg.acc_depth), "first": 1,
+                                   "last": 1, "tag": self._tag_shape,
+                                   "psum": self._row_layout})
+        s1, s2 = Signal(stage, name="row_s1"), Signal(stage, name="row_s2")
         m.d.sync += [
-            valid.eq(self.valid_in), first.eq(self.first), last.eq(self.last),
-            addr.eq(self.addr), psum.eq(self.psum), self.tag_out.eq(self.tag_in),
+            s1.valid.eq(self.valid_in), s1.addr.eq(self.addr), s1.first.eq(self.first),
+            s1.last.eq(self.last), s1.tag.eq(self.tag_in), s1.psum.eq(self.psum),
+            s2.eq(s1),
+        ]
+        stored = Signal(self._row_layout, name="stored")
+        m.d.sync += stored.eq(read.data)
+
+        # Forwarding, decided in cycle t + 1 by comparing the row with the two before it
+        # (in s2 and one cycle older), each written back only when valid and not last:
+        # `forward` then holds the newer matching sum (the row in s2 is being summed in
+        # this very cycle; the older one is in `prev`), so cycle t + 2 chooses between two
+        # registers only.
+        older = Signal(stage.members["addr"], name="addr_s3")
+        older_writes = Signal(name="writes_s3")
+        m.d.sync += [older.eq(s2.addr), older_writes.eq(s2.valid & ~s2.last)]
+        from_prev = Signal(name="from_prev")
+        from_prev2 = Signal(name="from_prev2")
+        m.d.comb += [
+            from_prev.eq(s2.valid & ~s2.last & (s2.addr == s1.addr)),
+            from_prev2.eq(older_writes & (older == s1.addr)),
+        ]
+        prev = Signal(self._row_layout, name="sum_prev")
+        forward = Signal(self._row_layout, name="forward")
+        use_forward = Signal(name="use_forward")
+        use_stored = Signal(name="use_stored")
+        m.d.sync += [
+            prev.eq(self.sum),
+            forward.eq(Mux(from_prev, self.sum, prev)),
+            use_forward.eq(~s1.first & (from_prev | from_prev2)),
+            use_stored.eq(~s1.first & ~from_prev & ~from_prev2),
         ]
 
         for c in range(cfg.cols):
-            m.d.comb += self.sum[c].eq(psum[c] + Mux(first, 0, read.data[c]))
+            base = (forward[c] & use_forward.replicate(cfg.acc_bits)) | \
+                   (stored[c] & use_stored.replicate(cfg.acc_bits))
+            m.d.comb += self.sum[c].eq(s2.psum[c] + base.as_signed())
         m.d.comb += [
-            write.addr.eq(addr),
+            write.addr.eq(s2.addr),
             write.data.eq(self.sum),
-            write.en.eq(valid & ~last),
-            self.valid_out.eq(valid & last),
+            write.en.eq(s2.valid & ~s2.last),
+            self.valid_out.eq(s2.valid & s2.last),
+            self.tag_out.eq(s2.tag),
         ]
         return m

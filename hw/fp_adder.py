@@ -26,8 +26,8 @@ from amaranth.hdl import Cat, Const, Module, Mux
 from npugen.golden.floating import FLOAT32, FloatFormat
 
 from .float_format import float_struct
-from .fp_multiplier import _check, registered_boundaries
-from .fp_pipeline import FloatUnit, Stages, leading_zeros, wire
+from .fp_pipeline import (FloatUnit, Stages, check_unit_parameters, leading_zeros,
+                          registered_boundaries, wire)
 
 __all__ = ["FloatAdder", "MAX_LATENCY", "DEFAULT_LATENCY"]
 
@@ -37,6 +37,9 @@ MAX_LATENCY = 4
 #: Registers on every boundary: the alignment shifter with the adder, the leading-zero
 #: count with the normalizing shifter and the rounding adder each in their own stage.
 DEFAULT_LATENCY = 4
+
+#: Which boundaries get the registers first (output, align/add, normalize, unpack).
+_PRIORITY = (3, 1, 2, 0)
 
 
 class FloatAdder(FloatUnit):
@@ -60,14 +63,15 @@ class FloatAdder(FloatUnit):
 
     def __init__(self, fmt: FloatFormat = FLOAT32, *, latency: int = DEFAULT_LATENCY,
                  subnormals: str = "ieee"):
-        super().__init__(fmt, latency, subnormals, lambda: _check(fmt, latency, subnormals))
+        super().__init__(fmt, latency, subnormals,
+                         lambda: check_unit_parameters(fmt, latency, subnormals, MAX_LATENCY))
 
     def elaborate(self, platform):
         m = Module()
         fmt, policy = self._fmt, self._subnormals
         man, exp_bits, p = fmt.man_bits, fmt.exp_bits, fmt.precision
         struct = float_struct(fmt)
-        stages = Stages(m, registered_boundaries(self._latency), "fadd")
+        stages = Stages(m, registered_boundaries(self._latency, _PRIORITY), "fadd")
         a, b = self.operands.payload.a, self.operands.payload.b
 
         # Step 0: unpack, put the larger magnitude first.

@@ -9,95 +9,127 @@ specification is :func:`npugen.golden.floating.mul`:
 * every NaN result is the canonical quiet NaN (``0x7FC0`` for BF16); ``0 · ∞`` is NaN;
 * overflow gives ±∞; the sign of a zero is the XOR of the operand signs.
 
-Datapath, with a boundary after each step::
+Datapath (p = precision), with a boundary after each step::
 
-    unpack ─┤0├─ significand product ─┤1├─ normalize ─┤2├─ round, pack ─┤3├─ result
+    unpack ─┤0├─ prenormalize ─┤1├─ product ─┤2├─ product adder ─┤3├─ select ─┤4├─
+    subnormal shift, round bit ─┤5├─ round ─┤6├─ specials ─┤7├─ result
 
 * *unpack*: special classes, significands with hidden bits (flushed under ``ftz``),
-  ``x = e_a + e_b − bias`` (effective exponents, 1 for subnormals);
-* *product*: ``p × p`` bits (p = precision) on a DSP (``multiplier="dsp"``, a ``*``
-  that yosys maps to ``MULT18X18D``) or in logic (``"lut"``: AND partial products
-  reduced by a carry-save tree of 3:2 compressors and one final adder, so no ``$mul``
-  cell exists for yosys to put on a DSP);
-* *normalize*: a leading-zero count ``lz`` of the product; the product is shifted left
-  by ``lz`` (exponent ``x + 1 − lz``) or, when that would leave the exponent below 1
-  (``ieee``), by ``x`` only or right by ``−x`` with a sticky bit (a subnormal result);
+  ``e_a + e_b − bias`` (effective exponents, 1 for subnormals) and, under ``ieee``,
+  the leading zeros of each significand;
+* *prenormalize* (``ieee``): each significand shifted left by its leading zeros and the
+  exponent ``x`` lowered by both counts, so the product's top bit is set in bit
+  ``2p − 1`` or ``2p − 2`` and no leading-zero count of the product is needed; both
+  candidates of the result exponent ``x + top`` and of ``1 − (x + top)`` (the right
+  shift of a subnormal result), each one subtraction from registered values;
+* *product*: ``p × p`` bits on a DSP (``multiplier="dsp"``, a ``*`` that yosys maps to
+  ``MULT18X18D``) or in logic (``"lut"``: AND partial products and the first half of the
+  levels of a carry-save tree of 3:2 compressors, so no ``$mul`` cell exists for yosys
+  to put on a DSP); alongside, both candidates of the right shift of a subnormal
+  result, from comparisons with constants;
+* *product adder*: the LUT product's remaining compressor levels and its final
+  carry-chain adder (the DSP product passes through);
+* *select*: by the product's top bit, the significand with guard bit (p + 1 bits), the
+  sticky OR of the bits below, the exponent and (``ieee``) the right shift;
+* *subnormal shift, round bit* (``ieee``): a result below the normal range is shifted
+  right (its exponent field is 0), the shifted-out bits joining the sticky bit; then
+  ``round_up = guard ∧ (sticky ∨ lsb)``;
 * *round*: ``{exponent, fraction} + round_up``, so a carry out of the fraction moves
-  into the exponent (subnormal → smallest normal, largest normal → ∞).
+  into the exponent (subnormal → smallest normal, largest normal → ∞), and the
+  overflow (and ``ftz`` underflow) tests;
+* *specials*: NaN, ∞, zero and the overflow/underflow results.
 
-``latency`` registers go on the boundaries in the order 3, 1, 2, 0 (so latency 1
-registers the output, 2 also the product, ...); the rest are wires.
+``latency`` registers go on the boundaries in the order 7, 2, 1, 5, 4, 0, 3, 6 (latency 1
+registers the output; 3 also the product and its operands, which ECP5 packs into the
+DSP block's input and output registers; ...); the rest are wires.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux
 
-from npugen.golden.floating import BFLOAT16, SUBNORMAL_POLICIES, FloatFormat
+from npugen.golden.floating import BFLOAT16, FloatFormat
 
 from .float_format import float_struct
-from .fp_pipeline import FloatUnit, Stages, leading_zeros, operands_layout, wire
+from .fp_pipeline import (FloatUnit, Stages, check_unit_parameters, leading_zeros,
+                          less_than, operands_layout, registered_boundaries, wire)
 
 __all__ = ["FloatMultiplier", "MULTIPLIERS", "MAX_LATENCY", "DEFAULT_LATENCY",
-           "operands_layout", "lut_product"]
+           "operands_layout", "lut_product", "lut_product_rows", "partial_products",
+           "csa_reduce", "csa_levels"]
 
 #: Ways to build the significand product.
 MULTIPLIERS = ("dsp", "lut")
 
+#: Which boundaries get the registers first: output, product (the DSP block's output
+#: register), its operands (the block's input registers), round bit, select, unpack,
+#: the LUT product's final adder, round.
+_PRIORITY = (7, 2, 1, 5, 4, 0, 3, 6)
+
 #: Boundaries of the datapath; latency counts the registered ones.
-MAX_LATENCY = 4
+MAX_LATENCY = len(_PRIORITY)
 
-#: Registers on every boundary: the product alone in its stage (a DSP block or the
-#: compressor tree), the leading-zero count and shifter apart from the rounding adder.
-DEFAULT_LATENCY = 4
-
-#: Which boundaries get the registers first (output, product, normalize, unpack).
-_PRIORITY = (3, 1, 2, 0)
-
-
-def registered_boundaries(latency):
-    """Which of the four boundaries are registers for ``latency``."""
-    chosen = set(_PRIORITY[:latency])
-    return [i in chosen for i in range(MAX_LATENCY)]
+#: The default depth: every boundary but the one after the rounding adder registered.
+#: On ECP5 BF16 then runs at least as fast as the 8×8 systolic array, with its
+#: significand product on a DSP block or in logic (``npugen cost``; the figures are in
+#: docs/ARCHITECTURE.md).
+DEFAULT_LATENCY = 7
 
 
-def lut_product(m, a, b):
-    """``a × b`` (unsigned) from logic: AND rows, a 3:2 carry-save tree, one final adder.
+def csa_levels(rows):
+    """The 3:2 carry-save levels that reduce ``rows`` partial-product rows to two."""
+    levels = 0
+    while rows > 2:
+        rows = 2 * (rows // 3) + rows % 3
+        levels += 1
+    return levels
 
-    The rows of every level are wires of ``m`` (each row feeds several gates).
 
-    The expression contains no multiplication operator, so synthesis cannot map it to a
-    DSP block whatever its options.
-    """
+def partial_products(m, a, b):
+    """The AND partial-product rows of ``a × b`` (unsigned), each ``len(a) + len(b)`` bits."""
     width = len(a) + len(b)
     rows = [(a & b[j].replicate(len(a))) << j for j in range(len(b))]
-    rows = [wire(m, Cat(row, Const(0, width))[:width], f"pp{j}") for j, row in enumerate(rows)]
-    level = 0
-    while len(rows) > 2:
-        level += 1
+    return [wire(m, Cat(row, Const(0, width))[:width], f"pp{j}") for j, row in enumerate(rows)]
+
+
+def csa_reduce(m, rows, levels, prefix="csa"):
+    """Up to ``levels`` levels of 3:2 compressors (XOR/majority gates) over ``rows``.
+
+    Every level turns each three rows into two (sum, shifted carry) of the same width;
+    the sum of the rows is unchanged modulo ``2**width``.  The rows of every level are
+    wires of ``m`` (each row feeds several gates).
+    """
+    width = len(rows[0])
+    for level in range(1, levels + 1):
+        if len(rows) <= 2:
+            break
         reduced = []
         full = len(rows) - len(rows) % 3
         for i in range(0, full, 3):
             x, y, z = rows[i:i + 3]
-            reduced.append(wire(m, (x ^ y ^ z)[:width], f"csa{level}_s{i // 3}"))
+            reduced.append(wire(m, (x ^ y ^ z)[:width], f"{prefix}{level}_s{i // 3}"))
             reduced.append(wire(m, Cat(Const(0, 1), (x & y) | (x & z) | (y & z))[:width],
-                                f"csa{level}_c{i // 3}"))
+                                f"{prefix}{level}_c{i // 3}"))
         reduced += rows[full:]
         rows = reduced
+    return rows
+
+
+def lut_product_rows(m, a, b):
+    """``a × b`` (unsigned) from logic, up to the last two rows: AND partial products
+    reduced by a carry-save tree of 3:2 compressors.  Returns ``(row0, row1)`` whose sum
+    (modulo ``2**(len(a) + len(b))``) is the product.  The expression contains no
+    multiplication operator, so synthesis cannot map it to a DSP block whatever its
+    options."""
+    rows = partial_products(m, a, b)
+    rows = csa_reduce(m, rows, csa_levels(len(rows)))
     if len(rows) == 1:
-        return rows[0]
-    return (rows[0] + rows[1])[:width]
+        return rows[0], Const(0, len(rows[0]))
+    return rows[0], rows[1]
 
 
-def _check(fmt, latency, subnormals, multiplier=None):
-    if not isinstance(fmt, FloatFormat):
-        raise TypeError(f"fmt must be a FloatFormat, not {fmt!r}")
-    if not isinstance(latency, int) or isinstance(latency, bool) or not 0 <= latency <= MAX_LATENCY:
-        raise ValueError(f"latency must be an integer in 0..{MAX_LATENCY}, not {latency!r}")
-    if subnormals not in SUBNORMAL_POLICIES:
-        raise ValueError(f"subnormals must be one of {', '.join(map(repr, SUBNORMAL_POLICIES))}, "
-                         f"not {subnormals!r}")
-    if multiplier is not None and multiplier not in MULTIPLIERS:
-        raise ValueError(f"multiplier must be one of {', '.join(map(repr, MULTIPLIERS))}, "
-                         f"not {multiplier!r}")
+def lut_product(m, a, b):
+    """``a × b`` (unsigned) from logic: :func:`lut_product_rows` and one final adder."""
+    row0, row1 = lut_product_rows(m, a, b)
+    return (row0 + row1)[:len(a) + len(b)]
 
 
 class FloatMultiplier(FloatUnit):
@@ -109,8 +141,8 @@ class FloatMultiplier(FloatUnit):
         Operand and result format (``BFLOAT16``, ``FLOAT16``, ``TENSORFLOAT32``,
         ``FLOAT32`` or any other exponent/fraction widths).
     latency : int
-        Register stages, 0 (combinational) to 4; ``result`` follows ``operands`` by
-        exactly this many cycles.
+        Register stages, 0 (combinational) to :data:`MAX_LATENCY`; ``result`` follows
+        ``operands`` by exactly this many cycles.
     subnormals : ``"ieee"`` | ``"ftz"``
         Subnormal policy.
     multiplier : ``"dsp"`` | ``"lut"``
@@ -127,8 +159,9 @@ class FloatMultiplier(FloatUnit):
     def __init__(self, fmt: FloatFormat = BFLOAT16, *, latency: int = DEFAULT_LATENCY,
                  subnormals: str = "ieee", multiplier: str = "dsp"):
         self._multiplier = multiplier
-        super().__init__(fmt, latency, subnormals,
-                         lambda: _check(fmt, latency, subnormals, multiplier))
+        super().__init__(fmt, latency, subnormals, lambda: check_unit_parameters(
+            fmt, latency, subnormals, MAX_LATENCY, multiplier=multiplier,
+            multipliers=MULTIPLIERS))
 
     @property
     def multiplier(self) -> str:
@@ -138,73 +171,141 @@ class FloatMultiplier(FloatUnit):
         m = Module()
         fmt, policy = self._fmt, self._subnormals
         man, exp_bits, p = fmt.man_bits, fmt.exp_bits, fmt.precision
+        ieee = policy == "ieee"
         struct = float_struct(fmt)
-        stages = Stages(m, registered_boundaries(self._latency), "fmul")
+        stages = Stages(m, registered_boundaries(self._latency, _PRIORITY), "fmul")
         a, b = self.operands.payload.a, self.operands.payload.b
+        # Width of the signed exponents: from below -(bias + 2p) to above 3 · 2**(e-1).
+        xw = max(exp_bits + 3, (fmt.bias + 2 * p).bit_length() + 2)
+        # The right shift of a subnormal result: p + 1 moves every bit below the guard.
+        r_max = p + 1
+        rw = r_max.bit_length()
 
         # Step 0: unpack.
         a_zero = wire(m, a.is_zero(policy), "a_zero")
         b_zero = wire(m, b.is_zero(policy), "b_zero")
         a_inf, b_inf = wire(m, a.is_inf(), "a_inf"), wire(m, b.is_inf(), "b_inf")
-        exp_sum = a.effective_exponent() + b.effective_exponent()
-        x = Cat(exp_sum, Const(0, 2)).as_signed() - fmt.bias            # signed, e + 3 bits
-        s0 = stages.cut(
+        exp_sum = wire(m, a.effective_exponent() + b.effective_exponent(), "exp_sum")
+        exp_wide = Cat(exp_sum, Const(0, xw - len(exp_sum))).as_signed()
+        sig_a, sig_b = wire(m, a.significand(policy), "sig_a"), wire(m, b.significand(policy), "sig_b")
+        unpacked = dict(
             valid=self.operands.valid,
             sign=a.sign ^ b.sign,
             nan=a.is_nan() | b.is_nan() | (a_inf & b_zero) | (a_zero & b_inf),
             inf=a_inf | b_inf,
             zero=a_zero | b_zero,
-            x=x[:exp_bits + 3].as_signed(),
-            sig_a=a.significand(policy),
-            sig_b=b.significand(policy))
+            x=(exp_wide - fmt.bias)[:xw].as_signed(),
+            x_up=(exp_wide - (fmt.bias - 1))[:xw].as_signed(),
+            sig_a=sig_a, sig_b=sig_b)
+        if ieee:
+            unpacked.update(lz_a=leading_zeros(sig_a), lz_b=leading_zeros(sig_b),
+                            x_down=(exp_wide - (fmt.bias + 1))[:xw].as_signed())
+        s0 = stages.cut(**unpacked)
+        flags = lambda s: dict(valid=s.valid, sign=s.sign, nan=s.nan, inf=s.inf, zero=s.zero)
 
-        # Step 1: significand product (2p bits).
+        # Step 1: prenormalize (ieee): both significands get their top bit set.  The
+        # result exponent will be x + top (top: the product's top bit); below 1 the
+        # result is subnormal, shifted right by 1 - (x + top).  Both candidates of each
+        # are formed here, every one a single subtraction from registered values.
+        if ieee:
+            norm_a = (s0.sig_a << s0.lz_a)[:p]
+            norm_b = (s0.sig_b << s0.lz_b)[:p]
+            lz_sum = wire(m, Cat(s0.lz_a + s0.lz_b, Const(0, 1)).as_signed(), "lz_sum")
+            exponents = dict(e0=s0.x - lz_sum, e1=s0.x_up - lz_sum,
+                             shift0=lz_sum - s0.x_down, shift1=lz_sum - s0.x)
+        else:
+            norm_a, norm_b = s0.sig_a, s0.sig_b
+            exponents = dict(e0=s0.x, e1=s0.x_up)
+        exponents = {name: value[:xw].as_signed() for name, value in exponents.items()}
+        s1 = stages.cut(**flags(s0), sig_a=norm_a, sig_b=norm_b, **exponents)
+
+        # Step 2: significand product (2p bits, top bit in 2p - 1 or 2p - 2 unless an
+        # operand is zero); alongside, both candidates of the right shift of a subnormal
+        # result (at most r_max), from comparisons with constants (small LUT trees).
         if self._multiplier == "dsp":
-            product = s0.sig_a * s0.sig_b
+            rows = dict(product=(s1.sig_a * s1.sig_b)[:2 * p])
         else:
-            product = lut_product(m, s0.sig_a, s0.sig_b)
-        s1 = stages.cut(valid=s0.valid, sign=s0.sign, nan=s0.nan, inf=s0.inf, zero=s0.zero,
-                        x=s0.x, product=product[:2 * p])
+            # The first half of the compressor tree's levels (the second half and the final
+            # adder are the next step).
+            tree = partial_products(m, s1.sig_a, s1.sig_b)
+            first = (csa_levels(len(tree)) + 1) // 2
+            rows = {f"row{i}": row for i, row in enumerate(csa_reduce(m, tree, first))}
+        candidates = dict(e0=s1.e0, e1=s1.e1)
+        if ieee:
+            for top in (0, 1):
+                shift = getattr(s1, f"shift{top}")
+                normal = shift[-1] | (shift == 0)                       # shift <= 0
+                far = ~shift[-1] & ~less_than(shift[:xw - 1], r_max)    # shift >= r_max
+                candidates[f"r{top}"] = Mux(normal, 0, Mux(far, r_max, shift[:rw]))[:rw]
+                candidates[f"normal{top}"] = normal
+        s2a = stages.cut(**flags(s1), **rows, **candidates)
 
-        # Step 2: normalize.  The product sits at the top of a 4p+2 bit word whose low
-        # 2p+2 bits catch what a right shift (subnormal result) moves out.
-        width = 4 * p + 2
-        lz = wire(m, leading_zeros(s1.product), "lz")                    # 0 .. 2p
-        lz_s = Cat(lz, Const(0, 1)).as_signed()
-        x = s1.x
-        if policy == "ieee":
-            normal = wire(m, x >= lz_s, "normal")
-            shift_bits = (2 * p + 2).bit_length()
-            left = Mux(normal, lz, Mux(x > 0, x[:shift_bits], 0))
-            neg_x = (-x)[:exp_bits + 3]
-            right = Mux(x < 0, Mux(neg_x > 2 * p + 2, 2 * p + 2, neg_x[:shift_bits]), 0)
-            exponent = Mux(normal, x + 1 - lz_s, 0)
+        # Step 3: the rest of the compressor tree and the final adder of the LUT product
+        # (nothing for the DSP).
+        if self._multiplier == "dsp":
+            product = s2a.product
         else:
-            left, right = lz, 0
-            exponent = x + 1 - lz_s
-        wide = Cat(Const(0, 2 * p + 2), s1.product)
-        shifted = wire(m, ((wide << left)[:width] >> right)[:width], "shifted")
-        sig = shifted[width - p:]
-        s2 = stages.cut(valid=s1.valid, sign=s1.sign, nan=s1.nan, inf=s1.inf, zero=s1.zero,
-                        exponent=exponent.as_signed()[:exp_bits + 4].as_signed(),
-                        fraction=sig[:man],
-                        round_up=shifted[width - p - 1] & (shifted[:width - p - 1].any() | sig[0]))
+            rest = [getattr(s2a, name) for name in rows]
+            rest = csa_reduce(m, rest, csa_levels(len(rest)), prefix="csb")
+            product = (rest[0] + rest[1] if len(rest) == 2 else rest[0])[:2 * p]
+        s2 = stages.cut(**flags(s2a), product=product,
+                        **{name: getattr(s2a, name) for name in candidates})
 
-        # Step 3: round (the fraction's carry runs into the exponent), special cases.
-        rounded = wire(m, (Cat(s2.fraction, s2.exponent) + s2.round_up)[:man + exp_bits + 4],
-                       "rounded")
-        r_exp = rounded[man:].as_signed()
-        overflow = r_exp >= fmt.exp_all_ones
-        underflow = r_exp <= 0 if policy == "ftz" else Const(0, 1)
-        infinity = Cat(Const(0, man), Const(fmt.exp_all_ones, exp_bits), s2.sign)
-        zero = Cat(Const(0, man + exp_bits), s2.sign)
-        # A zero operand makes the (meaningless) exponent irrelevant: it wins over overflow.
-        y = Mux(s2.nan, struct.quiet_nan().as_value(),
-                Mux(s2.inf, infinity,
-                    Mux(s2.zero, zero,
-                        Mux(overflow, infinity,
-                            Mux(underflow, zero, Cat(rounded[:man], r_exp[:exp_bits], s2.sign))))))
-        s3 = stages.cut(valid=s2.valid, y=y)
+        # Step 4: select by the product's top bit.  The significand and guard bit are
+        # bits [p - 1, 2p) of the normalized product, the sticky bit the OR of the rest.
+        top = s2.product[2 * p - 1]
+        normalized = Mux(top, s2.product, Cat(Const(0, 1), s2.product[:2 * p - 1]))
+        below = s2.product[:p - 2].any() if p > 2 else Const(0, 1)
+        selected = dict(significand=normalized[p - 1:2 * p],
+                        sticky=below | (top & s2.product[p - 2]) if p > 1 else Const(0, 1),
+                        exponent=Mux(top, s2.e1, s2.e0))
+        if ieee:
+            normal = Mux(top, s2.normal1, s2.normal0)
+            selected.update(exponent=Mux(normal, Mux(top, s2.e1, s2.e0), 0),
+                            right=Mux(top, s2.r1, s2.r0))
+        s3 = stages.cut(**flags(s2), **selected)
+
+        # Step 5: the right shift of a subnormal result (its shifted-out bits join the
+        # sticky bit), then the rounding decision.
+        significand, sticky = s3.significand, s3.sticky
+        if ieee:
+            lost = Cat(significand[i] & (s3.right > i) for i in range(p + 1)).any()
+            significand = wire(m, significand >> s3.right, "subnormal")
+            sticky = sticky | lost
+        round_up = significand[0] & (sticky | significand[1])
+        # The range tests of the rounded exponent, for both values of the carry out of
+        # the fraction (comparisons of the exponent with constants, small LUT trees).
+        exponent = s3.exponent
+
+        def at_least(c):
+            return ~exponent[-1] & ~less_than(exponent[:-1], c) if c > 0 else \
+                ~exponent[-1] | (exponent == 0) if c == 0 else Const(1, 1)
+
+        ranges = dict(over=at_least(fmt.exp_all_ones), over_carry=at_least(fmt.exp_all_ones - 1))
+        if not ieee:
+            ranges.update(under=~at_least(1), under_carry=~at_least(0))
+        s4 = stages.cut(**flags(s3), exponent=exponent, fraction=significand[1:p],
+                        round_up=round_up, **ranges)
+
+        # Step 6: round (the fraction's carry runs into the exponent); the range test
+        # that applies.
+        rounded = wire(m, (Cat(s4.fraction, s4.exponent) + s4.round_up)[:man + xw], "rounded")
+        carry = s4.round_up & s4.fraction.all()
+        s5 = stages.cut(**flags(s4), rounded=rounded[:man + exp_bits],
+                        overflow=Mux(carry, s4.over_carry, s4.over),
+                        underflow=Mux(carry, s4.under_carry, s4.under) if not ieee
+                        else Const(0, 1))
+
+        # Step 7: special cases.  A zero operand makes the (meaningless) exponent
+        # irrelevant: it wins over overflow.
+        infinity = Cat(Const(0, man), Const(fmt.exp_all_ones, exp_bits), s5.sign)
+        zero = Cat(Const(0, man + exp_bits), s5.sign)
+        y = Mux(s5.nan, struct.quiet_nan().as_value(),
+                Mux(s5.inf, infinity,
+                    Mux(s5.zero, zero,
+                        Mux(s5.overflow, infinity,
+                            Mux(s5.underflow, zero, Cat(s5.rounded, s5.sign))))))
+        s6 = stages.cut(valid=s5.valid, y=y)
         assert stages.done
-        m.d.comb += [self.result.valid.eq(s3.valid), self.result.payload.eq(s3.y)]
+        m.d.comb += [self.result.valid.eq(s6.valid), self.result.payload.eq(s6.y)]
         return m

@@ -16,13 +16,38 @@ from npugen.golden.floating import FloatFormat
 
 from .float_format import float_struct
 
-__all__ = ["FloatUnit", "operands_layout", "Stages", "wire", "leading_zeros"]
+__all__ = ["FloatUnit", "operands_layout", "Stages", "wire", "leading_zeros", "less_than",
+           "registered_boundaries", "check_unit_parameters"]
 
 
 def operands_layout(fmt: FloatFormat) -> data.StructLayout:
     """The payload of an operand pair: ``a`` and ``b`` in format ``fmt``."""
     struct = float_struct(fmt)
     return data.StructLayout({"a": struct, "b": struct})
+
+
+def registered_boundaries(latency, priority):
+    """Which boundaries (in datapath order) are registers for ``latency``: the first
+    ``latency`` entries of ``priority`` (boundary indices, most important first)."""
+    chosen = set(priority[:latency])
+    return [i in chosen for i in range(len(priority))]
+
+
+def check_unit_parameters(fmt, latency, subnormals, max_latency, *, multiplier=None,
+                          multipliers=()):
+    """Validate the common parameters of the FP units (raises ``TypeError``/``ValueError``)."""
+    from npugen.golden.floating import SUBNORMAL_POLICIES
+    if not isinstance(fmt, FloatFormat):
+        raise TypeError(f"fmt must be a FloatFormat, not {fmt!r}")
+    if not isinstance(latency, int) or isinstance(latency, bool) or \
+            not 0 <= latency <= max_latency:
+        raise ValueError(f"latency must be an integer in 0..{max_latency}, not {latency!r}")
+    if subnormals not in SUBNORMAL_POLICIES:
+        raise ValueError(f"subnormals must be one of {', '.join(map(repr, SUBNORMAL_POLICIES))}, "
+                         f"not {subnormals!r}")
+    if multiplier is not None and multiplier not in multipliers:
+        raise ValueError(f"multiplier must be one of {', '.join(map(repr, multipliers))}, "
+                         f"not {multiplier!r}")
 
 
 class FloatUnit(wiring.Component):
@@ -145,3 +170,19 @@ def leading_zeros(value):
 
     all_zero, total = count(bits)
     return Mux(all_zero, width, total).as_unsigned()[:width.bit_length()]
+
+
+def less_than(value, constant):
+    """``value < constant`` for an unsigned ``value`` and an integer ``constant``, as AND/OR
+    logic decided bit by bit from the top: no comparator for synthesis to put on a carry
+    chain (a comparison with a constant is a small LUT tree)."""
+    value = Value.cast(value).as_unsigned()
+    if constant >= 1 << len(value):
+        return Const(1, 1)
+    if constant <= 0:
+        return Const(0, 1)
+    top = len(value) - 1
+    rest = less_than(value[:top], constant & ((1 << top) - 1)) if top else Const(0, 1)
+    if constant >> top & 1:
+        return ~value[top] | rest
+    return ~value[top] & rest

@@ -30,7 +30,7 @@ Errors (``error`` output, sticky until reset; the core stops accepting input and
 drains what is in flight): see :class:`CoreError`.
 
 Latency: a row accepted on ``act`` in cycle t leaves the accumulator in cycle
-``t + rows + cols + 2`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 13``.
+``t + rows + cols + 4`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 15``.
 """
 
 import enum
@@ -42,7 +42,7 @@ from amaranth.lib.wiring import In, Out
 
 from npugen.golden.precision import MODE_CODES, PACK, SPARSE_K_FACTOR, SPARSE_MODE_CODE
 
-from .accumulator import AccumulatorBuffer
+from .accumulator import LATENCY as ACC_LATENCY, AccumulatorBuffer
 from .pe import ProcessingElement
 from .layouts import (activation_row_layout, quant_params_layout, result_row_layout,
                       tile_command_layout, weight_row_layout)
@@ -70,6 +70,20 @@ class CoreError(enum.IntEnum):
     #: A 2:4 tile whose weights hold a group with indices that are not strictly
     #: increasing (row 2g's index not below row 2g+1's in some column).
     BAD_SPARSE_INDEX = 7
+
+
+def _count(m, counter, up, *downs):
+    """``counter += up − sum(downs)`` (1-bit terms) without an adder behind the terms: the
+    candidate values are computed from the register and the terms only select one."""
+    step = Cat(up, *downs)
+    candidates = {}
+    for k in range(1 << len(step)):
+        bits = [(k >> i) & 1 for i in range(len(step))]
+        delta = bits[0] - sum(bits[1:])
+        if delta not in candidates:
+            candidates[delta] = (counter + delta)[:len(counter)]
+        with m.If(step == k):
+            m.d.sync += counter.eq(candidates[delta])
 
 
 class GemmCore(wiring.Component):
@@ -124,8 +138,7 @@ class GemmCore(wiring.Component):
     @property
     def latency(self):
         """Cycles from an activation row accepted to its result entering the FIFO."""
-        cfg = self._config
-        return cfg.rows + cfg.cols + 1 + 1 + REQUANT_LATENCY
+        return self._array().latency + ACC_LATENCY + REQUANT_LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -206,14 +219,18 @@ class GemmCore(wiring.Component):
                                     for c in range(C)).all())
         clamp_ok = quant.out_min <= quant.out_max
 
-        starting = rows_left == 0
+        # `starting` (rows_left == 0) and `credit` (outstanding < out_fifo_depth) are
+        # registered copies of comparisons, kept up to date with the counters.
+        starting = Signal(init=1)
+        credit = Signal(init=1)
         row_last = Mux(starting, pending.last, current.last)
+        # slot_free[i] (slot_rows[i] == 0), registered like `starting` and `credit`.
+        slot_free = [Signal(init=1, name=f"quant_slot_free_{i}") for i in range(2)]
         start_quant_ok = ~pending.last | (
-            self.quant.valid & shift_ok & clamp_ok &
-            Mux(next_slot, slot_rows[1] == 0, slot_rows[0] == 0))
+            self.quant.valid & shift_ok & clamp_ok & Mux(next_slot, slot_free[1], slot_free[0]))
         sparse_ok = ~(pending.sparse & shadow_bad)
         can_start = pending_valid & shadow_full & start_quant_ok & sparse_ok
-        credit_ok = ~row_last | (outstanding < cfg.out_fifo_depth)
+        credit_ok = ~row_last | credit
         issue = Signal()
         m.d.comb += issue.eq(~failed & self.act.valid & Mux(starting, can_start, 1) & credit_ok)
         m.d.comb += self.act.ready.eq(issue)
@@ -294,18 +311,22 @@ class GemmCore(wiring.Component):
                 m.d.sync += [
                     current.eq(pending),
                     rows_left.eq(pending.m_rows - 1),
+                    starting.eq(pending.m_rows == 1),
                     row_index.eq(1),
                     shadow_full.eq(0),
                     swap_wait.eq(R),
                 ]
                 with m.If(pending.last):
                     m.d.sync += [current_slot.eq(next_slot), next_slot.eq(~next_slot)]
-                    with m.If(next_slot):
-                        m.d.sync += slots[1].eq(quant)
-                    with m.Else():
-                        m.d.sync += slots[0].eq(quant)
             with m.Else():
-                m.d.sync += [rows_left.eq(rows_left - 1), row_index.eq(row_index + 1)]
+                m.d.sync += [rows_left.eq(rows_left - 1), starting.eq(rows_left == 1),
+                             row_index.eq(row_index + 1)]
+        # The next slot, while no row in flight uses it, follows the head of the quant
+        # stream; the beat taken when the tile starts is the last one written.  (The
+        # write does not wait for `issue`: a free slot may hold anything.)
+        for i in range(2):
+            with m.If((next_slot == i) & slot_free[i]):
+                m.d.sync += slots[i].eq(quant)
 
         # Row metadata, delayed to meet the row's partial sums below the array.
         meta_layout = data.StructLayout({
@@ -346,7 +367,11 @@ class GemmCore(wiring.Component):
         for i in range(2):
             inc = issue & row_last & (issue_slot == i)
             dec = acc.valid_out & (acc.tag_out == i)
-            m.d.sync += slot_rows[i].eq(slot_rows[i] + inc - dec)
+            _count(m, slot_rows[i], inc, dec)
+            with m.If(inc & ~dec):
+                m.d.sync += slot_free[i].eq(0)
+            with m.Elif(dec & ~inc):
+                m.d.sync += slot_free[i].eq(slot_rows[i] == 1)
 
         # ---------------------------------------------------------------- results
         m.d.comb += [
@@ -357,12 +382,18 @@ class GemmCore(wiring.Component):
             fifo.r_en.eq(self.result.ready),
         ]
         taken = self.result.valid & self.result.ready
-        m.d.sync += outstanding.eq(outstanding + (issue & row_last) - taken)
+        reserve = issue & row_last
+        _count(m, outstanding, reserve, taken)
+        # credit of the next cycle from comparisons of the current count (the count
+        # never exceeds out_fifo_depth, so a release always leaves a credit).
+        with m.If(reserve & ~taken):
+            m.d.sync += credit.eq(outstanding < cfg.out_fifo_depth - 1)
+        with m.Elif(taken & ~reserve):
+            m.d.sync += credit.eq(1)
 
         # ---------------------------------------------------------------- status
         rows_in_flight = Signal(range(in_flight_limit + cfg.out_fifo_depth + 1))
-        retired = (acc.valid_in & ~acc.last).as_unsigned() + requant.valid_out
-        m.d.sync += rows_in_flight.eq(rows_in_flight + issue - retired)
+        _count(m, rows_in_flight, issue, acc.valid_in & ~acc.last, requant.valid_out)
         m.d.comb += self.busy.eq(pending_valid | (rows_left != 0) | (rows_in_flight != 0) |
                                  fifo.r_rdy)
         return m

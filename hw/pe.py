@@ -9,12 +9,21 @@ activation the same way, so rows of different modes can follow each other.
 
 Per clock edge::
 
-    act_reg  <= act_in;  mode_reg <= mode_in       (passed right as act_out, mode_out)
-    w_active <= w_shadow                            if swap_in
-    product  <= X(act_reg) * Y(w_active)            one multiplier for int8, int4, 2:4
-    matches  <= popcount(~(act ^ w) & mask)         binary only
+    act_out  <= act_in;  mode_out <= mode_in        (passed right)
+    w_active <= w_shadow_out                        if swap_in
+    x, y     <= X(act_in, mode_in), Y(w_next, mode_in)   operands of the row entering act_out
+    product  <= x * y  (0 for a binary row)         one multiplier for int8, int4, 2:4
+    matches  <= popcount(~(act_out ^ w_active) & mask)   binary rows only, else 0
     psum_out <= psum_in + contribution              (wraps modulo 2**acc_bits)
-    w_shadow <= w_shadow_in                         if shift  (passed up as w_shadow_out)
+    w_shadow_out <= w_shadow_in                     if shift  (passed up)
+
+``w_next`` is the weight the row will use: ``w_shadow_out`` when it carries ``swap``,
+else ``w_active``.  The multiplier's operand registers, the active weight and the
+product register have no reset (a tile always swaps its weights in before use, and rows
+that are not valid are never accumulated), so on ECP5 they are exactly the input and
+output registers of a ``MULT18X18D`` block and the multiply has a cycle of its own
+(``npugen.flows.synth.pack_dsp_registers`` moves them into the block).  Without int4
+and 2:4 the operands are ``act_out`` and ``w_active`` themselves.
 
 Activation bus of one lane (``act_in``), by mode:
 
@@ -35,22 +44,29 @@ Contribution: int8 and int8 2:4 ``a·w``; int4 ``a_lo·w_lo + a_hi·w_hi``; bina
 
 The two int4 products share the int8 multiplier: with ``X = a_lo + a_hi·2⁹`` and
 ``Y = w_hi + w_lo·2⁹``, ``X·Y = a_lo·w_hi + (a_lo·w_lo + a_hi·w_hi)·2⁹ + a_hi·w_lo·2¹⁸``;
-since ``|a_lo·w_hi| ≤ 120 < 2⁸``, bits [9, 18) of ``X·Y + 2⁸`` are the wanted sum.  A
-14×13-bit product fits one 18×18 DSP.  Modes that are not built leave no logic.
+since ``|a_lo·w_hi| ≤ 120 < 2⁸``, bits [9, 18) of ``X·Y + 2⁸`` are the wanted sum: the
+field ``X·Y[9:18]`` plus bit 8 (set exactly when the low term is negative), which is
+the carry input of the partial-sum adder.  A 14×13-bit product fits one 18×18 DSP.
+
+Binary rows clear the product register (a synchronous reset of the DSP's output
+register) and the matches are zero in other rows, so twice the matches is simply ORed
+into bits 1–4 of the contribution.  The popcount is written as LUT-sized logic
+(:func:`popcount8`): two 4-bit counts and a 3-bit addition, no carry chain.  Modes that
+are not built leave no logic.
 
 Latency: ``act_out`` 1 cycle after ``act_in``; ``psum_out`` carries the contribution of
-an activation 2 cycles after it reached ``act_reg``, so a column of PEs fed with a
+an activation 2 cycles after it reached ``act_out``, so a column of PEs fed with a
 1-cycle skew per row accumulates in one pass.
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from npugen.golden.precision import MODE_CODES, MODES, SPARSE_MODE_CODE
 
 __all__ = ["ProcessingElement", "MODE_BITS", "INDEX_BITS", "act_lane_shape",
-           "weight_lane_shape", "pe_signature"]
+           "weight_lane_shape", "pe_signature", "popcount8"]
 
 #: Width of the ``mode`` field travelling with activations.
 MODE_BITS = 2
@@ -58,6 +74,29 @@ MODE_BITS = 2
 INT4_SPLIT = 9
 #: Width of a 2:4 weight's position inside its group of 4 K elements.
 INDEX_BITS = 2
+
+
+def popcount8(bits):
+    """The number of ones among 8 bits (4 bits wide), as logic for 4-input LUTs.
+
+    Two 4-bit population counts (3 outputs, each a function of 4 inputs) and a 3-bit
+    addition written out bit by bit: no adder cell for synthesis to put on a carry
+    chain.  Both halves are at most 4, so a set bit 2 implies clear bits 0 and 1.
+    """
+    bits = Value.cast(bits)
+    if len(bits) != 8:
+        raise ValueError(f"popcount8 needs 8 bits, not {len(bits)}")
+
+    def pop4(b):
+        ones = b[0] & b[1] & b[2] & b[3]
+        two_or_more = (b[0] & b[1]) | (b[2] & b[3]) | ((b[0] ^ b[1]) & (b[2] ^ b[3]))
+        return b[0] ^ b[1] ^ b[2] ^ b[3], two_or_more & ~ones, ones
+
+    x0, x1, x2 = pop4(bits[0:4])
+    y0, y1, y2 = pop4(bits[4:8])
+    k0 = x0 & y0
+    k1 = (x1 & y1) | (k0 & (x1 ^ y1))
+    return Cat(x0 ^ y0, x1 ^ y1 ^ k0, (x2 ^ y2) | k1, x2 & y2)
 
 
 def act_lane_shape(modes, act_bits=9, sparse=False):
@@ -169,54 +208,97 @@ class ProcessingElement(wiring.Component):
         m = Module()
         modes = self._modes
         wb, ab = self._weight_bits, self._act_bits
-        w_register = Signal(weight_lane_shape(wb, self._sparse), name="w_active")
-        w_active = w_register[:wb].as_signed()
-        mode_late = Signal(MODE_BITS)   # the mode of the row in the product register
-        act = self.act_out
-        int8_value = act[:ab].as_signed()
-        if self._sparse:
-            # 2:4: the activation of the group that this PE's weight sits at.
-            index = w_register[wb:wb + INDEX_BITS]
-            group = [act[j * ab:(j + 1) * ab] for j in range(4)]
-            selected = Mux(index[1], Mux(index[0], group[3], group[2]),
-                           Mux(index[0], group[1], group[0])).as_signed()
-            int8_value = Mux(self.mode_out == SPARSE_MODE_CODE, selected, int8_value)
 
+        # Pass-through registers (the activation bus, its mode and swap flag go right).
         m.d.sync += [
             self.act_out.eq(self.act_in),
             self.mode_out.eq(self.mode_in),
             self.swap_out.eq(self.swap_in),
-            mode_late.eq(self.mode_out),
         ]
-        with m.If(self.swap_in):
-            m.d.sync += w_register.eq(self.w_shadow_out)
         with m.If(self.shift):
             m.d.sync += self.w_shadow_out.eq(self.w_shadow_in)
 
-        # Shared multiplier (int8, int4 pair).
-        if "int4" in modes:
-            is_int4 = self.mode_out == MODE_CODES["int4"]
-            a_lo, a_hi = act[0:5].as_signed(), act[5:10].as_signed()
-            w_lo, w_hi = w_active[0:4].as_signed(), w_active[4:8].as_signed()
-            x = Mux(is_int4, a_lo + a_hi.shift_left(INT4_SPLIT), int8_value)
-            y = Mux(is_int4, w_hi + w_lo.shift_left(INT4_SPLIT), w_active)
-            product = Signal(signed(len(x) + len(y)))
+        # The active weight: no reset (a tile always swaps its weights in before use), so
+        # that with its enable it is exactly a DSP block's input register.
+        w_register = Signal(weight_lane_shape(wb, self._sparse), name="w_active",
+                            reset_less=True)
+        with m.If(self.swap_in):
+            m.d.sync += w_register.eq(self.w_shadow_out)
+
+        # The multiplier's operand registers, loaded in the cycle the activation enters
+        # act_out.  Without int4 and 2:4 they are a copy of act_out (the same flip-flops
+        # after synthesis) and the active weight; otherwise the operands of the row's mode
+        # are formed from the PE's inputs (the weight the row uses is the shadow one when
+        # it carries swap).
+        y = w_register[:wb].as_signed()
+        if "int4" in modes or self._sparse:
+            w_next = Mux(self.swap_in, self.w_shadow_out, w_register)
+            x = self._x_operand(m, w_next)
+            if "int4" in modes:
+                y = self._y_operand(m, w_next[:wb].as_signed())
         else:
-            x, y = int8_value, w_active
-            product = Signal(signed(ab + wb))
-        m.d.sync += product.eq(x * y)
+            x = Signal(signed(ab), name="x")
+            m.d.sync += x.eq(self.act_in[:ab])
 
-        contribution = product
-        if "int4" in modes:
-            pair_sum = ((product[:2 * INT4_SPLIT] + (1 << (INT4_SPLIT - 1)))
-                        [INT4_SPLIT:2 * INT4_SPLIT]).as_signed()
-            contribution = Mux(mode_late == MODE_CODES["int4"], pair_sum, contribution)
+        # The product register.  A binary row clears it (its multiplier operands are not
+        # meaningful), so that the popcount can simply be ORed into the contribution.
+        product = Signal(signed(len(x) + len(y)), name="product",
+                         reset_less="binary" in modes)
         if "binary" in modes:
-            matches = Signal(range(9))
-            agree = ~(act[0:8] ^ w_active.as_unsigned()[0:8]) & act[8:16]
-            m.d.sync += matches.eq(sum(agree[i] for i in range(8)))
-            contribution = Mux(mode_late == MODE_CODES["binary"], matches.shift_left(1),
-                               contribution)
+            binary_mid = Signal(name="binary_mid")
+            m.d.sync += binary_mid.eq(self.mode_in == MODE_CODES["binary"])
+            m.d.sync += product.eq(Mux(binary_mid, 0, x * y))
+        else:
+            m.d.sync += product.eq(x * y)
 
-        m.d.sync += self.psum_out.eq(self.psum_in + contribution)
+        contribution, carry = product, 0
+        if "int4" in modes:
+            int4_mid = Signal(name="int4_mid")
+            int4_late = Signal(name="int4_late")
+            m.d.sync += [int4_mid.eq(self.mode_in == MODE_CODES["int4"]),
+                         int4_late.eq(int4_mid)]
+            # The pair's sum is the 9-bit field at bit 9, rounded by the bit below it
+            # (set exactly when the low cross term is negative).
+            pair = product[INT4_SPLIT:2 * INT4_SPLIT].as_signed()
+            contribution = Mux(int4_late, pair, product)
+            carry = int4_late & product[INT4_SPLIT - 1]
+        if "binary" in modes:
+            act = self.act_out
+            agree = Signal(8, name="agree")
+            m.d.comb += agree.eq(~(act[0:8] ^ w_register.as_unsigned()[0:8]) & act[8:16])
+            matches = Signal(4, name="matches", reset_less=True)
+            m.d.sync += matches.eq(Mux(binary_mid, popcount8(agree), 0))
+            # Twice the matches: bits 1-4, where a binary row's product is zero.
+            contribution = Cat(contribution[0], contribution[1:5] | matches,
+                               contribution[5:]).as_signed()
+
+        m.d.sync += self.psum_out.eq(self.psum_in + contribution + carry)
         return m
+
+    def _x_operand(self, m, w_next):
+        """The activation operand register: int8 value, the 2:4 selection or an int4 pair."""
+        ab, wb = self._act_bits, self._weight_bits
+        act, mode = self.act_in, self.mode_in
+        value = act[:ab].as_signed()
+        if self._sparse:
+            # 2:4: the activation of the group that this PE's weight sits at.
+            index = w_next[wb:wb + INDEX_BITS]
+            group = [act[j * ab:(j + 1) * ab] for j in range(4)]
+            selected = Mux(index[1], Mux(index[0], group[3], group[2]),
+                           Mux(index[0], group[1], group[0])).as_signed()
+            value = Mux(mode == SPARSE_MODE_CODE, selected, value)
+        if "int4" in self._modes:
+            a_lo, a_hi = act[0:5].as_signed(), act[5:10].as_signed()
+            value = Mux(mode == MODE_CODES["int4"], a_lo + a_hi.shift_left(INT4_SPLIT), value)
+        x = Signal(signed(len(value)), name="x")
+        m.d.sync += x.eq(value)
+        return x
+
+    def _y_operand(self, m, weight):
+        """The weight operand register: the int8 weight, or the int4 pair ``w_hi + w_lo·2⁹``."""
+        w_lo, w_hi = weight[0:4].as_signed(), weight[4:8].as_signed()
+        value = Mux(self.mode_in == MODE_CODES["int4"], w_hi + w_lo.shift_left(INT4_SPLIT),
+                    weight)
+        y = Signal(signed(len(value)), name="y")
+        m.d.sync += y.eq(value)
+        return y

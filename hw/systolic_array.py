@@ -1,7 +1,10 @@
 """R×C weight-stationary systolic array with input skew and output deskew.
 
-Activation rows enter on the left, one K-slice of R lanes per cycle; row r is delayed
-r cycles (skew) so the wavefront crosses the array diagonally.  Partial sums flow top
+Every input (activation row, mode, swap, ``psum_top``, weight row and shift) first passes
+one input register, so the logic in front of the array ends in a flip-flop and the PEs of
+row 0 and column 0 see registered operands like all others.  Activation rows enter on
+the left, one K-slice of R lanes per cycle; row r is then delayed r cycles (skew) so the
+wavefront crosses the array diagonally.  Partial sums flow top
 to bottom; column c leaves the bottom c cycles after column 0 and is delayed
 ``C-1-c`` cycles (deskew) so a whole output row appears at once.
 
@@ -24,11 +27,14 @@ matching delay line.
 Timing (cycle t = cycle in which an input is presented):
 
 * ``psum`` for the activation row presented in cycle t is readable in cycle
-  ``t + latency`` with ``latency = rows + cols + 1``.
+  ``t + latency`` with ``latency = rows + cols + 2``.
 * A weight row presented with ``w_shift`` in cycle t lands in the shadow chains at
-  the clock edges ``t+1+c`` (column c).
+  the clock edges ``t+2+c`` (column c).
 * The ``swap`` of an activation row presented in cycle t takes effect in PE(r, c)
-  at edge ``t+1+r+c``.
+  at edge ``t+2+r+c``.
+
+Weights and activations pass the same input register, so their relative timing (and the
+controller's double-buffering rules) does not depend on it.
 """
 
 from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal, signed
@@ -117,7 +123,7 @@ class SystolicArray(wiring.Component):
     @property
     def latency(self):
         """Cycles from an activation row presented to its aligned partial-sum row."""
-        return self._rows + self._cols + 1
+        return self._rows + self._cols + 2
 
     def elaborate(self, platform):
         m = Module()
@@ -125,9 +131,18 @@ class SystolicArray(wiring.Component):
 
         pes = [[self._place_pe(m, r, c) for c in range(C)] for r in range(R)]
 
+        # The input register.
+        act_in = Signal.like(self.act, name="act_in")
+        mode_in = Signal.like(self.mode, name="mode_in")
+        swap_in = Signal(name="swap_in")
+        w_row_in = Signal.like(self.w_row, name="w_row_in")
+        w_shift_in = Signal(name="w_shift_in")
+        m.d.sync += [act_in.eq(self.act), mode_in.eq(self.mode), swap_in.eq(self.swap),
+                     w_row_in.eq(self.w_row), w_shift_in.eq(self.w_shift)]
+
         # Input skew: row r passes through r registers (activation, mode, swap flag).
         for r in range(R):
-            act, mode, swap = self.act[r], self.mode, self.swap
+            act, mode, swap = act_in[r], mode_in, swap_in
             for i in range(r):
                 act_q = Signal.like(pes[r][0].act_in, name=f"act_skew_{r}_{i}")
                 mode_q = Signal(MODE_BITS, name=f"mode_skew_{r}_{i}")
@@ -139,7 +154,7 @@ class SystolicArray(wiring.Component):
 
         # Weight skew: column c's data and shift enable pass through c registers.
         for c in range(C):
-            w, shift = self.w_row[c], self.w_shift
+            w, shift = w_row_in[c], w_shift_in
             for i in range(c):
                 w_q = Signal(self._weight_shape, name=f"w_skew_{c}_{i}")
                 shift_q = Signal(name=f"w_shift_skew_{c}_{i}")
@@ -158,18 +173,18 @@ class SystolicArray(wiring.Component):
                              pes[r][c].mode_in.eq(pes[r][c - 1].mode_out),
                              pes[r][c].swap_in.eq(pes[r][c - 1].swap_out)]
 
-        # psum_top follows row 0: PE(0, c) adds it in the cycle the row's product is
-        # ready, c + 2 cycles after the row was presented.
+        # psum_top follows row 0 (through the input register): PE(0, c) adds it in the
+        # cycle the row's product is ready, c + 3 cycles after the row was presented.
         # Only binary mode needs it; otherwise the top partial sums are zero.
         top = self.psum_top
-        for i in range(C + 1):
+        for i in range(C + 2):
             if "binary" not in self._modes:
                 break
             top_q = Signal(signed(self._acc_bits), name=f"psum_top_{i}")
             m.d.sync += top_q.eq(top)
             top = top_q
-            if i >= 1:
-                m.d.comb += pes[0][i - 1].psum_in.eq(top)
+            if i >= 2:
+                m.d.comb += pes[0][i - 2].psum_in.eq(top)
         for c in range(C):
             for r in range(1, R):
                 m.d.comb += pes[r][c].psum_in.eq(pes[r - 1][c].psum_out)

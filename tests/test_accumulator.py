@@ -4,7 +4,7 @@
 
 Cycle convention: in cycle ``t`` the inputs are set and the outputs read, then
 ``await ctx.tick()`` moves to cycle ``t + 1``.  A row presented in cycle ``t`` has its
-result on ``sum``/``valid_out``/``tag_out`` in cycle ``t + 1``.
+result on ``sum``/``valid_out``/``tag_out`` in cycle ``t + LATENCY``.
 
 The tests never depend on what a ``last`` row leaves in the buffer: the next row to
 revisit that address after a ``last`` always starts with ``first``.
@@ -17,7 +17,7 @@ from amaranth.hdl import Fragment, unsigned
 
 from cycle_sim import run_cycles
 from npugen.golden.config import NPUConfig
-from npugen.hw.accumulator import AccumulatorBuffer
+from npugen.hw.accumulator import LATENCY, AccumulatorBuffer
 
 SEEDS = [0xACC_0001, 0xACC_0002, 0xACC_0003]
 CONFIG = NPUConfig(rows=2, cols=3, acc_depth=16)
@@ -40,16 +40,16 @@ def bubble(cols, *, addr=0, psum=None, first=0, last=0, tag=0):
 
 
 def simulate(dut, cycles, cols):
-    """Drive one input dict per cycle (then one bubble); outputs of every cycle."""
+    """Drive one input dict per cycle (then LATENCY bubbles); outputs of every cycle."""
     def read(ctx):
         total = ctx.get(dut.sum)
         return {"valid_out": ctx.get(dut.valid_out), "tag_out": ctx.get(dut.tag_out),
                 "sum": [total[c] for c in range(cols)]}
-    return run_cycles(dut, cycles + [bubble(cols)], read)
+    return run_cycles(dut, cycles + [bubble(cols)] * LATENCY, read)
 
 
 def expected_outputs(cycles, cols, acc_bits):
-    """Per cycle t + 1: (valid_out, tag_out, sum or None) from first/accumulate/last."""
+    """Per cycle t + LATENCY: (valid_out, tag_out, sum or None) from first/accumulate/last."""
     mem = {}
     out = []
     for c in cycles:
@@ -71,7 +71,7 @@ def expected_outputs(cycles, cols, acc_bits):
 
 def check(trace, cycles, cols, acc_bits):
     for t, (valid, tag, total) in enumerate(expected_outputs(cycles, cols, acc_bits)):
-        got = trace[t + 1]
+        got = trace[t + LATENCY]
         assert got["valid_out"] == valid, f"row of cycle {t}"
         assert got["tag_out"] == tag, f"row of cycle {t}"
         if valid:
@@ -80,7 +80,7 @@ def check(trace, cycles, cols, acc_bits):
 
 def test_latency_and_ports():
     dut = AccumulatorBuffer(CONFIG, tag_shape=unsigned(5))
-    assert dut.latency == 1
+    assert dut.latency == LATENCY == 2
     assert dut.tag_in.shape() == unsigned(5) and dut.tag_out.shape() == unsigned(5)
     Fragment.get(dut, None)
 
@@ -100,10 +100,10 @@ def test_first_accumulate_last():
     ]
     dut = AccumulatorBuffer(CONFIG)
     trace = simulate(dut, cycles, cols)
-    assert [t["valid_out"] for t in trace] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 0]
-    assert trace[6]["sum"] == [-989, 22, 40] and trace[6]["tag_out"] == 1
-    assert trace[7]["sum"] == [99, -201, 299] and trace[7]["tag_out"] == 0
-    assert trace[8]["sum"] == [4, 5, 6] and trace[8]["tag_out"] == 1
+    assert [t["valid_out"] for t in trace] == [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0]
+    assert trace[7]["sum"] == [-989, 22, 40] and trace[7]["tag_out"] == 1
+    assert trace[8]["sum"] == [99, -201, 299] and trace[8]["tag_out"] == 0
+    assert trace[9]["sum"] == [4, 5, 6] and trace[9]["tag_out"] == 1
     check(trace, cycles, cols, CONFIG.acc_bits)
 
 
@@ -116,19 +116,19 @@ def test_first_discards_old_contents():
         row(7, [1, 2, 3], last=1),
     ]
     trace = simulate(AccumulatorBuffer(CONFIG), cycles, cols)
-    assert trace[4]["valid_out"] == 1 and trace[4]["sum"] == [51, 62, 73]
+    assert trace[5]["valid_out"] == 1 and trace[5]["sum"] == [51, 62, 73]
 
 
 def test_revisit_on_next_cycle():
-    # M = 1: the same address every cycle; each read must see the write of the
-    # previous cycle (read port transparent to the write port).
+    # M = 1: the same address every cycle; each row must see the sum of the previous
+    # one, which is not in the memory yet (forwarded).
     cols = CONFIG.cols
     psums = [[k, -2 * k, 3 * k + 1] for k in range(1, 9)]
     cycles = [row(9, p, first=int(i == 0), last=int(i == len(psums) - 1))
               for i, p in enumerate(psums)]
     trace = simulate(AccumulatorBuffer(CONFIG), cycles, cols)
-    assert trace[len(psums)]["valid_out"] == 1
-    assert trace[len(psums)]["sum"] == [sum(p[c] for p in psums) for c in range(cols)]
+    assert trace[len(psums) + 1]["valid_out"] == 1
+    assert trace[len(psums) + 1]["sum"] == [sum(p[c] for p in psums) for c in range(cols)]
     assert sum(t["valid_out"] for t in trace) == 1
 
 
@@ -147,8 +147,33 @@ def test_revisit_two_apart_and_bubbles_do_not_write():
         row(1, [6, 6, 6], last=1),
     ]
     trace = simulate(AccumulatorBuffer(CONFIG), cycles, cols)
-    assert trace[5]["valid_out"] == 0     # the bubble with last=1 gives no output
-    assert trace[7]["sum"] == [9, 9, 9] and trace[8]["sum"] == [12, 12, 12]
+    assert trace[6]["valid_out"] == 0     # the bubble with last=1 gives no output
+    assert trace[8]["sum"] == [9, 9, 9] and trace[9]["sum"] == [12, 12, 12]
+    check(trace, cycles, cols, CONFIG.acc_bits)
+
+
+def test_revisit_one_two_and_three_apart():
+    # Address 4 revisited 2, 1 and 3 rows later (forwarded from the row before the
+    # previous one, from the previous one, then read back from the memory), and
+    # restarted with `first` one and two rows after a `last` row.
+    cols = CONFIG.cols
+    cycles = [
+        row(4, [1, 2, 3], first=1),
+        row(6, [7, 7, 7], first=1),
+        row(4, [10, 10, 10]),               # two apart: 11, 12, 13
+        row(4, [100, 100, 100]),            # one apart: 111, 112, 113
+        row(6, [1, 1, 1]),
+        bubble(cols, addr=4, psum=[9, 9, 9]),
+        row(4, [1000, 0, 0]),               # three apart, from the memory
+        row(4, [5, 5, 5], last=1, tag=1),   # 1116, 117, 118, not written back
+        row(6, [0, 0, 0], last=1),          # 8, 8, 8
+        row(4, [1, 1, 1], first=1),         # restart two rows after a last row
+        row(4, [2, 2, 2], last=1, tag=1),   # 3, 3, 3
+        row(4, [3, 3, 3], first=1, last=1), # restart right after a last row
+    ]
+    trace = simulate(AccumulatorBuffer(CONFIG), cycles, cols)
+    assert [t["sum"] for t in trace if t["valid_out"]] == \
+        [[1116, 117, 118], [8, 8, 8], [3, 3, 3], [3, 3, 3]]
     check(trace, cycles, cols, CONFIG.acc_bits)
 
 
@@ -163,8 +188,8 @@ def test_wrap(acc_bits):
         row(2, [0, 0, 2], last=1),
     ]
     trace = simulate(AccumulatorBuffer(config), cycles, cols)
-    assert trace[3]["valid_out"] == 1
-    assert trace[3]["sum"] == [lo, hi, wrap(2 * hi + 2, acc_bits)] == [lo, hi, 0]
+    assert trace[4]["valid_out"] == 1
+    assert trace[4]["sum"] == [lo, hi, wrap(2 * hi + 2, acc_bits)] == [lo, hi, 0]
 
 
 @pytest.mark.parametrize("seed", SEEDS)

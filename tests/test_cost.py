@@ -46,10 +46,29 @@ def test_cost_rows_partial_product_ratios(monkeypatch):
     assert by_unit["requantizer"]["error"] == "SynthError: boom"
     assert by_unit["array"]["luts_per_mac"] == round(400 / by_unit["array"]["macs_per_cycle"], 2)
     text = cost.to_markdown(rows, target="ecp5-85f")
-    assert "| unit | LUT4 | FF | DSP | BRAM | Fmax (MHz) | MACs/cycle | LUT4/MAC | pp model |" in text
+    assert "| unit | LUT4 | FF | DSP | BRAM | Fmax (MHz) | MACs/cycle | LUT4/MAC | Δ LUT4/MAC " \
+        "| pp model |" in text
     assert "FP32 576, FP16/TF32 121, BF16 64" in text
     assert "- requantizer failed: SynthError: boom" in text
     assert re.search(r"\| fp16_mul_lut \| 400 \| .*\| 121 \| 1\.891 \| 2 \| ok \|", text)
+
+
+def test_cost_rows_extra_luts_over_the_baseline():
+    """A PE with the binary mode: the LUT4 it adds to the int8 PE, per binary MAC."""
+    config = NPUConfig.preset("tiny")
+    rows = cost.cost_rows([_record("int8_pe", 32), _record("binary_pe", 60),
+                           _record("int4_pe", 80)], config)
+    by_unit = {r["unit"]: r for r in rows}
+    assert by_unit["binary_pe"]["macs_per_cycle"] == 8 and by_unit["binary_pe"]["baseline"] == "int8_pe"
+    assert by_unit["binary_pe"]["extra_luts_per_mac"] == 3.5
+    assert by_unit["binary_pe"]["luts_per_mac"] == 7.5
+    assert by_unit["int4_pe"]["extra_luts_per_mac"] == 24.0
+    assert by_unit["int8_pe"]["extra_luts_per_mac"] is None
+    # Without its baseline in the table there is no difference to report.
+    alone = cost.cost_rows([_record("binary_pe", 60)], config)
+    assert alone[0]["extra_luts_per_mac"] is None
+    assert re.search(r"\| binary_pe \| 60 \| 10 \| 0 \| 0 \| 120 \| 8 \| 7\.5 \| 3\.5 \|",
+                     cost.to_markdown(rows, target="ecp5-85f"))
 
 
 def test_cost_usage_error(capsys):

@@ -34,10 +34,10 @@ TINY = FloatFormat(3, 2, "e3m2")
 
 @pytest.mark.parametrize("kwargs, exc, message", [
     ({"fmt": "bf16"}, TypeError, "fmt must be a FloatFormat, not 'bf16'"),
-    ({"latency": -1}, ValueError, "latency must be an integer in 0..4, not -1"),
-    ({"latency": 5}, ValueError, "latency must be an integer in 0..4, not 5"),
-    ({"latency": 2.0}, ValueError, "latency must be an integer in 0..4, not 2.0"),
-    ({"latency": True}, ValueError, "latency must be an integer in 0..4, not True"),
+    ({"latency": -1}, ValueError, "latency must be an integer in 0..8, not -1"),
+    ({"latency": 9}, ValueError, "latency must be an integer in 0..8, not 9"),
+    ({"latency": 2.0}, ValueError, "latency must be an integer in 0..8, not 2.0"),
+    ({"latency": True}, ValueError, "latency must be an integer in 0..8, not True"),
     ({"subnormals": "daz"}, ValueError, "subnormals must be one of 'ieee', 'ftz', not 'daz'"),
     ({"multiplier": "booth"}, ValueError, "multiplier must be one of 'dsp', 'lut', not 'booth'"),
 ])
@@ -50,7 +50,7 @@ def test_defaults_and_signature():
     dut = FloatMultiplier()
     assert (dut.fmt, dut.latency, dut.subnormals, dut.multiplier) == \
         (BFLOAT16, DEFAULT_LATENCY, "ieee", "dsp")
-    assert DEFAULT_LATENCY == MAX_LATENCY == 4
+    assert (DEFAULT_LATENCY, MAX_LATENCY) == (7, 8)
     assert dut.signature.members["operands"].signature.always_ready
     assert dut.operands.payload.shape() == operands_layout(BFLOAT16)
     assert dut.result.payload.shape() is float_struct(BFLOAT16)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from amaranth.hdl import Fragment
+from amaranth.hdl import Fragment, signed
 from amaranth.sim import Simulator
 
 from cycle_sim import run_cycles
@@ -33,7 +33,7 @@ from npugen.golden.quant import (
     multiply_by_quantized_multiplier,
     requantize,
 )
-from npugen.hw.requantizer import LATENCY, Requantizer
+from npugen.hw.requantizer import LATENCY, MBQM_LATENCY, QuantizedMultiplier, Requantizer
 
 SEEDS = [0x0E0_0001, 0x0E0_0002, 0x0E0_0003, 0x0E0_0004]
 CONFIG = NPUConfig(rows=2, cols=4)
@@ -393,3 +393,93 @@ def test_params_set_per_field():
     sim.run()
     # 50 + 1; -49.5 -> -49, + 1; 1.5 -> 2, + 1; 2**20 / 2**13 = 128, + 1 -> clamp.
     assert trace[LATENCY - 1] == (1, [51, -48, 3, 127])
+
+
+# -- the multiplier stages alone ------------------------------------------------------------
+
+
+def mbqm_trace(lanes, inputs):
+    """Stream ``(x, multiplier, shift)`` lane sets into a QuantizedMultiplier, one per cycle;
+    return its result of every cycle."""
+    dut = QuantizedMultiplier(lanes)
+    cycles = [{"x": [v[0] for v in row], "multiplier": [v[1] for v in row],
+               "shift": [v[2] for v in row]} for row in inputs]
+    cycles += [{"x": [0] * lanes, "multiplier": [0] * lanes, "shift": [0] * lanes}] * \
+        (MBQM_LATENCY + 1)
+    return run_cycles(dut, cycles, lambda ctx: [ctx.get(dut.result)[i] for i in range(lanes)])
+
+
+def test_quantized_multiplier_rounding_ties_every_shift():
+    """RoundingDivideByPOT ties (half away from zero), the values around them and exact
+    multiples, for every right shift 1..31 and both signs, plus every left shift; the
+    multiplier 2**30 halves ``x`` exactly, so ``x = 2q`` puts ``q`` where wanted, and the
+    SaturatingRoundingDoublingHighMul ties come from odd ``x``."""
+    seed = 0x0E0_0011
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    rows = []
+    for e in range(1, 32):
+        for sign in (1, -1):
+            for k in (0, 1, rng.randint(2, max(2, (1 << max(0, 30 - e)) - 1))):
+                for delta in (-1, 0, 1):
+                    q = sign * (k * (1 << e) + (1 << (e - 1))) + delta
+                    q = max(min(q, (1 << 30) - 1), 1 - (1 << 30))
+                    xs = [2 * q, 2 * q + sign, (sign * k) << (e + 1)]
+                    rows.append([(max(min(x, INT32_MAX), INT32_MIN), 1 << 30, -e) for x in xs])
+    for s in range(0, SHIFT_MAX + 1):
+        rows.append([(rng.randint(INT32_MIN, INT32_MAX), rng.randint(0, INT32_MAX), s),
+                     (rng.choice([1, -1, 3, -3]), 1 << 30, s), (INT32_MIN, INT32_MIN, s)])
+    trace = mbqm_trace(3, rows)
+    for t, row in enumerate(rows):
+        want = [int(multiply_by_quantized_multiplier(x, m, s)) for x, m, s in row]
+        assert trace[t + MBQM_LATENCY] == want, row
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_quantized_multiplier_random_operands(seed):
+    """Any int32 operands (negative multipliers too) and shifts in [-31, 30], including
+    the saturating INT32_MIN × INT32_MIN and products at the extremes."""
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    extremes = [INT32_MIN, INT32_MIN + 1, -1, 0, 1, INT32_MAX - 1, INT32_MAX]
+    rows = [[(rng.choice([rng.randint(INT32_MIN, INT32_MAX)] * 3 + extremes),
+              rng.choice([rng.randint(INT32_MIN, INT32_MAX)] * 3 + extremes),
+              rng.randint(SHIFT_MIN, SHIFT_MAX)) for _ in range(4)] for _ in range(400)]
+    trace = mbqm_trace(4, rows)
+    for t, row in enumerate(rows):
+        want = [int(multiply_by_quantized_multiplier(x, m, s)) for x, m, s in row]
+        assert trace[t + MBQM_LATENCY] == want, row
+
+
+def test_quantized_multiplier_offset_is_added_exactly():
+    """With ``offset_bits`` the result is MultiplyByQuantizedMultiplier + offset, wider than
+    int32 so that nothing wraps (the requantizer's zero point)."""
+    seed = 0x0E0_0021
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    dut = QuantizedMultiplier(2, offset_bits=8)
+    assert dut.result.shape().elem_shape == signed(33) and dut.offset.shape().elem_shape == signed(8)
+    rows = [[(rng.choice([rng.randint(INT32_MIN, INT32_MAX), INT32_MIN, INT32_MAX]),
+              rng.choice([rng.randint(0, INT32_MAX), INT32_MAX, 1 << 30]),
+              rng.randint(SHIFT_MIN, SHIFT_MAX), rng.randint(-128, 127)) for _ in range(2)]
+            for _ in range(300)]
+    rows[0] = [(INT32_MIN, INT32_MIN, 0, 127), (INT32_MIN, INT32_MAX, 0, -128)]
+    cycles = [{"x": [v[0] for v in row], "multiplier": [v[1] for v in row],
+               "shift": [v[2] for v in row], "offset": [v[3] for v in row]} for row in rows]
+    cycles += [{"x": [0] * 2, "multiplier": [0] * 2, "shift": [0] * 2, "offset": [0] * 2}] * 8
+    trace = run_cycles(dut, cycles, lambda ctx: [ctx.get(dut.result)[i] for i in range(2)])
+    for t, row in enumerate(rows):
+        want = [int(multiply_by_quantized_multiplier(x, m, s)) + o for x, m, s, o in row]
+        assert trace[t + MBQM_LATENCY] == want, row
+    assert trace[MBQM_LATENCY] == [INT32_MAX + 127, INT32_MIN + 1 - 128]
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"offset_bits": -1}, ValueError, r"^offset_bits must be an integer in 0\.\.32, not -1$"),
+    ({"offset_bits": 33}, ValueError, r"^offset_bits must be an integer in 0\.\.32, not 33$"),
+    ({"offset_bits": 8.0}, TypeError, r"^offset_bits must be an integer in 0\.\.32, not 8\.0$"),
+    ({"offset_bits": True}, TypeError, r"^offset_bits must be an integer in 0\.\.32, not True$"),
+])
+def test_quantized_multiplier_bad_offset_bits(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        QuantizedMultiplier(2, **kwargs)

@@ -1,4 +1,5 @@
 import json
+import random
 import re
 import stat
 import sys
@@ -53,7 +54,7 @@ def test_yosys_script_ecp5():
     assert lines[1:] == [
         "read_verilog core.v",
         "hierarchy -check -top npugen_array",
-        "synth_ecp5 -top npugen_array -json netlist.json",
+        "synth_ecp5 -nowidelut -top npugen_array -json netlist.json",
         "stat",
     ]
 
@@ -153,6 +154,192 @@ def test_parse_nextpnr_report():
     assert parsed["utilization"] == {"TRELLIS_COMB": {"used": 10, "available": 100}}
     assert synth.parse_nextpnr_report(report)["fmax_mhz"] == 99.0
     assert synth.parse_nextpnr_report({})["fmax_mhz"] is None
+
+
+# -- DSP register packing ----------------------------------------------------------------------
+
+def _ff(d, q, *, clk=1, ce=None, lsr=None, regset="RESET", clkmux="CLK"):
+    cell = {"type": "TRELLIS_FF",
+            "parameters": {"CEMUX": "CE" if ce is not None else "1 ", "CLKMUX": clkmux,
+                           "GSR": "DISABLED", "LSRMUX": "LSR", "REGSET": regset,
+                           "SRMODE": "LSR_OVER_CE"},
+            "port_directions": {"CLK": "input", "DI": "input", "LSR": "input", "CE": "input",
+                                "Q": "output"},
+            "connections": {"CLK": [clk], "DI": [d], "Q": [q]}}
+    if ce is not None:
+        cell["connections"]["CE"] = [ce]
+    if lsr is not None:
+        cell["connections"]["LSR"] = [lsr]
+    return cell
+
+
+def _dsp_netlist(a_ffs=None, b_ffs=None, p_ffs=True, extra=None):
+    """A MULT18X18D whose A, B pins read flip-flops (nets 100+i, 200+i fed from 10+i,
+    30+i) and whose P0..P7 drive flip-flops (nets 300+i → 400+i, the output port)."""
+    a_ffs = a_ffs or {}
+    b_ffs = b_ffs or {}
+    cells = {}
+    dsp = {"type": "MULT18X18D", "parameters": {},
+           "port_directions": {**{f"A{i}": "input" for i in range(18)},
+                               **{f"B{i}": "input" for i in range(18)},
+                               **{f"P{i}": "output" for i in range(36)}},
+           "connections": {}}
+    for i in range(18):
+        dsp["connections"][f"A{i}"] = [100 + min(i, 7)]
+        dsp["connections"][f"B{i}"] = [200 + min(i, 7)] if i < 8 else ["0"]
+    for i in range(8):
+        cells[f"a{i}"] = _ff(10 + i, 100 + i, **a_ffs)
+        cells[f"b{i}"] = _ff(30 + i, 200 + i, **b_ffs)
+        dsp["connections"][f"P{i}"] = [300 + i]
+        if p_ffs:
+            cells[f"p{i}"] = _ff(300 + i, 400 + i)
+    for i in range(8, 36):
+        dsp["connections"][f"P{i}"] = [500 + i]
+    cells["dsp"] = dsp
+    cells.update(extra or {})
+    ports = {"clk": {"direction": "input", "bits": [1]},
+             "ce": {"direction": "input", "bits": [2]},
+             "rst": {"direction": "input", "bits": [3]},
+             "a": {"direction": "input", "bits": list(range(10, 18))},
+             "b": {"direction": "input", "bits": list(range(30, 38))},
+             "p": {"direction": "output", "bits": list(range(400, 408)) if p_ffs
+                   else list(range(300, 308))}}
+    return {"modules": {"top": {"ports": ports, "cells": cells, "netnames": {}}}}
+
+
+def test_pack_dsp_registers_moves_operand_and_product_registers():
+    netlist = _dsp_netlist(a_ffs={"lsr": 3}, b_ffs={"ce": 2})
+    stats = synth.pack_dsp_registers(netlist)
+    assert stats == {"dsps": 1, "input_registers": 2, "output_registers": 1, "ffs_removed": 24,
+                     "reset_luts": 0}
+    cells = netlist["modules"]["top"]["cells"]
+    assert set(cells) == {"dsp"}
+    dsp = cells["dsp"]
+    params = dsp["parameters"]
+    assert {params[f"{g}_CLK"] for g in ("REG_INPUTA", "REG_INPUTB", "REG_OUTPUT")} == {"CLK0"}
+    conn = dsp["connections"]
+    # The operand pins read the flip-flops' D inputs; the product pins drive their Q nets.
+    assert [conn[f"A{i}"][0] for i in range(9)] == [10, 11, 12, 13, 14, 15, 16, 17, 17]
+    assert [conn[f"B{i}"][0] for i in range(9)] == [30, 31, 32, 33, 34, 35, 36, 37, "0"]
+    assert [conn[f"P{i}"][0] for i in range(8)] == list(range(400, 408))
+    assert conn["CLK0"] == [1]
+    # A: reset (rst) without enable; B: enable without reset; P: neither.
+    assert conn[params["REG_INPUTA_RST"]] == [3] and conn[params["REG_INPUTA_CE"]] == ["1"]
+    assert conn[params["REG_INPUTB_CE"]] == [2] and conn[params["REG_INPUTB_RST"]] == ["0"]
+    assert conn[params["REG_OUTPUT_CE"]] == ["1"] and conn[params["REG_OUTPUT_RST"]] == ["0"]
+    assert params["RESETMODE"] == "SYNC"
+
+
+def test_pack_dsp_registers_keeps_shared_flip_flops_as_duplicates():
+    lut = {"type": "LUT4", "parameters": {"INIT": "0000000000000010"},
+           "port_directions": {"A": "input", "Z": "output"},
+           "connections": {"A": [103], "Z": [600]}}
+    netlist = _dsp_netlist(extra={"lut": lut})
+    synth.pack_dsp_registers(netlist)
+    cells = netlist["modules"]["top"]["cells"]
+    assert "a3" in cells and "a2" not in cells        # a3 also drives the LUT
+    assert cells["dsp"]["connections"]["A3"] == [13]
+
+
+@pytest.mark.parametrize("change, packed", [
+    ({"a_ffs": {"ce": 2, "lsr": 3}}, {"REG_INPUTB", "REG_OUTPUT"}),   # priority unknown
+    ({"a_ffs": {"regset": "SET"}}, {"REG_INPUTB", "REG_OUTPUT"}),     # resets to 1
+    ({"a_ffs": {"clkmux": "INV"}}, {"REG_INPUTB", "REG_OUTPUT"}),     # falling edge
+    ({"b_ffs": {"clk": 2}}, {"REG_INPUTA", "REG_OUTPUT"}),            # another clock
+    ({"p_ffs": False}, {"REG_INPUTA", "REG_INPUTB"}),                  # product used as is
+])
+def test_pack_dsp_registers_leaves_what_it_cannot_reproduce(change, packed):
+    netlist = _dsp_netlist(**change)
+    synth.pack_dsp_registers(netlist)
+    params = netlist["modules"]["top"]["cells"]["dsp"]["parameters"]
+    assert {g for g in ("REG_INPUTA", "REG_INPUTB", "REG_OUTPUT")
+            if params.get(f"{g}_CLK", "NONE") != "NONE"} == packed
+
+
+def test_pack_dsp_registers_folds_resets_that_differ_between_bits():
+    """Operand bits with different synchronous resets: the block's register has none and
+    every bit with one gets D ∧ ¬reset in a LUT4, cycle for cycle the same."""
+    from ecp5_netlist_sim import NetlistSim
+
+    netlist = _dsp_netlist(a_ffs={"lsr": 3})
+    cells = netlist["modules"]["top"]["cells"]
+    for i in (1, 4):                         # two A bits reset by `ce` (net 2) instead
+        cells[f"a{i}"]["connections"]["LSR"] = [2]
+    before = json.loads(json.dumps(netlist))
+    stats = synth.pack_dsp_registers(netlist)
+    assert stats["input_registers"] == 2 and stats["reset_luts"] == 8
+    params = cells["dsp"]["parameters"]
+    assert cells["dsp"]["connections"][params["REG_INPUTA_RST"]] == ["0"]
+    assert {name for name in cells if name.endswith("$dsp_reset")} == {
+        f"a{i}$dsp_reset" for i in range(8)}
+    seed = 0xD5B_0002
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    stimulus = [{"a": rng.getrandbits(8), "b": rng.getrandbits(8), "ce": rng.getrandbits(1),
+                 "rst": int(rng.random() < 0.1)} for _ in range(200)]
+    traces = []
+    for version in (before, netlist):
+        sim = NetlistSim(version, "top")
+        traces.append([sim.step(cycle)["p"] for cycle in stimulus])
+    assert traces[0] == traces[1]
+    assert len(set(traces[0])) > 50
+
+
+def test_pack_dsp_registers_needs_zero_constants_and_exclusive_product_loads():
+    netlist = _dsp_netlist()
+    netlist["modules"]["top"]["cells"]["dsp"]["connections"]["A17"] = ["1"]
+    lut = {"type": "LUT4", "parameters": {"INIT": "0000000000000010"},
+           "port_directions": {"A": "input", "Z": "output"},
+           "connections": {"A": [302], "Z": [600]}}
+    netlist["modules"]["top"]["cells"]["lut"] = lut
+    stats = synth.pack_dsp_registers(netlist)
+    assert stats["input_registers"] == 1 and stats["output_registers"] == 0
+
+
+def test_dsp_register_packing_keeps_the_pe_cycle_exact(tmp_path):
+    """The all-modes PE synthesized: the yosys netlist, the packed netlist and the Amaranth
+    PE give the same outputs in every cycle of a random stimulus."""
+    require("yosys")
+    from amaranth.back import verilog
+
+    from cycle_sim import run_cycles
+    from ecp5_netlist_sim import NetlistSim
+    from npugen.hw.pe import ProcessingElement
+
+    seed = 0xD5B_0001
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    modes = ("int8", "int4", "binary")
+    dut = ProcessingElement(modes=modes)
+    (tmp_path / "pe.v").write_text(verilog.convert(dut, name="pe", emit_src=False))
+    result = synth.run_yosys(synth.find_tool("yosys"), ECP5, tmp_path, [tmp_path / "pe.v"], "pe")
+    packing = result["dsp_registers"]
+    assert (packing["dsps"], packing["input_registers"], packing["output_registers"]) == (1, 2, 1)
+    raw = json.loads((tmp_path / "yosys-netlist.json").read_text())
+    packed = json.loads(result["netlist"].read_text())
+    assert synth.count_cells(packed, "pe")["TRELLIS_FF"] < synth.count_cells(raw, "pe")["TRELLIS_FF"]
+
+    cycles = []
+    for _ in range(400):
+        cycles.append({"act_in": rng.getrandbits(16), "mode_in": rng.randrange(3),
+                       "swap_in": int(rng.random() < 0.2), "psum_in": rng.getrandbits(32),
+                       "shift": rng.getrandbits(1), "w_shadow_in": rng.getrandbits(8)})
+    outputs = ("act_out", "mode_out", "swap_out", "psum_out", "w_shadow_out")
+
+    def unsigned(ctx, name):
+        return ctx.get(Value.cast(getattr(dut, name)).as_unsigned())
+
+    def drive(ctx, cycle):
+        for name, value in cycle.items():
+            ctx.set(Value.cast(getattr(dut, name)).as_unsigned(), value)
+
+    amaranth_trace = run_cycles(dut, cycles, lambda ctx: {n: unsigned(ctx, n) for n in outputs},
+                                drive=drive)
+    for netlist in (raw, packed):
+        sim = NetlistSim(netlist, "pe")
+        trace = [{n: v for n, v in sim.step({**c, "rst": 0}).items() if n in outputs}
+                 for c in cycles]
+        assert trace == amaranth_trace
 
 
 # -- tool discovery with stand-in executables ----------------------------------------------

@@ -105,7 +105,7 @@ def test_bad_parameters(kwargs, message):
 @pytest.mark.parametrize("rows, cols", SIZES)
 def test_properties(rows, cols):
     dut = SystolicArray(rows=rows, cols=cols)
-    assert (dut.rows, dut.cols, dut.latency) == (rows, cols, rows + cols + 1)
+    assert (dut.rows, dut.cols, dut.latency) == (rows, cols, rows + cols + 2)
     Fragment.get(dut, None)
 
 
@@ -330,7 +330,7 @@ def test_mixed_mode_tiles_back_to_back(seed):
     lengths = [2 * rows] * 6 + [int(v) for v in rng.integers(1, 3 * rows + 1, 4)]
     tiles = [mixed_tile(rng, mode, rows, cols, m) for mode, m in zip(order, lengths)]
     dut = SystolicArray(rows=rows, cols=cols, modes=MODES)
-    assert dut.latency == rows + cols + 1
+    assert dut.latency == rows + cols + 2
     cycles, expected, swaps = build_mixed_schedule(rows, cols, tiles, rng)
     for k in range(1, 6):
         assert swaps[k] == swaps[k - 1] + 2 * rows
