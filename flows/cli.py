@@ -189,9 +189,13 @@ def cmd_bench_gemm(args):
     config, _source = _config_from_args(args)
     from npugen.sim.bench import DTYPES, bench_gemm
 
-    if args.dtype not in DTYPES or args.dtype not in config.modes:
+    # bf16 GEMMs are NPU programs (the core bench feeds integer tile programs).
+    dtypes = DTYPES + ("bf16",) if args.engine == "npu" else DTYPES
+    if args.dtype not in dtypes or args.dtype not in config.modes:
         raise UsageError(f"--dtype must be one of the built modes "
-                         f"{', '.join(m for m in config.modes if m in DTYPES)}, not {args.dtype!r}")
+                         f"{', '.join(m for m in config.modes if m in dtypes)}"
+                         f"{' (bf16: --engine npu)' if args.engine != 'npu' else ''}, "
+                         f"not {args.dtype!r}")
     sparsity = None if args.sparsity == "dense" else args.sparsity
     if sparsity is not None and (args.dtype != "int8" or not config.sparse_2_4):
         raise UsageError(f"--sparsity {sparsity} needs --dtype int8 and a configuration "

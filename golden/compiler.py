@@ -49,17 +49,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .attention import AttentionParams, multi_head_attention
+from .bf16_gemm import bf16_gemm, split_bytes
 from .binary import pack_bits
 from .config import NPUConfig
 from .conv import ConvGeometry, qconv2d
 from .int4 import pack_int4
 from .isa import End, Fence, Load, LoadTarget, Matmul, Store, Vector, VectorOp, assemble
 from .npu_model import HostMemory, NPUModel
-from .precision import MODE_CODES, PACK, SPARSE_K_FACTOR, check_sparsity
+from .precision import MODE_CODES, PACK, SPARSE_K_FACTOR, check_sparsity, k_per_rows
 from .sparse_formats import NMMatrix
 from .tile_program import GemmJob, ideal_cycles as _gemm_ideal_cycles
 
-__all__ = ["Segment", "OutputSpec", "CompiledProgram", "ProgramPlan", "compile_gemm",
+__all__ = ["Segment", "OutputSpec", "CompiledProgram", "ProgramPlan", "compile_gemm", "compile_bf16_gemm",
            "compile_conv2d", "compile_attention", "plan_gemm", "plan_conv2d", "ALIGN", "FILL"]
 
 #: Alignment (bytes) of every segment of the memory image.
@@ -543,9 +544,11 @@ def _gemm_lowering(config, M, K, N, *, mode, sparsity, raw, a_zero_point, out_ze
     for name, value in (("M", M), ("K", K), ("N", N)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, not {value}")
+    if mode == "bf16" and not raw:
+        raise ValueError("mode 'bf16' needs raw=True (its results are FP32)")
     R, C = config.rows, config.cols
     factor = SPARSE_K_FACTOR if sparse else 1
-    kpt = R * PACK[mode] * factor
+    kpt = k_per_rows(R, mode) * factor
     k_tiles = -(-K // kpt)
     n_tiles = -(-N // C)
     _check_weights_fit(config, k_tiles, f"K={K}")
@@ -553,7 +556,8 @@ def _gemm_lowering(config, M, K, N, *, mode, sparsity, raw, a_zero_point, out_ze
     if N > _U16 or M > (1 << 24):
         raise ValueError(f"N must be at most {_U16} and M at most {1 << 24}, not N={N}, M={M}")
 
-    a_row = -(-K // PACK[mode])          # bytes of an activation row (packed along K)
+    # Bytes of an activation row (packed along K; a BF16 element takes two).
+    a_row = 2 * K if mode == "bf16" else -(-K // PACK[mode])
     word_bytes = R * factor
     eb = 4 if raw else 1
     tile_bytes = k_tiles * R * C
@@ -566,7 +570,7 @@ def _gemm_lowering(config, M, K, N, *, mode, sparsity, raw, a_zero_point, out_ze
     pad = a_zero_point if mode == "int8" else 0
     fields = dict(mode=MODE_CODES[mode], sparse=int(sparse), raw=int(raw), k_tiles=k_tiles,
                   k_valid_last=K - (k_tiles - 1) * kpt,
-                  a_zero_point=0 if mode == "binary" else a_zero_point,
+                  a_zero_point=0 if mode in ("binary", "bf16") else a_zero_point,
                   out_zero_point=out_zero_point, out_min=out_min, out_max=out_max)
 
     def emit(addr):
@@ -665,6 +669,38 @@ def compile_gemm(config, job: GemmJob, *, base: int = 0) -> CompiledProgram:
                   {"y": ((M, N), "int32" if job.raw else "int8")}, {"y": expected})
 
 
+def compile_bf16_gemm(config, a_bits, w_bits, *, base: int = 0) -> CompiledProgram:
+    """The program of a BF16 GEMM with FP32 results (``mode`` bf16).
+
+    ``a_bits`` (M×K) and ``w_bits`` (K×N) are BF16 encodings.  Inputs: ``a``, M rows of
+    K little-endian BF16 values; parameters: ``w``, the weights zero-padded to whole
+    tiles, weight row j of a tile split over weight rows 2j (low bytes) and 2j+1 (high
+    bytes), stored tile by tile like :func:`compile_gemm`'s, and ``params`` (zeros: no
+    bias); output ``y``: M×N FP32 encodings (``int32`` bit patterns), in the order of
+    :func:`~npugen.golden.bf16_gemm.bf16_gemm`.
+    """
+    config = NPUConfig.check(config)
+    base = _base(base)
+    a = np.asarray(a_bits)
+    w = np.asarray(w_bits)
+    if a.ndim != 2 or w.ndim != 2 or a.shape[1] != w.shape[0]:
+        raise ValueError(f"a_bits and w_bits must be M×K and K×N, not {a.shape} and {w.shape}")
+    (M, K), N = a.shape, w.shape[1]
+    lowering = _gemm_lowering(config, M, K, N, mode="bf16", sparsity=None, raw=True,
+                              a_zero_point=0, out_zero_point=0, out_min=-128, out_max=127)
+    C = config.cols
+    k_tiles, n_tiles = lowering.info["k_tiles"], lowering.info["n_tiles"]
+    kpt = k_per_rows(config.rows, "bf16")
+    expected = bf16_gemm(a, w, kpt).view(np.int32)       # validates the encodings
+    w_pad = np.zeros((k_tiles * kpt, n_tiles * C), dtype=np.uint16)
+    w_pad[:K, :N] = w
+    columns = [(nt * C, C) for nt in range(n_tiles)]
+    data = {"a": a.astype("<u2").tobytes(),
+            "w": _tiles(split_bytes(w_pad, 0), columns, C).tobytes(),
+            "params": _i32(np.zeros(3 * N, dtype=np.int64))}
+    return _build(config, lowering, base, data, {"y": ((M, N), "int32")}, {"y": expected})
+
+
 def _int8_field(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer in [-128, 127], not {value!r}")
@@ -701,8 +737,8 @@ def plan_gemm(config, m: int, k: int, n: int, *, mode: str = "int8", sparsity=No
     """
     config = NPUConfig.check(config)
     m, k, n = (_positive_int(name, v) for name, v in (("m", m), ("k", k), ("n", n)))
-    if not isinstance(mode, str) or mode not in PACK:
-        raise ValueError(f"mode must be one of {', '.join(PACK)}, not {mode!r}")
+    if not isinstance(mode, str) or mode not in MODE_CODES:
+        raise ValueError(f"mode must be one of {', '.join(MODE_CODES)}, not {mode!r}")
     check_sparsity(sparsity, mode)
     if not isinstance(raw, bool):
         raise TypeError(f"raw must be a bool, not {raw!r}")

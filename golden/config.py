@@ -23,7 +23,7 @@ else:  # pragma: no cover
 
 import tomli_w
 
-from .precision import MODES, PACK
+from .precision import MODES, k_per_rows
 
 __all__ = ["NPUConfig", "PRESETS", "PRECISION_MODES", "DATAFLOWS", "ConfigError"]
 
@@ -142,6 +142,12 @@ class NPUConfig:
             raise ValueError(f"modes must not repeat a mode, not {list(modes)!r}")
         if "int8" not in modes:
             raise ValueError(f"modes must include 'int8', not {list(modes)!r}")
+        if "bf16" in modes and self.rows % 2:
+            raise ValueError(f"modes with 'bf16' need an even number of rows (a BF16 value "
+                             f"takes two lanes), not rows={self.rows}")
+        if "bf16" in modes and (self.lane_bits, self.acc_bits) != (8, 32):
+            raise ValueError(f"modes with 'bf16' need lane_bits=8 and acc_bits=32 (FP32 sums), "
+                             f"not lane_bits={self.lane_bits} and acc_bits={self.acc_bits}")
         # Canonical order so equal designs compare and hash equal.
         object.__setattr__(self, "modes", tuple(m for m in PRECISION_MODES if m in modes))
 
@@ -156,7 +162,7 @@ class NPUConfig:
         """Multiply-accumulates per cycle of the whole array in ``mode``."""
         if mode not in self.modes:
             raise ValueError(f"mode must be one of the built modes {list(self.modes)}, not {mode!r}")
-        return self.pes * PACK[mode]
+        return self.cols * k_per_rows(self.rows, mode)
 
     @property
     def acc_buffer_bytes(self) -> int:

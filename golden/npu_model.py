@@ -41,7 +41,9 @@ import numpy as np
 from .config import NPUConfig
 from .isa import (INSTRUCTION_BYTES, CoreError, End, Fence, IllegalInstruction, Load,
                   LoadTarget, Matmul, NPUError, Opcode, Store, Vector, VectorOp, decode)
-from .precision import MODES, PACK, SPARSE_K_FACTOR
+from .bf16_gemm import bf16_tile_sum, join_bytes
+from .floating import fp32_to_bits
+from .precision import MODES, SPARSE_K_FACTOR, k_per_rows
 from .quant import _mbqm
 from .vector import VECTOR_OPS, vector_op
 
@@ -152,7 +154,7 @@ def sp_depth(config, name) -> int:
 
 
 def _k_per_tile(config, mode, sparse):
-    return config.rows * PACK[MODES[mode]] * (SPARSE_K_FACTOR if sparse else 1)
+    return k_per_rows(config.rows, MODES[mode]) * (SPARSE_K_FACTOR if sparse else 1)
 
 
 def _vector_d_words(instr):
@@ -212,11 +214,11 @@ def _check_store(config, instr):
 
 
 def _check_matmul(config, instr):
-    if instr.mode < 3 and MODES[instr.mode] not in config.modes:
+    if MODES[instr.mode] not in config.modes:
         return NPUError.FEATURE_NOT_BUILT
     if instr.sparse and (instr.mode != 0 or not config.sparse_2_4):
         return NPUError.FEATURE_NOT_BUILT
-    if (instr.mode == 3 or not 1 <= instr.m_rows <= config.acc_depth or instr.k_tiles == 0
+    if ((MODES[instr.mode] == "bf16" and not instr.raw) or not 1 <= instr.m_rows <= config.acc_depth or instr.k_tiles == 0
             or not 1 <= instr.k_valid_last <= _k_per_tile(config, instr.mode, instr.sparse)
             or instr.out_min > instr.out_max):
         return NPUError.BAD_FIELD
@@ -464,6 +466,9 @@ class NPUModel:
         bias, multiplier, shift = self.sp["PARAM"][instr.param_addr:instr.param_addr + 3]
         if ((shift < -31) | (shift > 30)).any():
             raise _Fault(NPUError.CORE, int(CoreError.BAD_SHIFT))
+        if mode == "bf16":
+            self._matmul_bf16(instr, bias)
+            return
 
         m = instr.m_rows
         a_words = act[instr.act_addr:instr.act_addr + instr.k_tiles * m]
@@ -499,6 +504,26 @@ class NPUModel:
         else:
             scaled = _mbqm(total, multiplier[None, :], shift[None, :])
             result = np.clip(scaled + instr.out_zero_point, instr.out_min, instr.out_max)
+        self.sp["OUT"][instr.out_addr:instr.out_addr + m] = result
+
+    def _matmul_bf16(self, instr, bias):
+        """bf16 MATMUL: FP32 tile sums in k order, accumulated tile by tile (ISA.md)."""
+        cfg = self.config
+        R, m = cfg.rows, instr.m_rows
+        kpt = R // 2
+        acc = None
+        for kt in range(instr.k_tiles):
+            a_rows = self.sp["ACT"][instr.act_addr + kt * m:instr.act_addr + (kt + 1) * m, :R]
+            w_rows = self.sp["WGT"][instr.wgt_addr + kt * R:instr.wgt_addr + (kt + 1) * R]
+            k_valid = instr.k_valid_last if kt == instr.k_tiles - 1 else kpt
+            s = bf16_tile_sum(join_bytes(a_rows, 1), join_bytes(w_rows, 0), k_valid)
+            if acc is None:
+                acc = s
+            else:
+                with np.errstate(all="ignore"):
+                    acc = (acc + s).astype(np.float32)
+        bits = fp32_to_bits(acc).astype(np.int64)
+        result = _wrap(bits + bias[None, :], cfg.acc_bits)
         self.sp["OUT"][instr.out_addr:instr.out_addr + m] = result
 
     # -- VECTOR -------------------------------------------------------------------------

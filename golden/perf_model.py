@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from .precision import PACK, SPARSE_K_FACTOR, check_sparsity
+from .precision import SPARSE_K_FACTOR, check_sparsity, k_per_rows
 
 __all__ = ["tile_rows", "gemm_cycles", "result_latency"]
 
@@ -40,7 +40,7 @@ def tile_rows(config, m: int, k: int, n: int, mode: str = "int8",
     for name, value in (("m", m), ("k", k), ("n", n)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    k_tiles = math.ceil(k / (config.rows * PACK[mode] * factor))
+    k_tiles = math.ceil(k / (k_per_rows(config.rows, mode) * factor))
     n_tiles = math.ceil(n / config.cols)
     rows = []
     for m0 in range(0, m, config.acc_depth):

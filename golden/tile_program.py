@@ -34,7 +34,7 @@ import numpy as np
 from .binary import pack_bits
 from .gemm import matmul_integer
 from .int4 import pack_int4
-from .precision import PACK, SPARSE_K_FACTOR, VALUE_RANGE, check_sparsity, mode_code
+from .precision import PACK, SPARSE_K_FACTOR, VALUE_RANGE, check_sparsity, integer_mode_code
 from .quant import requantize
 from .sparse_formats import NMMatrix
 
@@ -63,7 +63,7 @@ class GemmJob:
     sparsity: str | None = None   # "2:4": w is 2:4 sparse and runs compressed (int8 only)
 
     def __post_init__(self):
-        mode_code(self.mode)
+        integer_mode_code(self.mode)
         check_sparsity(self.sparsity, self.mode)
         self.a = np.asarray(self.a)
         self.w = np.asarray(self.w)
@@ -236,7 +236,7 @@ def lower_gemm(config, job: GemmJob) -> TileProgram:
     expected = padded.reference(config.acc_bits)
 
     program = TileProgram()
-    code = mode_code(mode)
+    code = integer_mode_code(mode)
     for m0 in range(0, M, depth):
         m_rows = min(depth, M - m0)
         for nt in range(n_tiles):
@@ -309,7 +309,7 @@ def random_gemm_job(rng: np.random.Generator, m: int, k: int, n: int, *,
     ``sparsity="2:4"`` prunes the weights to 2:4 by magnitude (N:M pruning; a random
     quarter of the groups is pruned further, to one or no non-zero).
     """
-    mode_code(mode)
+    integer_mode_code(mode)
     check_sparsity(sparsity, mode)
     (a_lo, a_hi), (w_lo, w_hi) = VALUE_RANGE[mode], WEIGHT_RANGE[mode]
     if mode == "binary" or extremes:

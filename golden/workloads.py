@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from .attention import AttentionParams
-from .compiler import compile_attention, compile_conv2d, compile_gemm
+from .bf16_gemm import random_bf16
+from .compiler import compile_attention, compile_bf16_gemm, compile_conv2d, compile_gemm
 from .tile_program import random_gemm_job
 
 __all__ = ["gemm_program", "conv_program", "attention_program"]
@@ -24,8 +25,14 @@ def _positive(name, value):
 
 def gemm_program(config, rng: np.random.Generator, *, m: int, k: int, n: int,
                  dtype: str = "int8", sparsity: str | None = None, base: int = 0):
-    """A random M×K×N GEMM (``dtype`` int8/int4/binary, optional 2:4 weights)."""
+    """A random M×K×N GEMM (``dtype`` int8/int4/binary, optional 2:4 weights; bf16 with
+    FP32 results)."""
     m, k, n = (_positive(name, v) for name, v in (("m", m), ("k", k), ("n", n)))
+    if dtype == "bf16":
+        if sparsity is not None:
+            raise ValueError(f"sparsity must be None with dtype 'bf16', not {sparsity!r}")
+        return compile_bf16_gemm(config, random_bf16(rng, (m, k)), random_bf16(rng, (k, n)),
+                                 base=base)
     job = random_gemm_job(rng, m, k, n, mode=dtype, sparsity=sparsity)
     return compile_gemm(config, job, base=base)
 

@@ -22,6 +22,10 @@ instead of the memory data, the newer one first.  The choice is made in cycle t 
 the adder of cycle t + 2 sees one of two registers (or zero for ``first``) through one
 level of logic.
 
+With ``fp32=True`` (a bf16 array) a row presented with ``fp32_in`` holds FP32 sums:
+the stored row is added with an FP32 adder (round to nearest even; combinational in
+cycle t + 2 like the integer adder) and ``first`` takes the row's bits unchanged.
+
 Latency 2: a row presented in cycle t has its sum on ``sum`` in cycle ``t + 2``.
 """
 
@@ -29,6 +33,10 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+
+from npugen.golden.floating import FLOAT32
+
+from .fp_adder import FloatAdder
 
 __all__ = ["AccumulatorBuffer", "LATENCY"]
 
@@ -45,14 +53,18 @@ class AccumulatorBuffer(wiring.Component):
         Supplies ``cols``, ``acc_bits`` and ``acc_depth``.
     tag_shape : shape
         Side information carried from ``tag_in`` to ``tag_out`` with the row.
+    fp32 : bool
+        Build the FP32 adders, used by rows presented with ``fp32_in``.
     """
 
-    def __init__(self, config, *, tag_shape=unsigned(1)):
+    def __init__(self, config, *, tag_shape=unsigned(1), fp32=False):
         self._config = config
         row = data.ArrayLayout(signed(config.acc_bits), config.cols)
         self._row_layout = row
         self._tag_shape = tag_shape
+        self._fp32 = fp32
         super().__init__({
+            "fp32_in": In(1),
             "valid_in": In(1),
             "addr": In(range(config.acc_depth)),
             "first": In(1),
@@ -79,12 +91,13 @@ class AccumulatorBuffer(wiring.Component):
 
         # The row's fields after one and two cycles (index 0: cycle t + 1).
         stage = data.StructLayout({"valid": 1, "addr": range(cfg.acc_depth), "first": 1,
-                                   "last": 1, "tag": self._tag_shape,
+                                   "last": 1, "tag": self._tag_shape, "fp32": 1,
                                    "psum": self._row_layout})
         s1, s2 = Signal(stage, name="row_s1"), Signal(stage, name="row_s2")
         m.d.sync += [
             s1.valid.eq(self.valid_in), s1.addr.eq(self.addr), s1.first.eq(self.first),
             s1.last.eq(self.last), s1.tag.eq(self.tag_in), s1.psum.eq(self.psum),
+            s1.fp32.eq(self.fp32_in if self._fp32 else 0),
             s2.eq(s1),
         ]
         stored = Signal(self._row_layout, name="stored")
@@ -118,7 +131,16 @@ class AccumulatorBuffer(wiring.Component):
         for c in range(cfg.cols):
             base = (forward[c] & use_forward.replicate(cfg.acc_bits)) | \
                    (stored[c] & use_stored.replicate(cfg.acc_bits))
-            m.d.comb += self.sum[c].eq(s2.psum[c] + base.as_signed())
+            integer = s2.psum[c] + base.as_signed()
+            if self._fp32:
+                m.submodules[f"fp32_add_{c}"] = add = FloatAdder(FLOAT32, latency=0)
+                m.d.comb += [add.operands.payload.a.as_value().eq(base),
+                             add.operands.payload.b.as_value().eq(s2.psum[c]),
+                             add.operands.valid.eq(s2.valid & s2.fp32 & ~s2.first)]
+                fp32_sum = Mux(s2.first, s2.psum[c], add.result.payload.as_value())
+                m.d.comb += self.sum[c].eq(Mux(s2.fp32, fp32_sum, integer))
+            else:
+                m.d.comb += self.sum[c].eq(integer)
         m.d.comb += [
             write.addr.eq(s2.addr),
             write.data.eq(self.sum),

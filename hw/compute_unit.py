@@ -51,7 +51,7 @@ from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from npugen.golden.config import NPUConfig
-from npugen.golden.precision import MODE_CODES, PACK, SPARSE_K_FACTOR
+from npugen.golden.precision import MODE_CODES, SPARSE_K_FACTOR, k_per_rows
 
 from .gemm_core import CoreError, GemmCore
 from .isa import NPUError, matmul_layout
@@ -208,9 +208,9 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
         k_tile = Signal(range(R * 8 + 1))
         dp.d.comb += k_tile.eq(R)
         for name, code in MODE_CODES.items():
-            if PACK[name] != 1:
+            if k_per_rows(R, name) != R:
                 with dp.If(mode == code):
-                    dp.d.comb += k_tile.eq(R * PACK[name])
+                    dp.d.comb += k_tile.eq(k_per_rows(R, name))
         if cfg.sparse_2_4:
             with dp.If(sparse & (mode == MODE_CODES["int8"])):
                 dp.d.comb += k_tile.eq(R * SPARSE_K_FACTOR)

@@ -53,7 +53,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from npugen.golden.config import NPUConfig
-from npugen.golden.precision import MODE_CODES, PACK, SPARSE_K_FACTOR
+from npugen.golden.precision import MODE_CODES, SPARSE_K_FACTOR, k_per_rows
 
 from .dma_read import fetch_item_layout
 from .isa import (INSTRUCTION_BITS, LoadTarget, NPUError, Opcode, VectorOp, load_layout,
@@ -558,12 +558,13 @@ class Controller(wiring.Component):
             feature.append(sparse)
         checks["matmul", "feature"] = feature
         # k_valid_last against the K of a tile of its mode (compared with each constant).
-        k_over = [~sparse & (mode == code) & (mm.k_valid_last > cfg.rows * PACK[name])
+        k_over = [~sparse & (mode == code) & (mm.k_valid_last > k_per_rows(cfg.rows, name))
                   for name, code in MODE_CODES.items()]
         if cfg.sparse_2_4:
             k_over.append(sparse & (mm.k_valid_last > cfg.rows * SPARSE_K_FACTOR))
+        # bf16 sums leave as FP32 bit patterns: only through the raw path.
         checks["matmul", "field"] = [
-            mode == 3, mm.m_rows == 0, mm.m_rows > cfg.acc_depth, mm.k_tiles == 0,
+            (mode == MODE_CODES["bf16"]) & ~mm.raw, mm.m_rows == 0, mm.m_rows > cfg.acc_depth, mm.k_tiles == 0,
             mm.k_valid_last == 0, *k_over, mm.out_min > mm.out_max]
         checks["matmul", "sp"] = [
             ends.a > cfg.act_sp_depth, ends.b > cfg.wgt_sp_depth, ends.c > cfg.out_sp_depth,

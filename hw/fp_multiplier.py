@@ -147,21 +147,35 @@ class FloatMultiplier(FloatUnit):
         Subnormal policy.
     multiplier : ``"dsp"`` | ``"lut"``
         Significand product on a DSP block or in logic.
+    operand_fmt : FloatFormat or None
+        A narrower operand format with ``fmt``'s exponent (e.g. ``BFLOAT16`` operands,
+        ``FLOAT32`` product: bf16 × bf16 → fp32, exact unless the product leaves fp32's
+        normal range).  The significand product is ``operand_fmt``'s size; the rounding
+        is ``fmt``'s.  ``None``: operands in ``fmt``.
 
     Ports
     -----
-    operands : In(stream.Signature(operands_layout(fmt), always_ready=True))
+    operands : In(stream.Signature(operands_layout(operand_fmt), always_ready=True))
         ``payload.a``, ``payload.b``, ``valid``.  Never stalls; ``ready`` is constant 1.
     result : Out(stream.Signature(float_struct(fmt), always_ready=True))
         The product and its ``valid``, ``latency`` cycles after the operands.
     """
 
     def __init__(self, fmt: FloatFormat = BFLOAT16, *, latency: int = DEFAULT_LATENCY,
-                 subnormals: str = "ieee", multiplier: str = "dsp"):
+                 subnormals: str = "ieee", multiplier: str = "dsp",
+                 operand_fmt: FloatFormat | None = None):
         self._multiplier = multiplier
-        super().__init__(fmt, latency, subnormals, lambda: check_unit_parameters(
-            fmt, latency, subnormals, MAX_LATENCY, multiplier=multiplier,
-            multipliers=MULTIPLIERS))
+
+        def check():
+            check_unit_parameters(fmt, latency, subnormals, MAX_LATENCY, multiplier=multiplier,
+                                  multipliers=MULTIPLIERS)
+            if operand_fmt is not None and (
+                    not isinstance(operand_fmt, FloatFormat) or
+                    (operand_fmt.exp_bits, operand_fmt.bias) != (fmt.exp_bits, fmt.bias) or
+                    operand_fmt.man_bits > fmt.man_bits):
+                raise ValueError(f"operand_fmt must be None or a format with fmt's exponent and "
+                                 f"at most its fraction bits, not {operand_fmt!r}")
+        super().__init__(fmt, latency, subnormals, check, operand_fmt=operand_fmt)
 
     @property
     def multiplier(self) -> str:
@@ -171,6 +185,9 @@ class FloatMultiplier(FloatUnit):
         m = Module()
         fmt, policy = self._fmt, self._subnormals
         man, exp_bits, p = fmt.man_bits, fmt.exp_bits, fmt.precision
+        # Operand precision: the significands and their product are this size; the product
+        # is then aligned to the top of 2p bits (the low bits of a widened operand are 0).
+        q = self._operand_fmt.precision
         ieee = policy == "ieee"
         struct = float_struct(fmt)
         stages = Stages(m, registered_boundaries(self._latency, _PRIORITY), "fmul")
@@ -208,8 +225,8 @@ class FloatMultiplier(FloatUnit):
         # result is subnormal, shifted right by 1 - (x + top).  Both candidates of each
         # are formed here, every one a single subtraction from registered values.
         if ieee:
-            norm_a = (s0.sig_a << s0.lz_a)[:p]
-            norm_b = (s0.sig_b << s0.lz_b)[:p]
+            norm_a = (s0.sig_a << s0.lz_a)[:q]
+            norm_b = (s0.sig_b << s0.lz_b)[:q]
             lz_sum = wire(m, Cat(s0.lz_a + s0.lz_b, Const(0, 1)).as_signed(), "lz_sum")
             exponents = dict(e0=s0.x - lz_sum, e1=s0.x_up - lz_sum,
                              shift0=lz_sum - s0.x_down, shift1=lz_sum - s0.x)
@@ -219,11 +236,11 @@ class FloatMultiplier(FloatUnit):
         exponents = {name: value[:xw].as_signed() for name, value in exponents.items()}
         s1 = stages.cut(**flags(s0), sig_a=norm_a, sig_b=norm_b, **exponents)
 
-        # Step 2: significand product (2p bits, top bit in 2p - 1 or 2p - 2 unless an
+        # Step 2: significand product (2q bits, top bit in 2q - 1 or 2q - 2 unless an
         # operand is zero); alongside, both candidates of the right shift of a subnormal
         # result (at most r_max), from comparisons with constants (small LUT trees).
         if self._multiplier == "dsp":
-            rows = dict(product=(s1.sig_a * s1.sig_b)[:2 * p])
+            rows = dict(product=(s1.sig_a * s1.sig_b)[:2 * q])
         else:
             # The first half of the compressor tree's levels (the second half and the final
             # adder are the next step).
@@ -247,7 +264,9 @@ class FloatMultiplier(FloatUnit):
         else:
             rest = [getattr(s2a, name) for name in rows]
             rest = csa_reduce(m, rest, csa_levels(len(rest)), prefix="csb")
-            product = (rest[0] + rest[1] if len(rest) == 2 else rest[0])[:2 * p]
+            product = (rest[0] + rest[1] if len(rest) == 2 else rest[0])[:2 * q]
+        if q < p:
+            product = Cat(Const(0, 2 * (p - q)), product)
         s2 = stages.cut(**flags(s2a), product=product,
                         **{name: getattr(s2a, name) for name in candidates})
 

@@ -59,23 +59,31 @@ class FloatUnit(wiring.Component):
     never elaborated, so it is not reported as unused).
     """
 
-    def __init__(self, fmt: FloatFormat, latency: int, subnormals: str, check):
+    def __init__(self, fmt: FloatFormat, latency: int, subnormals: str, check,
+                 operand_fmt: FloatFormat | None = None):
         try:
             check()
         except (TypeError, ValueError):
             self._MustUse__silence = True
             raise
         self._fmt = fmt
+        self._operand_fmt = fmt if operand_fmt is None else operand_fmt
         self._latency = latency
         self._subnormals = subnormals
         super().__init__({
-            "operands": In(stream.Signature(operands_layout(fmt), always_ready=True)),
+            "operands": In(stream.Signature(operands_layout(self._operand_fmt),
+                                            always_ready=True)),
             "result": Out(stream.Signature(float_struct(fmt), always_ready=True)),
         })
 
     @property
     def fmt(self) -> FloatFormat:
         return self._fmt
+
+    @property
+    def operand_fmt(self) -> FloatFormat:
+        """Format of ``operands`` (``fmt`` unless the unit widens, see the multiplier)."""
+        return self._operand_fmt
 
     @property
     def latency(self) -> int:

@@ -40,7 +40,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.precision import MODE_CODES, PACK, SPARSE_K_FACTOR, SPARSE_MODE_CODE
+from npugen.golden.precision import MODE_CODES, SPARSE_K_FACTOR, SPARSE_MODE_CODE, k_per_rows
 
 from .accumulator import LATENCY as ACC_LATENCY, AccumulatorBuffer
 from .pe import ProcessingElement
@@ -146,7 +146,8 @@ class GemmCore(wiring.Component):
         R, C = cfg.rows, cfg.cols
 
         m.submodules.array = array = self._array()
-        m.submodules.accumulator = acc = AccumulatorBuffer(cfg, tag_shape=unsigned(1))
+        m.submodules.accumulator = acc = AccumulatorBuffer(cfg, tag_shape=unsigned(1),
+                                                           fp32="bf16" in cfg.modes)
         m.submodules.requantizer = requant = Requantizer(cfg)
         m.submodules.result_fifo = fifo = SyncFIFOBuffered(
             width=len(self.result.payload.as_value()), depth=cfg.out_fifo_depth)
@@ -249,7 +250,7 @@ class GemmCore(wiring.Component):
         m.d.comb += k_limit.eq(R)
         for mode in cfg.modes:
             with m.If(command.mode == MODE_CODES[mode]):
-                m.d.comb += k_limit.eq(R * PACK[mode])
+                m.d.comb += k_limit.eq(k_per_rows(R, mode))
         if cfg.sparse_2_4:
             with m.If(command.sparse):
                 m.d.comb += k_limit.eq(R * SPARSE_K_FACTOR)
@@ -293,6 +294,15 @@ class GemmCore(wiring.Component):
                 valid_bits = Cat(row_k > 8 * r + i for i in range(8))
                 with m.If(row_mode == MODE_CODES["binary"]):
                     m.d.comb += array.act[r].eq(Cat(byte.as_unsigned(), valid_bits))
+            if "bf16" in cfg.modes:
+                # Lane 2j: BF16 activation j (lanes 2j, 2j+1) and whether j is real; the
+                # odd lanes carry nothing, their PEs pass the sums on.
+                with m.If(row_mode == MODE_CODES["bf16"]):
+                    if r % 2 == 0:
+                        m.d.comb += array.act[r].eq(Cat(byte, self.act.payload[r + 1],
+                                                        row_k > r // 2))
+                    else:
+                        m.d.comb += array.act[r].eq(0)
             if cfg.sparse_2_4:
                 # Rows 2g and 2g+1 both see the 4 activations of group g.
                 group = [(self.act.payload[4 * (r // 2) + j] - zero_point)[:cfg.lane_bits + 1]
@@ -330,7 +340,7 @@ class GemmCore(wiring.Component):
 
         # Row metadata, delayed to meet the row's partial sums below the array.
         meta_layout = data.StructLayout({
-            "valid": 1, "first": 1, "last": 1, "slot": 1,
+            "valid": 1, "first": 1, "last": 1, "slot": 1, "fp32": 1,
             "row": range(cfg.acc_depth),
         })
         meta = Signal(meta_layout)
@@ -341,6 +351,7 @@ class GemmCore(wiring.Component):
             meta.last.eq(row_last),
             meta.slot.eq(issue_slot),
             meta.row.eq(Mux(starting, 0, row_index)),
+            meta.fp32.eq(row_mode == MODE_CODES["bf16"] if "bf16" in cfg.modes else 0),
         ]
         delayed = meta
         for i in range(array.latency):
@@ -355,6 +366,7 @@ class GemmCore(wiring.Component):
             acc.first.eq(delayed.first),
             acc.last.eq(delayed.last),
             acc.tag_in.eq(delayed.slot),
+            acc.fp32_in.eq(delayed.fp32),
             acc.psum.eq(array.psum),
         ]
 

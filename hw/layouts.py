@@ -8,7 +8,7 @@ payloads; the cocotb drivers (``npugen.sim``) and the golden tile program
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from npugen.golden.precision import PACK, SPARSE_K_FACTOR
+from npugen.golden.precision import SPARSE_K_FACTOR, k_per_rows
 
 __all__ = [
     "SHIFT_BITS", "QPARAM_BITS",
@@ -26,7 +26,8 @@ def activation_row_layout(config):
     """One row of A restricted to a K tile: int8 lanes, lane i ↔ k = k0 + i.
 
     ``rows`` lanes; ``2·rows`` when ``sparse_2_4`` is built (a 2:4 tile covers ``2·rows``
-    of K; dense modes use lanes ``[0, rows)`` and ignore the others).
+    of K; dense modes use lanes ``[0, rows)`` and ignore the others).  In bf16 mode
+    lanes 2j (low byte) and 2j+1 (high byte) hold BF16 element k0 + j.
     """
     factor = SPARSE_K_FACTOR if config.sparse_2_4 else 1
     return data.ArrayLayout(signed(config.lane_bits), config.rows * factor)
@@ -59,12 +60,12 @@ def tile_command_layout(config):
     sends the accumulators through requantization to the result stream.  ``mode`` is
     the precision mode code (``npugen.golden.precision.MODE_CODES``); ``k_valid`` is the
     number of K elements of the tile that are real (the rest is padding; binary mode
-    masks it, the other modes rely on zero weights).  ``sparse`` asks for an int8 tile
+    masks it, bf16 skips it, the other modes rely on zero weights).  ``sparse`` asks for an int8 tile
     of 2:4 compressed weights (``2·rows`` of K); it is refused (``BAD_MODE``) with
     another mode or when ``sparse_2_4`` is not built.
     """
-    k_max = config.rows * max([PACK[mode] for mode in config.modes] +
-                              [SPARSE_K_FACTOR if config.sparse_2_4 else 1])
+    k_max = max([k_per_rows(config.rows, mode) for mode in config.modes] +
+                [config.rows * (SPARSE_K_FACTOR if config.sparse_2_4 else 1)])
     return data.StructLayout({
         "m_rows": unsigned(config.acc_row_bits),
         "first": unsigned(1),

@@ -39,8 +39,23 @@ selects among the group's 4: ``x = act[9·index : 9·index + 9]``.  A pair of PE
 (2g, 2g+1) holds the two kept weights of group g, so a column of ``R`` PEs covers
 ``2·R`` of K with one multiplier per PE.  Dense modes ignore the index bits.
 
+* bf16 (``"bf16"`` built): bits [0, 16) hold a BF16 activation, bit 16 says whether
+  it is a real K element; the GEMM core fills only the lanes of even PE rows.
+
 Contribution: int8 and int8 2:4 ``a·w``; int4 ``a_lo·w_lo + a_hi·w_hi``; binary
 ``2·popcount(XNOR(a, w) & valid)`` (the array adds ``−K`` once per row at the top).
+
+BF16 MAC (``"bf16"`` built): a BF16 weight is the PE's own weight byte (low) and the
+byte of the PE below it (high, taken from ``w_shadow_in`` at the swap, when the PE
+below still holds its shadow weight of the same tile), so the even PE row 2j of a
+tile holds weight j.  A bf16 row with a real activation computes
+``psum_out = fp32(psum_in + fp32(a · w))``: the product is exact in FP32 unless it
+leaves FP32's normal range (then rounded once), the sum rounded to nearest even
+(:class:`~npugen.hw.fp_multiplier.FloatMultiplier` with BF16 operands and an FP32
+result, :class:`~npugen.hw.fp_adder.FloatAdder`, both combinational between the same
+registers as the integer product and sum).  Other bf16 rows pass ``psum_in`` on
+unchanged, so a column sums its real products in row order starting from the ``+0``
+at the top.
 
 The two int4 products share the int8 multiplier: with ``X = a_lo + a_hi·2⁹`` and
 ``Y = w_hi + w_lo·2⁹``, ``X·Y = a_lo·w_hi + (a_lo·w_lo + a_hi·w_hi)·2⁹ + a_hi·w_lo·2¹⁸``;
@@ -63,13 +78,17 @@ from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.precision import MODE_CODES, MODES, SPARSE_MODE_CODE
+from npugen.golden.floating import BFLOAT16, FLOAT32
+from npugen.golden.precision import MODE_CODES, MODES, SPARSE_MODE_CODE, mode_bits
 
-__all__ = ["ProcessingElement", "MODE_BITS", "INDEX_BITS", "act_lane_shape",
+from .fp_adder import FloatAdder
+from .fp_multiplier import FloatMultiplier
+
+__all__ = ["ProcessingElement", "INDEX_BITS", "BF16_LANE_BITS", "act_lane_shape",
            "weight_lane_shape", "pe_signature", "popcount8"]
 
-#: Width of the ``mode`` field travelling with activations.
-MODE_BITS = 2
+#: Width of a bf16 activation lane: the value and its "real K element" bit.
+BF16_LANE_BITS = 17
 #: Bit offset of the int4 pair packing in the shared multiplier.
 INT4_SPLIT = 9
 #: Width of a 2:4 weight's position inside its group of 4 K elements.
@@ -114,6 +133,8 @@ def act_lane_shape(modes, act_bits=9, sparse=False):
         width = max(width, 16)
     if sparse:
         width = max(width, 4 * act_bits)
+    if "bf16" in modes:
+        width = max(width, BF16_LANE_BITS)
     return unsigned(width)
 
 
@@ -143,10 +164,10 @@ def pe_signature(*, act_bits=9, weight_bits=8, acc_bits=32, modes=("int8",), spa
     weight = weight_lane_shape(weight_bits, sparse)
     return wiring.Signature({
         "act_in": In(bus),
-        "mode_in": In(MODE_BITS),
+        "mode_in": In(mode_bits(modes, sparse)),
         "swap_in": In(1),
         "act_out": Out(bus),
-        "mode_out": Out(MODE_BITS),
+        "mode_out": Out(mode_bits(modes, sparse)),
         "swap_out": Out(1),
         "psum_in": In(signed(acc_bits)),
         "psum_out": Out(signed(acc_bits)),
@@ -168,7 +189,7 @@ class ProcessingElement(wiring.Component):
     acc_bits : int
         Width of the partial sum.
     modes : tuple of str
-        Precision modes to build (``"int8"`` always; ``"int4"``, ``"binary"``).
+        Precision modes to build (``"int8"`` always; ``"int4"``, ``"binary"``, ``"bf16"``).
     sparse : bool
         Build the int8 2:4 selection (wide activation bus, 2-bit weight index).
     """
@@ -242,14 +263,19 @@ class ProcessingElement(wiring.Component):
 
         # The product register.  A binary row clears it (its multiplier operands are not
         # meaningful), so that the popcount can simply be ORed into the contribution.
-        product = Signal(signed(len(x) + len(y)), name="product",
-                         reset_less="binary" in modes)
+        # bf16 rows clear it too: their contribution is the FP32 sum below.
+        clears = [mode for mode in ("binary", "bf16") if mode in modes]
+        product = Signal(signed(len(x) + len(y)), name="product", reset_less=bool(clears))
+        if clears:
+            no_product = Signal(name="no_product_mid")
+            m.d.sync += no_product.eq(Cat(self.mode_in == MODE_CODES[mode]
+                                          for mode in clears).any())
+            m.d.sync += product.eq(Mux(no_product, 0, x * y))
+        else:
+            m.d.sync += product.eq(x * y)
         if "binary" in modes:
             binary_mid = Signal(name="binary_mid")
             m.d.sync += binary_mid.eq(self.mode_in == MODE_CODES["binary"])
-            m.d.sync += product.eq(Mux(binary_mid, 0, x * y))
-        else:
-            m.d.sync += product.eq(x * y)
 
         contribution, carry = product, 0
         if "int4" in modes:
@@ -272,8 +298,49 @@ class ProcessingElement(wiring.Component):
             contribution = Cat(contribution[0], contribution[1:5] | matches,
                                contribution[5:]).as_signed()
 
-        m.d.sync += self.psum_out.eq(self.psum_in + contribution + carry)
+        integer_sum = self.psum_in + contribution + carry
+        if "bf16" in modes:
+            m.d.sync += self.psum_out.eq(Mux(self._bf16_mac(m, w_register), self._fp32_sum,
+                                             integer_sum))
+        else:
+            m.d.sync += self.psum_out.eq(integer_sum)
         return m
+
+    def _bf16_mac(self, m, w_register):
+        """The BF16 datapath (operand registers, FP32 product register, FP32 adder);
+        returns the flag that selects its sum for ``psum_out`` and sets ``_fp32_sum``."""
+        w_low = Mux(self.swap_in, self.w_shadow_out, w_register)[:8]
+        w_high = Signal(8, name="w_high", reset_less=True)
+        with m.If(self.swap_in):
+            m.d.sync += w_high.eq(self.w_shadow_in[:8])
+        w_high_next = Mux(self.swap_in, self.w_shadow_in[:8], w_high)
+
+        # Operand registers (loaded with x and y), the FP32 product register (with the
+        # integer product) and the flag of a real bf16 element at each.
+        m.submodules.bf16_mul = mul = FloatMultiplier(FLOAT32, operand_fmt=BFLOAT16, latency=0)
+        m.submodules.fp32_add = add = FloatAdder(FLOAT32, latency=0)
+        a = Signal(16, name="bf16_a", reset_less=True)
+        w = Signal(16, name="bf16_w", reset_less=True)
+        live_mid = Signal(name="bf16_mid")
+        live_late = Signal(name="bf16_late")
+        fp_product = Signal(32, name="fp32_product", reset_less=True)
+        m.d.sync += [
+            a.eq(self.act_in[:16]),
+            w.eq(Cat(w_low, w_high_next)),
+            live_mid.eq((self.mode_in == MODE_CODES["bf16"]) & self.act_in[16]),
+            live_late.eq(live_mid),
+            fp_product.eq(mul.result.payload.as_value()),
+        ]
+        m.d.comb += [
+            mul.operands.payload.a.as_value().eq(a),
+            mul.operands.payload.b.as_value().eq(w),
+            mul.operands.valid.eq(live_mid),
+            add.operands.payload.a.as_value().eq(self.psum_in),
+            add.operands.payload.b.as_value().eq(fp_product),
+            add.operands.valid.eq(live_late),
+        ]
+        self._fp32_sum = add.result.payload.as_value()
+        return live_late
 
     def _x_operand(self, m, w_next):
         """The activation operand register: int8 value, the 2:4 selection or an int4 pair."""

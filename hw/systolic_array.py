@@ -8,7 +8,9 @@ wavefront crosses the array diagonally.  Partial sums flow top
 to bottom; column c leaves the bottom c cycles after column 0 and is delayed
 ``C-1-c`` cycles (deskew) so a whole output row appears at once.
 
-The precision ``mode`` of a row travels with it (see :mod:`npugen.hw.pe`).  With
+The precision ``mode`` of a row travels with it (see :mod:`npugen.hw.pe`).  In bf16
+mode lane 2j carries BF16 activation j and weight rows 2j, 2j+1 the low and high bytes
+of BF16 weight row j: the even PE rows do the multiply-adds, in FP32.  With
 ``sparse=True`` every activation lane carries the 4 activations of its row pair's group
 and every weight lane a value plus a 2-bit index (2:4 structured sparsity: rows 2g and
 2g+1 hold the two kept weights of group g; the controller feeds both rows the same
@@ -41,7 +43,9 @@ from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal, sig
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import MODE_BITS, ProcessingElement, act_lane_shape, pe_signature, weight_lane_shape
+from npugen.golden.precision import mode_bits
+
+from .pe import ProcessingElement, act_lane_shape, pe_signature, weight_lane_shape
 
 __all__ = ["SystolicArray"]
 
@@ -94,7 +98,7 @@ class SystolicArray(wiring.Component):
         self._weight_shape = weight_lane_shape(weight_bits, sparse)
         super().__init__({
             "act": In(data.ArrayLayout(self._lane_shape, rows)),
-            "mode": In(MODE_BITS),
+            "mode": In(mode_bits(modes, sparse)),
             "swap": In(1),
             "psum_top": In(signed(acc_bits)),
             "w_row": In(data.ArrayLayout(self._weight_shape, cols)),
@@ -145,7 +149,7 @@ class SystolicArray(wiring.Component):
             act, mode, swap = act_in[r], mode_in, swap_in
             for i in range(r):
                 act_q = Signal.like(pes[r][0].act_in, name=f"act_skew_{r}_{i}")
-                mode_q = Signal(MODE_BITS, name=f"mode_skew_{r}_{i}")
+                mode_q = Signal.like(mode_in, name=f"mode_skew_{r}_{i}")
                 swap_q = Signal(name=f"swap_skew_{r}_{i}")
                 m.d.sync += [act_q.eq(act), mode_q.eq(mode), swap_q.eq(swap)]
                 act, mode, swap = act_q, mode_q, swap_q

@@ -248,8 +248,10 @@ def build(verilog_sources: Sequence[Path | str] | str, toplevel: str, key: str, 
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _read_stamp(build_dir) == stamp:  # built by another process meanwhile
             return build_dir
-        build_dir.mkdir(exist_ok=True)
-        (build_dir / _STAMP).unlink(missing_ok=True)
+        # A build of other sources or tools: start afresh (its make dependency files may
+        # name tool paths that no longer exist).
+        shutil.rmtree(build_dir, ignore_errors=True)
+        build_dir.mkdir()
         if text is not None:
             source = build_dir / f"{toplevel}.v"
             source.write_text(text)

@@ -262,7 +262,7 @@ GENERATE_ERRORS = [
     (["--set", "rows=four"], r"rows must be an integer in 2\.\.64, not 'four'"),
     (["--set", "dataflow=diagonal"],
      r"dataflow must be one of weight_stationary, not 'diagonal'"),
-    (["--set", 'modes=["int3"]'], r"modes must contain only int8, int4, binary, not 'int3'"),
+    (["--set", 'modes=["int3"]'], r"modes must contain only int8, int4, binary, bf16, not 'int3'"),
     (["--set", "rows"], r"--set expects KEY=VALUE, not 'rows'"),
     (["--set", "modes=[int8"], r"--set modes: '\[int8' is not a valid TOML value"),
     (["--config", _malformed], r"{path}: not valid TOML: .+"),

@@ -388,3 +388,46 @@ def test_memory_fill_and_extract():
     assert prog.extract(memory)["y"].tolist() == [[0x11, 0x11]] * 3
     with pytest.raises(ValueError, match=r"^fill must be a byte value 0\.\.255, not 256$"):
         prog.memory(256)
+
+
+# -- bf16 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_bf16_gemm_on_the_model(preset):
+    """BF16 GEMMs with special operands: the model's result equals the fixed-order golden
+    GEMM; the planned program is the compiled one."""
+    from npugen.golden.bf16_gemm import random_bf16
+    from npugen.golden.compiler import compile_bf16_gemm, plan_gemm
+
+    config = NPUConfig.preset(preset).replace(modes=("int8", "bf16"))
+    seed = SEED_BASE + 900 + len(preset)
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    for m, k, n in ((1, 1, 1), (7, 19, 5), (33, 70, 17)):
+        program = compile_bf16_gemm(config, random_bf16(rng, (m, k), specials=0.1),
+                                    random_bf16(rng, (k, n), specials=0.1))
+        matmul = next(i for i in program.instructions if isinstance(i, Matmul))
+        assert (matmul.mode, matmul.raw) == (3, 1)
+        assert matmul.k_valid_last == k - (matmul.k_tiles - 1) * (config.rows // 2)
+        result, memory = program.run()
+        assert result.ok, result
+        np.testing.assert_array_equal(program.extract(memory)["y"], program.expected["y"])
+        plan = plan_gemm(config, m, k, n, mode="bf16", raw=True)
+        assert plan.instructions == program.instructions
+
+
+def test_bf16_gemm_rejects():
+    from npugen.golden.compiler import compile_bf16_gemm
+
+    config = NPUConfig.preset("tiny")
+    ok = np.zeros((2, 2), dtype=np.uint16)
+    with pytest.raises(ValueError, match=r"^mode must be one of the built modes \['int8', "
+                                         r"'int4', 'binary'\], not 'bf16'$"):
+        compile_bf16_gemm(config, ok, ok)
+    config = config.replace(modes=("int8", "bf16"))
+    with pytest.raises(ValueError, match=r"^a_bits and w_bits must be M×K and K×N, not "
+                                         r"\(2, 2\) and \(3, 2\)$"):
+        compile_bf16_gemm(config, ok, np.zeros((3, 2), dtype=np.uint16))
+    with pytest.raises(ValueError, match=r"^a_bits must hold 16-bit BF16 encodings"):
+        compile_bf16_gemm(config, np.full((2, 2), -1), ok)

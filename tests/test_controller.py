@@ -30,8 +30,8 @@ from npugen.hw.isa import (LoadTarget, NPUError, Opcode, VectorOp, load_layout,
 from npugen.hw.scratchpad import act_lanes
 
 TINY = PRESETS["tiny"]
-#: int8 only, no 2:4, small scratchpads.
-SMALL = NPUConfig(rows=2, cols=3, acc_depth=16, out_fifo_depth=4, modes=("int8",),
+#: int8 and bf16, no 2:4, small scratchpads.
+SMALL = NPUConfig(rows=2, cols=3, acc_depth=16, out_fifo_depth=4, modes=("int8", "bf16"),
                   axi_data_bits=32, act_sp_depth=64, wgt_sp_depth=64, out_sp_depth=64,
                   param_sp_depth=16)
 BASE = 0x1000
@@ -612,7 +612,7 @@ def static_error_cases(config):
         (STORE(lanes=C + 1), E.BAD_FIELD, S),
         (STORE(sp=config.out_sp_depth - 4, n=5), E.BAD_SP_ADDRESS, S),
         # MATMUL
-        (MATMUL(mode=3), E.BAD_FIELD, M),
+        (MATMUL(mode=3), E.BAD_FIELD if "bf16" in config.modes else E.FEATURE_NOT_BUILT, M),
         (MATMUL(m_rows=0), E.BAD_FIELD, M),
         (MATMUL(m_rows=config.acc_depth + 1), E.BAD_FIELD, M),
         (MATMUL(k_tiles=0), E.BAD_FIELD, M),
@@ -671,7 +671,10 @@ def static_error_cases(config):
             (MATMUL(mode=2, k_valid_last=8 * R + 1), E.BAD_FIELD, M),
             (LOAD(LoadTarget.WIDX, sp=config.wgt_sp_depth - 1, n=2), E.BAD_SP_ADDRESS, L),
         ]
-    else:
+    if "bf16" in config.modes:
+        cases += [(MATMUL(mode=3, raw=1, k_valid_last=R // 2 + 1), E.BAD_FIELD, M),
+                  (MATMUL(mode=3, raw=1, sparse=1), E.FEATURE_NOT_BUILT, M)]
+    if not config.sparse_2_4:
         cases += [
             (LOAD(LoadTarget.WIDX), E.FEATURE_NOT_BUILT, L),
             (LOAD(LoadTarget.WIDX, n=0), E.FEATURE_NOT_BUILT, L),
@@ -708,6 +711,8 @@ def valid_edge_cases(config):
         cases += [MATMUL(sparse=1, k_valid_last=2 * R), MATMUL(mode=1, k_valid_last=2 * R),
                   MATMUL(mode=2, k_valid_last=8 * R),
                   LOAD(LoadTarget.WIDX, sp=config.wgt_sp_depth - 1, lanes=C)]
+    if "bf16" in config.modes:
+        cases += [MATMUL(mode=3, raw=1, k_valid_last=R // 2)]
     return cases
 
 

@@ -19,7 +19,8 @@ from amaranth.sim import Simulator
 
 from cycle_sim import run_operand_pairs
 from npugen.golden.floating import (BFLOAT16, FLOAT16, FLOAT32, TENSORFLOAT32, FloatFormat,
-                                    bf16_mul, mul_array, random_operands, special_values)
+                                    bf16_mul, bf16_product_fp32, fp32_to_bits, mul_array,
+                                    random_operands, special_values)
 from npugen.hw.float_format import float_struct
 from npugen.hw.fp_multiplier import (DEFAULT_LATENCY, MAX_LATENCY, FloatMultiplier, lut_product,
                                      operands_layout)
@@ -198,3 +199,38 @@ def test_formats_verilator(fmt, banks, tmp_path):
     run = run_lanes("mul", fmt, banks, a, b, expected, seed=seed, lanes=32, work_dir=tmp_path)
     check(run, expected, a, b)
     print(f"pairs {counts}, {run.cycles} cycles, {time.monotonic() - start:.1f} s")
+
+
+# -- BF16 operands, FP32 product ---------------------------------------------------------------
+
+
+def test_operand_format_rejects():
+    message = ("operand_fmt must be None or a format with fmt's exponent and at most its "
+               "fraction bits, not ")
+    for fmt, operand_fmt in ((FLOAT32, FLOAT16), (BFLOAT16, FLOAT32), (FLOAT32, "bf16")):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+            FloatMultiplier(fmt, operand_fmt=operand_fmt)
+
+
+@pytest.mark.parametrize("latency, multiplier, subnormals",
+                         [(0, "dsp", "ieee"), (3, "lut", "ieee"), (7, "dsp", "ftz"),
+                          (MAX_LATENCY, "lut", "ftz")])
+def test_bf16_operands_fp32_product(latency, multiplier, subnormals):
+    """bf16 × bf16 → fp32 (the BF16 MAC's product): every special pair and random pairs
+    against NumPy float32 (``ieee``) and the exact reference on the widened operands."""
+    seed = 0xB16F32 + latency
+    print(f"seed={seed}")
+    dut = FloatMultiplier(FLOAT32, operand_fmt=BFLOAT16, latency=latency,
+                          multiplier=multiplier, subnormals=subnormals)
+    assert dut.operands.payload.shape() == operands_layout(BFLOAT16)
+    specials = special_values(BFLOAT16)
+    ra, rb = random_operands(BFLOAT16, 2000, np.random.default_rng(seed))
+    a = np.array([x for x in specials for _ in specials] + list(ra), dtype=np.uint16)
+    b = np.array([y for _ in specials for y in specials] + list(rb), dtype=np.uint16)
+    if subnormals == "ieee":
+        expect = fp32_to_bits(bf16_product_fp32(a, b))
+    else:
+        expect = mul_array(FLOAT32, a.astype(np.uint64) << 16, b.astype(np.uint64) << 16, "ftz")
+    trace = simulate(dut, list(zip(map(int, a), map(int, b))), [1] * len(a))
+    got = [value for valid, value in trace if valid]
+    assert got == [int(x) for x in expect]

@@ -414,7 +414,11 @@ STATIC_CASES = [
     (TINY, Matmul(mode=1, sparse=1), NPUError.FEATURE_NOT_BUILT),
     (TINY, Matmul(mode=3, sparse=1), NPUError.FEATURE_NOT_BUILT),
     (TINY.replace(sparse_2_4=False), Matmul(sparse=1), NPUError.FEATURE_NOT_BUILT),
-    (TINY, Matmul(mode=3), NPUError.BAD_FIELD),
+    (TINY, Matmul(mode=3), NPUError.FEATURE_NOT_BUILT),                # bf16 not built
+    (TINY.replace(modes=("int8", "bf16")), Matmul(mode=3), NPUError.BAD_FIELD),   # not raw
+    (TINY.replace(modes=("int8", "bf16")), Matmul(mode=3, raw=1), None),
+    (TINY.replace(modes=("int8", "bf16")), Matmul(mode=3, raw=1, k_valid_last=2),
+     NPUError.BAD_FIELD),                                               # bf16: K per tile 1
     (TINY, Matmul(m_rows=0), NPUError.BAD_FIELD),
     (TINY, Matmul(m_rows=65), NPUError.BAD_FIELD),                    # acc_depth 64
     (TINY, Matmul(m_rows=64, out_addr=448), None),

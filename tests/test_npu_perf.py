@@ -311,8 +311,10 @@ def test_plan_errors():
         plan_gemm(TINY, 0, 4, 4)
     with pytest.raises(TypeError, match=r"^k must be a positive integer, not 2\.0$"):
         plan_gemm(TINY, 2, 2.0, 4)
-    with pytest.raises(ValueError, match=r"^mode must be one of int8, int4, binary, not 'fp8'$"):
+    with pytest.raises(ValueError, match=r"^mode must be one of int8, int4, binary, bf16, not 'fp8'$"):
         plan_gemm(TINY, 2, 2, 2, mode="fp8")
+    with pytest.raises(ValueError, match=r"^mode 'bf16' needs raw=True \(its results are FP32\)$"):
+        plan_gemm(TINY.replace(modes=("int8", "bf16")), 2, 2, 2, mode="bf16")
     with pytest.raises(ValueError, match=r"^2:4 sparsity needs mode 'int8', not 'int4'$"):
         plan_gemm(TINY, 2, 2, 2, mode="int4", sparsity="2:4")
     with pytest.raises(ValueError, match=r"^sparsity '2:4' needs a configuration with "

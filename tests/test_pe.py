@@ -8,10 +8,15 @@ Cycle convention of every testbench here: in cycle ``t`` the inputs are set, the
 
 import random
 
+import numpy as np
 import pytest
 from amaranth.hdl import Fragment
 
 from cycle_sim import run_cycles
+from npugen.golden.bf16_gemm import random_bf16
+from npugen.golden.floating import (BFLOAT16, FLOAT32, bf16_product_fp32, fp32_to_bits,
+                                    special_values)
+from npugen.golden.precision import MODE_CODES, SPARSE_MODE_CODE
 from npugen.hw.pe import ProcessingElement
 
 SEEDS = [0x5EED_0001, 0x5EED_0002, 0x5EED_0003]
@@ -238,9 +243,9 @@ def test_random_against_model(seed, widths):
 # -- precision modes ------------------------------------------------------------------
 
 ALL_MODES = ("int8", "int4", "binary")
-CODE = {"int8": 0, "int4": 1, "binary": 2, "int8 2:4": 3}
-#: Names of the mode codes travelling through a PE (code 3: int8 with 2:4 weights).
-CODE_NAMES = ALL_MODES + ("int8 2:4",)
+CODE = {"int8": 0, "int4": 1, "binary": 2, "int8 2:4": SPARSE_MODE_CODE}
+#: Names of the mode codes travelling through a PE (code 4: int8 with 2:4 weights).
+CODE_NAMES = {code: name for name, code in CODE.items()}
 MODE_INPUTS = INPUTS + ("mode_in",)
 MODE_OUTPUTS = OUTPUTS + ("mode_out",)
 
@@ -352,19 +357,19 @@ def test_mode_bus_and_properties(modes, width):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"modes": "int8"},
-     r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not 'int8'$"),
-    ({"modes": ()}, r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not \(\)$"),
+     r"^modes must be a tuple of distinct int8, int4, binary, bf16 including 'int8', not 'int8'$"),
+    ({"modes": ()}, r"^modes must be a tuple of distinct int8, int4, binary, bf16 including 'int8', not \(\)$"),
     ({"modes": ("int4",)},
-     r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not \('int4',\)$"),
-    ({"modes": ("int4", "binary")}, r"^modes must be a tuple of distinct int8, int4, binary including "
+     r"^modes must be a tuple of distinct int8, int4, binary, bf16 including 'int8', not \('int4',\)$"),
+    ({"modes": ("int4", "binary")}, r"^modes must be a tuple of distinct int8, int4, binary, bf16 including "
                                     r"'int8', not \('int4', 'binary'\)$"),
-    ({"modes": ("int8", "bf16")},
-     r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not \('int8', 'bf16'\)$"),
+    ({"modes": ("int8", "fp8")},
+     r"^modes must be a tuple of distinct int8, int4, binary, bf16 including 'int8', not \('int8', 'fp8'\)$"),
     ({"modes": ("int8", 4)},
-     r"^modes must be a tuple of distinct int8, int4, binary including 'int8', not \('int8', 4\)$"),
-    ({"modes": ("int8", "int8")}, r"^modes must be a tuple of distinct int8, int4, binary "
+     r"^modes must be a tuple of distinct int8, int4, binary, bf16 including 'int8', not \('int8', 4\)$"),
+    ({"modes": ("int8", "int8")}, r"^modes must be a tuple of distinct int8, int4, binary, bf16 "
                                   r"including 'int8', not \('int8', 'int8'\)$"),
-    ({"modes": None}, r"^modes must be a tuple of distinct int8, int4, binary including "
+    ({"modes": None}, r"^modes must be a tuple of distinct int8, int4, binary, bf16 including "
                       r"'int8', not None$"),
     ({"modes": ("int8", "int4"), "act_bits": 8},
      r"^packed modes need act_bits=9 and weight_bits=8, not 8 and 8$"),
@@ -584,7 +589,7 @@ def test_random_sparse_and_dense_modes_against_model(seed):
     pe = ProcessingElement(modes=ALL_MODES, sparse=True, acc_bits=acc_bits)
     cycles = []
     for _ in range(200):
-        mode = rng.choice(CODE_NAMES)
+        mode = rng.choice(list(CODE))
         bus = rng.getrandbits(36) if mode == "int8 2:4" else random_bus(rng, mode, 36)
         cycles.append(mode_idle(act_in=bus, mode_in=CODE[mode],
                                 swap_in=int(rng.random() < 0.3),
@@ -596,3 +601,68 @@ def test_random_sparse_and_dense_modes_against_model(seed):
     for t, inputs in enumerate(cycles):
         assert trace[t] == model.outputs(), f"cycle {t}"
         model.edge(inputs)
+
+
+# -- bf16 ---------------------------------------------------------------------------------
+
+BF16_MODES = ("int8", "int4", "binary", "bf16")
+
+
+def bf16_rows_cycles(rows):
+    """Cycles applying ``rows`` of (mode, act bus, weight bits, psum_in), two cycles each.
+
+    The first cycle shifts the weight's low byte into the shadow register; the second
+    presents the activation with ``swap`` and the high byte on ``w_shadow_in`` (where the
+    PE below would show it).  psum_in is placed two cycles after the activation, the
+    result read three cycles after it (cycle ``2·i + 4`` for row i).
+    """
+    cycles = []
+    for mode, act, w, _ in rows:
+        cycles.append(mode_idle(shift=1, w_shadow_in=sext(w & 0xFF, 8)))
+        cycles.append(mode_idle(act_in=act, mode_in=MODE_CODES[mode], swap_in=1,
+                                w_shadow_in=sext(w >> 8, 8)))
+    cycles += [mode_idle() for _ in range(4)]
+    for i, (_, _, _, p) in enumerate(rows):
+        cycles[2 * i + 3]["psum_in"] = p
+    return cycles
+
+
+def test_bf16_mac_against_numpy_float32():
+    """psum_out = fp32(psum_in + fp32(a·w)) for every special class and random values; a
+    bf16 row whose element is not real passes psum_in on; int8 rows in between."""
+
+    seed = SEEDS[1]
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    specials = special_values(BFLOAT16)
+    fp32_specials = special_values(FLOAT32)
+    pairs = [(a, w) for a in specials for w in specials[::3]]
+    pairs += [tuple(map(int, p)) for p in zip(random_bf16(rng, 300, specials=0.1),
+                                               random_bf16(rng, 300, specials=0.1))]
+    rows, expect = [], []
+    for i, (a, w) in enumerate(pairs):
+        psum = int(rng.choice(fp32_specials)) if i % 4 == 0 else \
+            int(fp32_to_bits(np.float32(rng.standard_normal() * 2.0 ** rng.integers(-8, 8))))
+        real = i % 7 != 3
+        rows.append(("bf16", a | (int(real) << 16) | (int(rng.integers(0, 2)) << 17), w,
+                     sext(psum, 32)))
+        if real:
+            with np.errstate(all="ignore"):
+                total = np.uint32(psum).view(np.float32) + bf16_product_fp32(
+                    np.array([a], np.uint16), np.array([w], np.uint16))[0]
+            expect.append(int(fp32_to_bits(np.float32(total))))
+        else:
+            expect.append(psum)
+        if i % 11 == 5:                                          # an int8 row in between
+            rows.append(("int8", int8_bus(-77, garbage=0x55), 0x1234, 1000))
+            expect.append(1000 + (-77) * sext(0x34, 8))
+    trace = simulate_modes(ProcessingElement(modes=BF16_MODES), bf16_rows_cycles(rows))
+    got = [trace[2 * i + 4]["psum_out"] & 0xFFFFFFFF for i in range(len(rows))]
+    assert got == [e & 0xFFFFFFFF for e in expect]
+
+
+def test_bf16_bus_width_and_mode_bits():
+    pe = ProcessingElement(modes=("int8", "bf16"))
+    assert len(pe.act_in) == 17 and len(pe.mode_in) == 3
+    assert len(ProcessingElement(modes=("int8", "binary")).mode_in) == 2
+    assert len(ProcessingElement(modes=("int8",), sparse=True).mode_in) == 3

@@ -20,6 +20,7 @@ import pytest
 from amaranth.hdl import Fragment
 
 from cycle_sim import run_cycles
+from npugen.golden.precision import SPARSE_MODE_CODE
 from npugen.hw.systolic_array import SystolicArray
 
 SEEDS = [0x5A_0001, 0x5A_0002, 0x5A_0003]
@@ -193,9 +194,9 @@ def test_same_activation_across_the_switch(rows, cols):
 # -- precision modes ------------------------------------------------------------------
 
 MODES = ("int8", "int4", "binary")
-CODE = {"int8": 0, "int4": 1, "binary": 2, "int8 2:4": 3}
-#: Names of the mode codes travelling through the array (code 3: int8 with 2:4 weights).
-CODE_NAMES = MODES + ("int8 2:4",)
+CODE = {"int8": 0, "int4": 1, "binary": 2, "int8 2:4": SPARSE_MODE_CODE}
+#: Names of the mode codes travelling through the array (code 4: int8 with 2:4 weights).
+CODE_NAMES = {code: name for name, code in CODE.items()}
 
 
 def sext(value, bits):

@@ -16,7 +16,7 @@ from npugen.golden.config import NPUConfig
 from npugen.golden.int4 import unpack_int4
 from npugen.golden.binary import unpack_bits
 from npugen.golden.perf_model import gemm_cycles, result_latency, tile_rows
-from npugen.golden.precision import MODE_CODES, MODES, PACK, k_per_tile
+from npugen.golden.precision import INTEGER_MODES as MODES, MODE_CODES, PACK, k_per_tile
 from npugen.golden.quant import requantize
 from npugen.golden.tile_program import (
     GemmJob,
