@@ -437,8 +437,10 @@ def layer_cycles(program, estimate) -> list:
     """
     done = {t.index: t.done for t in estimate.timeline}
     result, start = [], 0
-    for layer in program.info["layers"]:
-        end = done[layer["end"] - 1]
+    layers = program.info["layers"]
+    for i, layer in enumerate(layers):
+        # the CYCLES register stops with END: the last layer ends at the program's cycles
+        end = estimate.cycles if i == len(layers) - 1 else done[layer["end"] - 1]
         cycles = max(1, end - start)
         result.append({**{k: layer[k] for k in ("name", "kind", "mode", "sparse", "macs",
                                                  "ideal_cycles")},
