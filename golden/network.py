@@ -19,10 +19,11 @@ Per layer (``docs/ARCHITECTURE.md``, "Whole networks"):
   pooling phase: rows ``[φ·P, (φ+1)·P)`` of the block hold phase φ = (dy, dx) of its P
   pooled pixels (the im2col LOADs step by 2 pixels), so pooling is two VECTOR MAX over
   whole slots: ``max(φ0|φ1, φ2|φ3)`` over ``2P`` words, then the two halves.
-* The output: int8 codes STOREd per N tile, or (next layer int4/binary) the N tiles
-  regrouped row-major into an OUT region (the last MAX, or a CLAMP copy for FC layers),
-  VECTOR PACK_INT4/PACK_BINARY over the whole block and a byte STORE of the packed
-  stream.
+* The output: int8 codes STOREd per N tile; or (next layer int4/binary) each result
+  tile packed in place by VECTOR PACK_INT4/PACK_BINARY when a word's lanes make whole
+  bytes, else the N tiles regrouped row-major into an OUT region (the last MAX, or a
+  CLAMP copy for FC layers), one PACK over the whole block and byte STOREs of the
+  packed stream.
 * Binary convolutions pad each kernel tap's channels to whole K tiles with activation
   bits 0 and weight bits 0 (−1 · −1 = +1 per padding bit counted by the array); the
   constant enters the bias.
@@ -80,6 +81,7 @@ class _Layer:
                              f"{spec.name}")
         self.next_mode = next_mode              # None: the network output (int8)
         R, C = config.rows, config.cols
+        self.cols = C
         self.factor = SPARSE_K_FACTOR if self.sparse else 1
         self.kpt = R * PACK[self.mode] * self.factor
         self.word_bytes = R * self.factor
@@ -155,8 +157,8 @@ class _Layer:
         if next_mode is None:
             self.out_bytes = out_elems
         else:
-            if (self.out_shape[-1] * BITS[next_mode]) % 8 or (next_mode != "int8"
-                                                               and self.n % C):
+            if (self.out_shape[-1] * BITS[next_mode]) % 8 or (
+                    next_mode != "int8" and (C * BITS[next_mode]) % 8 and self.n % C):
                 raise ValueError(f"layer {spec.name}: {self.n} output channels do not pack "
                                  f"for {next_mode} on {C} columns")
             self.out_bytes = out_elems * BITS[next_mode] // 8
@@ -171,7 +173,13 @@ class _Layer:
 
     @property
     def packs(self):
-        return self.next_mode in _PACK_OP
+        """The output is packed through an OUT region holding whole rows."""
+        return self.next_mode in _PACK_OP and not self.tile_packs
+
+    @property
+    def tile_packs(self):
+        """The output is packed tile by tile: a result word's lanes make whole bytes."""
+        return self.next_mode in _PACK_OP and (self.cols * BITS[self.next_mode]) % 8 == 0
 
 
 def _pad_cols(matrix, width):
@@ -312,7 +320,8 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
             def stores(base, b=b, q0=q0, p=p, nt=nt, n0=n0, lanes=lanes, last_tile=last_tile):
                 prog = []
                 src = base
-                if L.spec.kind == "conv" and L.s == 2:
+                pooled = L.spec.kind == "conv" and L.s == 2
+                if pooled:
                     prog.append(Vector(op=VectorOp.MAX, count=1, src=base, src_b=base + 2 * p,
                                        dst=base, n_words=2 * p, n_valid=1))
                     if L.packs:
@@ -328,7 +337,14 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
                                        dst=regions[b % 2] + nt, n_words=1, n_valid=1,
                                        src_stride=1, dst_stride=L.n_tiles,
                                        lo=_INT32_MIN, hi=_INT32_MAX))
-                if not L.packs:
+                if L.tile_packs:
+                    bits = BITS[L.next_mode]
+                    prog.append(Vector(op=_PACK_OP[L.next_mode], count=p, src=base, dst=base,
+                                       n_words=1, n_valid=lanes, src_stride=1, dst_stride=1))
+                    prog.append(_store(src, addr=y + (q0 * L.n + n0) * bits // 8, rows=p,
+                                       row_pitch=L.n * bits // 8, lanes=lanes * bits // 8,
+                                       elem_bytes=1))
+                elif not L.packs:
                     prog.append(_store(src, addr=y + q0 * L.n + n0, rows=p, row_pitch=L.n,
                                        lanes=lanes, elem_bytes=1))
                 elif last_tile:
