@@ -24,6 +24,11 @@ Per layer (``docs/ARCHITECTURE.md``, "Whole networks"):
   bytes, else the N tiles regrouped row-major into an OUT region (the last MAX, or a
   CLAMP copy for FC layers), one PACK over the whole block and byte STOREs of the
   packed stream.
+* im2col: one LOAD per pooling phase, kernel tap and channel chunk of a run of pixels;
+  rows that need no padding window are loaded for all whole images of a block at once.
+  The network input (few channels) is stored with a border of zero-point pixels so that
+  the taps of one kernel row share a K tile.  Convolutions have stride 1 and padding 1
+  (the digits CNN's 3×3 layers).
 * Binary convolutions pad each kernel tap's channels to whole K tiles with activation
   bits 0 and weight bits 0 (−1 · −1 = +1 per padding bit counted by the array); the
   constant enters the bias.
@@ -111,10 +116,21 @@ class _Layer:
                                  f"bytes in {self.mode} mode")
             self.kh, self.kw, self.cin, self.h, self.w = kh, kw, cin, h, wd
             self.pixel_bytes = cin * BITS[self.mode] // 8
-            self.chunks = -(-cin // self.kpt)
             self.taps = kh * kw
-            self.k_tiles = self.taps * self.chunks
-            self.k_valid_last = cin - (self.chunks - 1) * self.kpt
+            # The network input with few channels: taps of one kernel row share a K tile
+            # (lanes = consecutive pixels of the zero-point-padded input, no windows).
+            self.row_taps = (index == 0 and self.mode == "int8" and not self.sparse
+                             and 2 * self.pixel_bytes <= self.word_bytes)
+            if self.row_taps:
+                self.per_tile = self.word_bytes // self.pixel_bytes      # taps per K tile
+                self.groups = -(-kw // self.per_tile)
+                self.chunks = 1
+                self.k_tiles = kh * self.groups
+                self.k_valid_last = self.kpt
+            else:
+                self.chunks = -(-cin // self.kpt)
+                self.k_tiles = self.taps * self.chunks
+                self.k_valid_last = cin - (self.chunks - 1) * self.kpt
             self.s = 2 if spec.pool else 1
             if h % self.s or wd % self.s:
                 raise ValueError(f"layer {spec.name}: pooling needs an even height and width, "
@@ -122,16 +138,28 @@ class _Layer:
             self.hp, self.wp = h // self.s, wd // self.s
             self.phases = [(dy, dx) for dy in range(self.s) for dx in range(self.s)]
             pad_w = -1 if self.mode == "binary" else 0
-            w_rows = np.full((self.taps, self.chunks * self.kpt, cout), pad_w, dtype=np.int64)
-            w_rows[:, :cin, :] = w.reshape(self.taps, cin, cout)
+            if self.row_taps:
+                # tile (ky, group): row j·cin + c = tap kx = group·per_tile + j, channel c
+                w_rows = np.zeros((kh, self.groups, self.kpt, cout), dtype=np.int64)
+                for kx in range(kw):
+                    grp, j = divmod(kx, self.per_tile)
+                    w_rows[:, grp, j * cin:(j + 1) * cin, :] = w[:, kx]
+            else:
+                w_rows = np.full((self.taps, self.chunks * self.kpt, cout), pad_w,
+                                 dtype=np.int64)
+                w_rows[:, :cin, :] = w.reshape(self.taps, cin, cout)
             w_rows = w_rows.reshape(self.k_tiles * self.kpt, cout)
             if self.mode == "binary":
                 # Padding bits counted by the array: act bit 0 (−1) · weight bit 0 (−1).
                 counted = (self.k_tiles - 1) * self.kpt + self.k_valid_last
                 bias = bias - (counted - self.taps * cin)
             self.m = batch * h * wd
-            self.in_bytes = batch * h * wd * self.pixel_bytes
-            self.headroom = (wd + 1) * self.pixel_bytes      # padding 1 above and left
+            if self.row_taps:      # the input stored with a border of zero-point pixels
+                self.in_bytes = batch * (h + 2) * (wd + 2) * self.pixel_bytes
+                self.headroom = 0
+            else:
+                self.in_bytes = batch * h * wd * self.pixel_bytes
+                self.headroom = (wd + 1) * self.pixel_bytes      # padding 1 above and left
             self.macs = batch * h * wd * self.taps * cin * cout
             self.out_shape = (batch, self.hp, self.wp, cout)
         if self.k_tiles * R > config.wgt_sp_depth or self.k_tiles > _U16:
@@ -170,6 +198,14 @@ class _Layer:
 
     def _row_bytes(self, k):
         return -(-k * BITS[self.mode] // 8)
+
+    def input_bytes(self, codes) -> bytes:
+        """The host bytes of the network input ``codes`` (this is layer 0)."""
+        codes = np.asarray(codes, dtype=np.int8)
+        if self.spec.kind == "conv" and self.row_taps:
+            codes = np.pad(codes, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                           constant_values=self.in_zp)
+        return codes.tobytes()
 
     @property
     def packs(self):
@@ -255,12 +291,46 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
         def loads(base):
             result = []
             pb = L.pixel_bytes
-            for (nn, py, rows, px, cols) in _conv_pieces(geom, q0, q0 + p):
-                offset = (nn * L.hp + py) * L.wp + px - q0
-                for ph, (dy, dx) in enumerate(L.phases):
-                    for ky in range(L.kh):
-                        oy = dy - 1 + ky
-                        o_lo, o_hi = _window(rows, py, L.s, oy, L.h)
+            pieces = _conv_pieces(geom, q0, q0 + p)
+            if L.row_taps:
+                wp2 = L.w + 2
+                for (nn, py, rows, px, cols) in pieces:
+                    offset = (nn * L.hp + py) * L.wp + px - q0
+                    for ph, (dy, dx) in enumerate(L.phases):
+                        for ky in range(L.kh):
+                            for grp in range(L.groups):
+                                row = (nn * (L.h + 2) + py * L.s + dy + ky) * wp2
+                                pixel = x + (row + px * L.s + dx + grp * L.per_tile) * pb
+                                taps = min(L.per_tile, L.kw - grp * L.per_tile)
+                                result.append(Load(
+                                    target=LoadTarget.ACT,
+                                    sp_addr=base + (ky * L.groups + grp) * mb + ph * p + offset,
+                                    addr=pixel, inner_count=cols, outer_count=rows,
+                                    inner_stride=L.s * pb, outer_stride=L.s * wp2 * pb,
+                                    lane_stride=1, lanes=taps * pb, pad=L.pad))
+                return result
+            # Runs of whole images: where no row of an image needs padding (0 ≤ oy < s),
+            # one LOAD covers them all (the rows of consecutive images are evenly spaced).
+            runs = []
+            for (nn, py, rows, px, cols) in pieces:
+                whole = py == 0 and rows == L.hp and px == 0 and cols == L.wp
+                if whole and runs and runs[-1][5] and runs[-1][0] + runs[-1][5] == nn:
+                    runs[-1][5] += 1
+                else:
+                    runs.append([nn, py, rows, px, cols, int(whole)])
+            for ph, (dy, dx) in enumerate(L.phases):
+                for ky in range(L.kh):
+                    oy = dy - 1 + ky
+                    merged = 0 <= oy < L.s
+                    items = runs if merged else [[*piece, 0] for piece in pieces]
+                    for nn, py, rows, px, cols, images in items:
+                        offset = (nn * L.hp + py) * L.wp + px - q0
+                        if merged and images:
+                            count = rows * images
+                            o_lo, o_hi = 0, count
+                        else:
+                            count = rows
+                            o_lo, o_hi = _window(rows, py, L.s, oy, L.h)
                         for kx in range(L.kw):
                             ox = dx - 1 + kx
                             i_lo, i_hi = _window(cols, px, L.s, ox, L.w)
@@ -271,7 +341,7 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
                                     target=LoadTarget.ACT,
                                     sp_addr=base + kt * mb + ph * p + offset,
                                     addr=pixel + ch * L.word_bytes, inner_count=cols,
-                                    outer_count=rows, inner_stride=L.s * pb,
+                                    outer_count=count, inner_stride=L.s * pb,
                                     outer_stride=L.s * L.w * pb, lane_stride=1,
                                     lanes=min(L.word_bytes, pb - ch * L.word_bytes),
                                     pad=L.pad, inner_lo=i_lo, inner_hi=i_hi, outer_lo=o_lo,
@@ -400,8 +470,8 @@ def compile_network(config, qnet, codes, *, sparsity=None, base: int = 0) -> Com
         layers.append(L)
         shape = L.out_shape
     # Segments: input, parameters, workspaces (layer inputs), output.
-    segments = [("x", "input", len(codes.tobytes()), layers[0].__dict__.get("headroom", 0))]
-    data = {"x": codes.tobytes()}
+    segments = [("x", "input", layers[0].in_bytes, layers[0].__dict__.get("headroom", 0))]
+    data = {"x": layers[0].input_bytes(codes)}
     for L in layers:
         segments.append((f"w{L.index}", "parameter", len(L.w_data), 0))
         data[f"w{L.index}"] = L.w_data
