@@ -177,6 +177,14 @@ def test_rtl_every_variant_40_images(kind):
     _check_rtl([(kind, variant, 40) for variant in VARIANTS])
 
 
+@pytest.mark.slow
+def test_rtl_default_preset():
+    """The 8×8 design: the CNN in int8 on 20 images, the other variants on 3."""
+    cases = [("cnn", "int8", 20)] + [(kind, variant, 3) for kind in digits.KINDS
+                                     for variant in VARIANTS[1:]]
+    _check_rtl(cases, NPUConfig.preset("default"))
+
+
 # -- the command line -----------------------------------------------------------------------
 
 
