@@ -223,3 +223,35 @@ def test_cli_run_json(tmp_path, capsys):
     assert record["cycles_per_image"] == record["cycles"] / 2
     assert [layer["name"] for layer in record["layers"]] == ["fc1", "fc2", "fc3"]
     assert abs(record["model_error"]) <= 0.05
+
+
+def test_cli_mismatch_is_an_error(monkeypatch, tmp_path, capsys):
+    """Predictions that differ from the golden model: exit code 1 and a message."""
+    import npugen.sim.npu_sim as npu_sim
+
+    def corrupted(config, programs, *, seed, **kwargs):
+        results = []
+        for prog in programs:
+            result, memory = prog.run()
+            outputs = prog.extract(memory)
+            logits = outputs["logits"].copy()
+            logits[0] = 0
+            logits[0, (np.argmax(prog.expected["logits"][0]) + 1) % 10] = 127
+            record = npu_sim.NPURecord(status=0b010, error=0, error_detail=0, error_pc=0,
+                                       cycles=1000, instret=len(prog.instructions),
+                                       unit_busy=dict.fromkeys(("load", "compute", "vector",
+                                                                "store"), 0),
+                                       irq_after_clear=0, before=b"", after=b"")
+            results.append(npu_sim.KernelResult(prog, record, {"logits": logits}, outputs,
+                                                result.status, 0))
+        return results
+
+    monkeypatch.setattr(npu_sim, "run_kernels", corrupted)
+    path = tmp_path / "bad.json"
+    assert run_cli("run-model", "digits", "--network", "mlp", "--images", "2", "--preset",
+                   "tiny", "--no-accuracy", "--json", str(path)) == 1
+    captured = capsys.readouterr()
+    assert "predictions identical to the golden model: NO" in captured.out
+    assert "npugen: error: the NPU's predictions differ from the golden model" in captured.err
+    record = json.loads(path.read_text())
+    assert not record["match"] and not record["predictions_match"]
