@@ -40,7 +40,6 @@ MACs and ideal cycles, for per-layer cycle attribution (:func:`layer_cycles`).
 from __future__ import annotations
 
 import math
-import numbers
 from types import SimpleNamespace
 
 import numpy as np
@@ -241,7 +240,6 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
     x, y = addr[in_name], addr[out_name]
     w_addr, p_addr = addr[f"w{L.index}"], addr[f"p{L.index}"]
     widx_addr = addr.get(f"widx{L.index}")
-    g = {"int4": 2, "binary": 8}.get(L.next_mode, 1)
     # Blocks: FC rows (images); conv pooled pixels in whole pooled rows when they fit.
     limit = _act_limit(config, L.k_tiles, name)
     if L.spec.kind == "fc":

@@ -292,10 +292,10 @@ def vector_op(op, a, b=None, *, n_valid=None, multiplier=0, shift=0, zero_point=
               lo=INT32_MIN, hi=INT32_MAX):
     """One VECTOR instruction's arithmetic on the rows of ``a`` (and ``b``).
 
-    ``op`` is a name of :data:`VECTOR_OPS` or its code.  ``a`` (and ``b`` for add/sub,
-    the same shape; ``None`` for the other operations) are int32 ``[rows, n]``: row r is
-    the concatenated lanes of the row's ``n_words`` words (add, sub, max take ``b``).  Every field is checked as
-    the NPU checks the instruction, whatever the operation uses: ``n_valid`` in
+    ``op`` is a name of :data:`VECTOR_OPS` or its code.  ``a`` (and ``b`` for add, sub
+    and max, the same shape; ``None`` for the other operations) are int32 ``[rows, n]``:
+    row r is the concatenated lanes of the row's ``n_words`` words.  Every field is
+    checked as the NPU checks the instruction, whatever the operation uses: ``n_valid`` in
     ``[1, n]`` (``None``: ``n``), ``multiplier`` in ``[0, 2**31 - 1]``, ``shift`` in
     ``[-31, 30]``, ``zero_point`` int8, ``lo ≤ hi`` int32.
 
