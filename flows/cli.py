@@ -446,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_fpga_commands(commands, config_options)  # synth, dse, cost, build-board
     from npugen.flows.perf_report import add_commands as add_perf_commands
     add_perf_commands(commands, config_options)  # perf
+    from npugen.flows.run_model import add_commands as add_run_model_commands
+    add_run_model_commands(commands, config_options)  # run-model
     return parser
 
 

@@ -347,8 +347,10 @@ class _Slots:
         return base, loads(base)
 
 
-def _schedule(config, steps):
-    """Instructions of a sequence of MATMUL steps with double buffering, without END."""
+def _schedule(config, steps, *, out_depth=None):
+    """Instructions of a sequence of MATMUL steps with double buffering, without END.
+
+    The OUT ring of result slots uses words ``[0, out_depth)`` (default: all of OUT)."""
     a_blocks = []
     for s in steps:
         if not a_blocks or a_blocks[-1][0] != s.a_key:
@@ -365,7 +367,7 @@ def _schedule(config, steps):
     wgt = _Slots(config.wgt_sp_depth, w_words, list(dict.fromkeys(s.w_key for s in steps)), 3)
     par = _Slots(config.param_sp_depth, p_words, list(dict.fromkeys(s.p_key for s in steps)), 3)
     out_slot = max(s.matmul["m_rows"] for s in steps)
-    n_out = min(4, config.out_sp_depth // out_slot)
+    n_out = min(4, (config.out_sp_depth if out_depth is None else out_depth) // out_slot)
 
     def a_base(i):
         return (i % n_a) * max_a

@@ -56,6 +56,9 @@ class VectorOp(enum.IntEnum):
     SUB = 3
     CLAMP = 4
     REQUANT = 5
+    MAX = 6
+    PACK_INT4 = 7
+    PACK_BINARY = 8
 
 
 class NPUError(enum.IntEnum):

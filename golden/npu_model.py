@@ -45,7 +45,7 @@ from .bf16_gemm import bf16_tile_sum, join_bytes
 from .floating import fp32_to_bits
 from .precision import MODES, SPARSE_K_FACTOR, k_per_rows
 from .quant import _mbqm
-from .vector import VECTOR_OPS, vector_op
+from .vector import VECTOR_OPS, pack_words, vector_op
 
 __all__ = ["HostMemory", "RunResult", "NPUModel", "ModelLimitError", "check_instruction",
            "instruction_ranges", "act_lanes", "word_lanes", "sp_depth"]
@@ -158,7 +158,10 @@ def _k_per_tile(config, mode, sparse):
 
 
 def _vector_d_words(instr):
-    return 1 if instr.op == VectorOp.ROWMAX else instr.n_words
+    return pack_words(instr.op, instr.n_words)
+
+
+_TWO_OPERANDS = (VectorOp.ADD, VectorOp.SUB, VectorOp.MAX)
 
 
 def instruction_ranges(config, instr) -> dict:
@@ -183,7 +186,7 @@ def instruction_ranges(config, instr) -> dict:
     elif isinstance(instr, Vector):
         span = (instr.count - 1) * instr.src_stride + instr.n_words
         reads.append(("OUT", instr.src, instr.src + span))
-        if instr.op in (VectorOp.ADD, VectorOp.SUB):
+        if instr.op in _TWO_OPERANDS:
             reads.append(("OUT", instr.src_b, instr.src_b + span))
         writes.append(("OUT", instr.dst,
                        instr.dst + (instr.count - 1) * instr.dst_stride + _vector_d_words(instr)))
@@ -537,15 +540,17 @@ class NPUModel:
         op = VectorOp(instr.op)
         a = self._rows(instr.src, instr.src_stride, instr.count, instr.n_words)
         b = None
-        if op in (VectorOp.ADD, VectorOp.SUB):
+        if op in _TWO_OPERANDS:
             b = self._rows(instr.src_b, instr.src_stride, instr.count, instr.n_words)
         result = np.asarray(vector_op(int(op), a, b, n_valid=instr.n_valid,
                                       multiplier=instr.multiplier, shift=instr.shift,
                                       zero_point=instr.zero_point, lo=instr.lo, hi=instr.hi),
                             dtype=np.int64)
+        d_words = _vector_d_words(instr)
         if op == VectorOp.ROWMAX:
             result = np.repeat(result, C, axis=1)
-        d_words = _vector_d_words(instr)
+        elif op in (VectorOp.PACK_INT4, VectorOp.PACK_BINARY):
+            result = np.pad(result, ((0, 0), (0, d_words * C - result.shape[1])))
         out = self.sp["OUT"]
         for r in range(instr.count):
             start = instr.dst + r * instr.dst_stride

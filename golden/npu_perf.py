@@ -762,7 +762,19 @@ class ModelEstimate:
             "utilization": round(self.utilization, 6), "fps": self.fps,
             "layers": [layer.to_dict() for layer in self.layers],
             "host_layers": list(self.host_layers),
+            **self._reference(),
         }
+
+    def _reference(self) -> dict:
+        """``reference_macs``: the MACs of the convention of the network's reference
+        figure (:data:`~npugen.golden.model_zoo.REFERENCE_EXCLUDES`), when it differs."""
+        from .model_zoo import REFERENCE_EXCLUDES
+        suffix = REFERENCE_EXCLUDES.get(self.model)
+        if suffix is None:
+            return {}
+        return {"reference_macs": sum(layer.macs for layer in self.layers
+                                      if not layer.name.endswith(suffix)),
+                "reference_excludes": f"*{suffix}"}
 
 
 def _ideal(config, macs, mode, sparsity):

@@ -1,7 +1,7 @@
 """The NPU's vector operations (the VECTOR instruction), bit-exact with ``hw/vector_unit.py``.
 
 Rows of int32 elements (the lanes of consecutive OUT scratchpad words) go through one of
-six operations, numbered as the ``op`` field of docs/ISA.md:
+nine operations, numbered as the ``op`` field of docs/ISA.md:
 
 ======  =========  ==============================================================
 code    name       result per row
@@ -14,7 +14,16 @@ code    name       result per row
 4       clamp      ``min(max(a, lo), hi)``
 5       requant    ``clamp(MultiplyByQuantizedMultiplier(a, multiplier, shift)
                    + zero_point, lo, hi)``
+6       max        ``max(a, b)`` (2×2 max pooling: three of them)
+7       pack_int4  the first ``n_valid`` elements as int4 bytes: byte j =
+                   ``(e[2j] & 15) | (e[2j+1] & 15) << 4``
+8       pack_binary  as bits: byte j = ``Σ_i (e[8j+i] & 1) << i``
 ======  =========  ==============================================================
+
+The packing operations produce bytes (elements past ``n_valid`` count as 0): the bytes
+of words ``g·w … g·w + g − 1`` of a row (``g = 2`` for int4, 8 for binary) fill the
+lanes of its output word ``w``, byte j in lane j (zero-extended), so a row of
+``n_words`` words becomes ``⌈n_words / g⌉`` words (:func:`pack_words`).
 
 The integer softmax is I-BERT's i-exp with a fixed internal scale ``S_t = ln 2 / 1024``
 (the constants below name every number of it)::
@@ -54,11 +63,14 @@ __all__ = [
     "softmax_multiplier", "integer_softmax", "softmax_exp", "row_max", "vector_op",
     "MBQM_LATENCY", "DIVIDER_STEPS", "STAGE_ELEMENTWISE", "STAGE_NORM", "STAGE_MAX",
     "STAGE_MBQM_IN", "STAGE_REQUANT", "STAGE_EXP", "STAGE_SUM", "DONE_AFTER_WRITE",
-    "MAX_TURN", "SUM_TURN", "vector_cycles",
+    "MAX_TURN", "SUM_TURN", "vector_cycles", "PACK_BITS", "pack_group", "pack_words",
 ]
 
 #: Operation names, indexed by the VECTOR instruction's ``op`` code.
-VECTOR_OPS = ("softmax", "rowmax", "add", "sub", "clamp", "requant")
+VECTOR_OPS = ("softmax", "rowmax", "add", "sub", "clamp", "requant", "max", "pack_int4",
+              "pack_binary")
+#: Bits per element of the packing operations, by code.
+PACK_BITS = {7: 4, 8: 1}
 
 #: Internal softmax units per ``ln 2``: ``S_t = ln 2 / 1024``.
 SOFTMAX_LN2_STEPS = 1024
@@ -116,9 +128,10 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
     with the OUT write port always ready (exact for ``hw/vector_unit.py``).
 
     ``op`` is a :class:`~npugen.golden.isa.VectorOp` or its code; the other arguments
-    are the instruction's fields.  CLAMP ``c·n + 6``, REQUANT ``c·n + 15``, ADD/SUB
-    ``2·c·n + 6``, ROWMAX ``c·v + 7``, SOFTMAX ``c·(v + 2·n + 45) + 7`` (``c = count``,
-    ``n = n_words``, ``v = ceil(n_valid / cols)``).
+    are the instruction's fields.  CLAMP, PACK_INT4, PACK_BINARY ``c·n + 6``, REQUANT
+    ``c·n + 15``, ADD/SUB/MAX ``2·c·n + 6``, ROWMAX ``c·v + 7``, SOFTMAX
+    ``c·(v + 2·n + 45) + 7`` (``c = count``, ``n = n_words``,
+    ``v = ceil(n_valid / cols)``).
     """
     from .config import NPUConfig
     from .isa import VectorOp
@@ -129,7 +142,8 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
     try:
         op = VectorOp(op)
     except ValueError:
-        raise ValueError(f"op must be a VectorOp or its code 0..5, not {op!r}") from None
+        raise ValueError(f"op must be a VectorOp or its code 0..{len(VectorOp) - 1}, "
+                         f"not {op!r}") from None
     for name, value in (("count", count), ("n_words", n_words), ("n_valid", n_valid)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be a positive integer, not {value!r}")
@@ -141,10 +155,24 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
         return count * row + STAGE_NORM + DONE_AFTER_WRITE
     if op is VectorOp.ROWMAX:
         return count * valid_words + STAGE_NORM + DONE_AFTER_WRITE
-    if op in (VectorOp.ADD, VectorOp.SUB):
+    if op in (VectorOp.ADD, VectorOp.SUB, VectorOp.MAX):
         return 2 * count * n_words + STAGE_ELEMENTWISE + DONE_AFTER_WRITE
     stage = STAGE_REQUANT if op is VectorOp.REQUANT else STAGE_ELEMENTWISE
     return count * n_words + stage + DONE_AFTER_WRITE
+
+def pack_group(op) -> int:
+    """Input words per output word of a packing operation (2 int4, 8 binary), else 1."""
+    return {7: 2, 8: 8}.get(int(op), 1)
+
+
+def pack_words(op, n_words) -> int:
+    """Words a row of ``n_words`` words becomes (``d_words``): ``⌈n_words / g⌉`` for the
+    packing operations, 1 for ROWMAX, ``n_words`` otherwise."""
+    if int(op) == 1:
+        return 1
+    g = pack_group(op)
+    return -(-n_words // g)
+
 
 def softmax_multiplier(scale):
     """``(multiplier, shift)`` mapping input scale ``scale`` (``S_in``) to ``S_t``.
@@ -264,19 +292,21 @@ def vector_op(op, a, b=None, *, n_valid=None, multiplier=0, shift=0, zero_point=
               lo=INT32_MIN, hi=INT32_MAX):
     """One VECTOR instruction's arithmetic on the rows of ``a`` (and ``b``).
 
-    ``op`` is a name of :data:`VECTOR_OPS` or its code.  ``a`` (and ``b`` for add/sub,
-    the same shape; ``None`` for the other operations) are int32 ``[rows, n]``: row r is
-    the concatenated lanes of the row's ``n_words`` words.  Every field is checked as
-    the NPU checks the instruction, whatever the operation uses: ``n_valid`` in
+    ``op`` is a name of :data:`VECTOR_OPS` or its code.  ``a`` (and ``b`` for add, sub
+    and max, the same shape; ``None`` for the other operations) are int32 ``[rows, n]``:
+    row r is the concatenated lanes of the row's ``n_words`` words.  Every field is
+    checked as the NPU checks the instruction, whatever the operation uses: ``n_valid`` in
     ``[1, n]`` (``None``: ``n``), ``multiplier`` in ``[0, 2**31 - 1]``, ``shift`` in
     ``[-31, 30]``, ``zero_point`` int8, ``lo ≤ hi`` int32.
 
     Returns int32 ``[rows, n]``; for rowmax ``[rows, 1]``, the value the NPU writes to
-    every lane of the row's destination word.
+    every lane of the row's destination word; for pack_int4/pack_binary the bytes
+    ``[rows, ⌈n·bits / 8⌉]`` (0..255) of the row's elements, those past ``n_valid``
+    taken as 0.
     """
     code = _op_code(op)
     a = _rows("a", a)
-    if code in (2, 3):
+    if code in (2, 3, 6):
         if b is None:
             raise TypeError(f"op {VECTOR_OPS[code]} needs operand b")
         b = _rows("b", b)
@@ -302,6 +332,17 @@ def vector_op(op, a, b=None, *, n_valid=None, multiplier=0, shift=0, zero_point=
         return _wrap32(a - b)
     if code == 4:
         return np.clip(a, lo, hi).astype(np.int32)
+    if code == 6:
+        return np.maximum(a, b).astype(np.int32)
+    if code in PACK_BITS:
+        bits = PACK_BITS[code]
+        per = 8 // bits
+        n = a.shape[1]
+        values = np.where(np.arange(n)[None, :] < n_valid, a & ((1 << bits) - 1), 0)
+        nbytes = -(-n // per)
+        values = np.pad(values, ((0, 0), (0, nbytes * per - n)))
+        weights = np.left_shift(1, bits * np.arange(per))
+        return (values.reshape(len(a), nbytes, per) * weights).sum(axis=2).astype(np.int32)
     return np.asarray(requantize(a, multiplier, shift, out_zero_point=zero_point,
                                  out_min=lo, out_max=hi), dtype=np.int32)
 

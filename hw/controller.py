@@ -135,6 +135,14 @@ def _views(bits):
                  (load_layout, store_layout, matmul_layout, vector_layout))
 
 
+def _d_words(ve):
+    """Words a VECTOR writes per row: 1 for ROWMAX, ``⌈n_words / g⌉`` for the packing
+    operations (``g`` = 2 int4, 8 binary), ``n_words`` otherwise."""
+    return Mux(ve.op == VectorOp.ROWMAX, 1,
+               Mux(ve.op == VectorOp.PACK_INT4, (ve.n_words + 1) >> 1,
+                   Mux(ve.op == VectorOp.PACK_BINARY, (ve.n_words + 7) >> 3, ve.n_words)))
+
+
 def _overlap(a, b):
     """Half-open ranges ``a`` and ``b`` share a word (an empty range shares none)."""
     return (a.start < b.end) & (b.start < a.end)
@@ -514,7 +522,7 @@ class Controller(wiring.Component):
                          ends.c.eq(mm.out_addr + mm.m_rows),
                          ends.d.eq(mm.param_addr + 3)]
         with m.Elif(op == Opcode.VECTOR):
-            d_words = Mux(ve.op == VectorOp.ROWMAX, 1, ve.n_words)
+            d_words = _d_words(ve)
             m.d.comb += [ends.a.eq(ve.src + p1 + ve.n_words),
                          ends.b.eq(ve.dst + p2 + d_words),
                          ends.c.eq(ve.src_b + p1 + ve.n_words),
@@ -572,13 +580,12 @@ class Controller(wiring.Component):
 
         # VECTOR
         vop = ve.op
-        uses_b = (vop == VectorOp.ADD) | (vop == VectorOp.SUB)
-        is_rowmax = vop == VectorOp.ROWMAX
+        uses_b = (vop == VectorOp.ADD) | (vop == VectorOp.SUB) | (vop == VectorOp.MAX)
         src_end, dst_end, srcb_end = ends.a, ends.b, ends.c
         # A destination may overlap a source only when identical to it (same start and
         # stride), and then its rows must not overlap each other (stride < d_words).
         many = ve.count > 1
-        rows_overlap = many & Mux(is_rowmax, ve.src_stride == 0, ve.src_stride < ve.n_words)
+        rows_overlap = many & (ve.src_stride < _d_words(ve))
         same_stride = ve.dst_stride == ve.src_stride
         same_a = (ve.dst == ve.src) & same_stride
         same_b = (ve.dst == ve.src_b) & same_stride

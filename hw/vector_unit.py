@@ -1,6 +1,7 @@
 """The vector unit: row operations of the VECTOR instruction on the OUT scratchpad.
 
-Executes SOFTMAX, ROWMAX, ADD, SUB, CLAMP and REQUANT (docs/ISA.md, "VECTOR") on
+Executes SOFTMAX, ROWMAX, ADD, SUB, CLAMP, REQUANT, MAX, PACK_INT4 and PACK_BINARY
+(docs/ISA.md, "VECTOR") on
 ``cols`` int32 lanes per cycle, bit-exact with ``npugen.golden.vector.vector_op``.
 
 Structure: a sequencer issues at most one OUT read per cycle, each with a *tag* (what
@@ -9,7 +10,7 @@ pipeline whose results enter a write FIFO at a stage that depends on the operati
 
     sequencer ─► OUT read ─► s1 ─► s2 ─► … ─► s13 ─► s14
                                 │     │            │
-      CLAMP, ADD, SUB write at s2; SOFTMAX normalize, ROWMAX at s3;
+      CLAMP, ADD, SUB, MAX, PACK write at s2; SOFTMAX normalize, ROWMAX at s3;
       REQUANT at s11; SOFTMAX exp at s13 ──► write FIFO ─► OUT write request
 
 A read that will produce a write is issued only while a FIFO slot is guaranteed for
@@ -21,8 +22,10 @@ Cycle cost from a command accepted in cycle 0 to its ``done`` pulse, ``wr_ready`
 always high (:func:`vector_cycles`; ``c = count``, ``n = n_words``,
 ``v = ceil(n_valid / cols)``):
 
-* CLAMP ``c·n + 6``, REQUANT ``c·n + 15``: one word per cycle, rows back to back;
-  ADD, SUB ``2·c·n + 6`` (two reads per word on the one read port); ROWMAX
+* CLAMP, PACK_INT4, PACK_BINARY ``c·n + 6``, REQUANT ``c·n + 15``: one word per cycle,
+  rows back to back (a packing operation writes one word per ``g`` = 2 or 8 words
+  read, and at the end of each row); ADD, SUB, MAX ``2·c·n + 6`` (two reads per word
+  on the one read port); ROWMAX
   ``c·v + 7`` (only the words holding valid elements are read).
 * SOFTMAX ``c·(v + 2·n + 45) + 7``: per row, pass 1 (max) reads ``v`` words, 3 cycles
   for the maximum to settle, pass 2 (exp, sum, ``e`` written to ``dst``) reads ``n``
@@ -39,7 +42,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from npugen.golden.vector import (DIVIDER_STEPS, SOFTMAX_OUT_MAX, SOFTMAX_OUT_SHIFT,
+from npugen.golden.vector import (DIVIDER_STEPS, PACK_BITS, SOFTMAX_OUT_MAX, SOFTMAX_OUT_SHIFT,
                                   SOFTMAX_POLY_B, SOFTMAX_POLY_C, SOFTMAX_Z_BITS,
                                   SOFTMAX_Z_LIMIT, vector_cycles)
 from npugen.golden.vector import MBQM_LATENCY as _GOLDEN_MBQM_LATENCY
@@ -83,6 +86,7 @@ class _Kind(enum.Enum, shape=3):
     MAX = 4         # SOFTMAX pass 1 and ROWMAX
     EXP = 5         # SOFTMAX pass 2
     NORM = 6        # SOFTMAX pass 3
+    PACK = 7        # PACK_INT4, PACK_BINARY: bits gathered, a word written per group
 
 
 def _tag_layout(cols):
@@ -93,7 +97,8 @@ def _tag_layout(cols):
         "addr": 16,
         "first": 1,
         "last": 1,
-        "lanes": cols,          # lanes holding valid elements (MAX, EXP)
+        "lanes": cols,          # lanes holding valid elements (MAX, EXP, PACK)
+        "pos": 3,               # PACK: the word's place in its output word's group
     })
 
 
@@ -252,20 +257,28 @@ class VectorUnit(wiring.Component):
                         with m.Case(VectorOp.SOFTMAX):
                             m.next = "SM_MAX"
                         with m.Case(VectorOp.ROWMAX, VectorOp.ADD, VectorOp.SUB,
-                                    VectorOp.CLAMP, VectorOp.REQUANT):
+                                    VectorOp.CLAMP, VectorOp.REQUANT, VectorOp.MAX,
+                                    VectorOp.PACK_INT4, VectorOp.PACK_BINARY):
                             m.next = "STREAM"
                         with m.Default():
                             m.next = "DRAIN"
 
             with m.State("STREAM"):
-                # CLAMP, REQUANT, ADD, SUB, ROWMAX: rows back to back.
-                is_addsub = (op == VectorOp.ADD) | (op == VectorOp.SUB)
+                # CLAMP, REQUANT, ADD, SUB, MAX, ROWMAX, PACK: rows back to back.
+                is_addsub = (op == VectorOp.ADD) | (op == VectorOp.SUB) | (op == VectorOp.MAX)
                 is_rowmax = op == VectorOp.ROWMAX
+                is_pack4 = op == VectorOp.PACK_INT4
+                is_pack = is_pack4 | (op == VectorOp.PACK_BINARY)
+                # PACK: word w of the row is part pos = w mod g of output word w // g.
+                pos = Mux(is_pack4, word[:1], word[:3])
+                pack_end = Mux(is_pack4, pos == 1, pos == 7) | last_word
+                d_word = Mux(is_pack4, word >> 1, word >> 3)
                 go = Signal()
                 m.d.comb += [
-                    go.eq(credit | (is_addsub & phase_b)),
+                    go.eq(credit | (is_addsub & phase_b) | (is_pack & ~pack_end)),
                     tag0.valid.eq(go),
-                    tag0.addr.eq(Mux(is_rowmax, d_row, d_row + word)),
+                    tag0.pos.eq(pos),
+                    tag0.addr.eq(Mux(is_rowmax, d_row, d_row + Mux(is_pack, d_word, word))),
                     tag0.last.eq(Mux(is_rowmax, valid_end, last_word)),
                     self.rd_addr.eq(Mux(phase_b, b_row, a_row) + word),
                 ]
@@ -276,6 +289,8 @@ class VectorUnit(wiring.Component):
                         m.d.comb += [tag0.kind.eq(_Kind.REQUANT), tag0.write.eq(1)]
                     with m.Case(VectorOp.ROWMAX):
                         m.d.comb += [tag0.kind.eq(_Kind.MAX), tag0.write.eq(valid_end)]
+                    with m.Case(VectorOp.PACK_INT4, VectorOp.PACK_BINARY):
+                        m.d.comb += [tag0.kind.eq(_Kind.PACK), tag0.write.eq(pack_end)]
                     with m.Default():
                         m.d.comb += [tag0.kind.eq(Mux(phase_b, _Kind.ADD_B, _Kind.ADD_A)),
                                      tag0.write.eq(phase_b)]
@@ -400,11 +415,31 @@ class VectorUnit(wiring.Component):
                       for i in range(0, len(masked), 2)]
         m.d.sync += word_max.eq(masked[0])
         subtrahend = Mux(is_softmax, row_max, 0)
+        # PACK: the valid lanes' low bits placed at part pos of the output word's bytes
+        # (``packed``, cols·8 bits), lane j of the output word = byte j.
+        packed = Signal(cols * 8)
+        merged = Signal(cols * 8)
+        with m.If(at(1, _Kind.PACK)):
+            m.d.sync += packed.eq(merged)
+        with m.Switch(Cat(op == VectorOp.PACK_INT4, tags[1].pos)):
+            for code, bits in PACK_BITS.items():
+                group = 8 // bits
+                for part in range(group):
+                    key = (part << 1) | (code == VectorOp.PACK_INT4.value)
+                    with m.Case(key):
+                        chunk = Cat(Mux(tags[1].lanes[j], x[j][:bits], 0)
+                                    for j in range(cols))
+                        width = cols * bits
+                        m.d.comb += merged.eq(Cat(packed[:part * width], chunk) if part
+                                              else chunk)
+        maximum = [Mux(a_word[j] >= x[j], a_word[j], x[j]) for j in range(cols)]
         for j in range(cols):
             clamped = Mux(x[j] < lo, lo, Mux(x[j] > hi, hi, x[j]))
             added = Mux(subtract, a_word[j] - x[j], a_word[j] + x[j])[:32]
             m.d.sync += [
-                v2[j].eq(Mux(tags[1].kind == _Kind.CLAMP, clamped, added)),
+                v2[j].eq(Mux(tags[1].kind == _Kind.CLAMP, clamped,
+                             Mux(tags[1].kind == _Kind.PACK, merged[8 * j:8 * j + 8],
+                                 Mux(op == VectorOp.MAX, maximum[j], added)))),
                 product[j].eq(x[j][:_E_BITS] * recip),
                 diff[j].eq(x[j] - subtrahend),
             ]
@@ -471,7 +506,7 @@ class VectorUnit(wiring.Component):
         # ------------------------------------------------------------ writes
         # The sequencer never lets two taps write in the same cycle.
         taps = [
-            (_STAGE_ELEMENTWISE, (_Kind.CLAMP, _Kind.ADD_B), v2),
+            (_STAGE_ELEMENTWISE, (_Kind.CLAMP, _Kind.ADD_B, _Kind.PACK), v2),
             (_STAGE_NORM, (_Kind.NORM, _Kind.MAX), v3),
             (_STAGE_REQUANT, (_Kind.REQUANT,), v11),
             (_STAGE_EXP, (_Kind.EXP,), Cat(Cat(e13[j], Const(0, 32 - _E_BITS))

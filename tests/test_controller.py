@@ -625,7 +625,7 @@ def static_error_cases(config):
         (MATMUL(out=config.out_sp_depth - 1, m_rows=2), E.BAD_SP_ADDRESS, M),
         (MATMUL(out=0xFFFF, m_rows=0xFFFF, k_tiles=0xFFFF, act=0xFFFF), E.BAD_FIELD, M),
         # VECTOR
-        (VECTOR(6), E.ILLEGAL_OPCODE, V),
+        (VECTOR(9), E.ILLEGAL_OPCODE, V),
         (VECTOR(15, count=0), E.ILLEGAL_OPCODE, V),
         (VECTOR(count=0), E.BAD_FIELD, V),
         (VECTOR(n_words=0), E.BAD_FIELD, V),
@@ -651,6 +651,16 @@ def static_error_cases(config):
         (VECTOR(VectorOp.CLAMP, count=2, src=0, dst=0, src_stride=1, dst_stride=1,
                 n_words=2), E.BAD_FIELD, V),
         (VECTOR(VectorOp.ROWMAX, count=2, src=4, dst=4), E.BAD_FIELD, V),
+        (VECTOR(VectorOp.MAX, src=0, dst=0, src_b=1, n_words=2), E.BAD_FIELD, V),
+        (VECTOR(VectorOp.PACK_INT4, count=2, src=0, dst=0, src_stride=1, dst_stride=1,
+                n_words=3), E.BAD_FIELD, V),
+        (VECTOR(VectorOp.PACK_BINARY, src=0, dst=1, n_words=9), E.BAD_FIELD, V),
+        (VECTOR(VectorOp.PACK_BINARY, src=0, dst=config.out_sp_depth - 1, n_words=9),
+         E.BAD_SP_ADDRESS, V),
+        (VECTOR(VectorOp.MAX, src=0, src_b=config.out_sp_depth - 1, dst=4, n_words=2),
+         E.BAD_SP_ADDRESS, V),
+        (VECTOR(VectorOp.PACK_INT4, src=0, dst=config.out_sp_depth - 1, n_words=3),
+         E.BAD_SP_ADDRESS, V),
         (VECTOR(VectorOp.SUB, count=2, src=0, dst=10, src_b=10, src_stride=1, dst_stride=1,
                 n_words=2), E.BAD_FIELD, V),
         (VECTOR(VectorOp.CLAMP, src=config.out_sp_depth - 1, dst=0, n_words=2),
@@ -706,6 +716,11 @@ def valid_edge_cases(config):
         VECTOR(VectorOp.REQUANT, shift=-31, lo=-1, hi=-1, src=config.out_sp_depth - 1,
                dst=config.out_sp_depth - 1),
         VECTOR(VectorOp.SOFTMAX, shift=30, n_valid=1, src=0, dst=20, multiplier=0),
+        VECTOR(VectorOp.PACK_INT4, count=2, src=0, dst=0, src_stride=2, dst_stride=2,
+               n_words=3),                                # PACK_INT4 writes ceil(3/2) a row
+        VECTOR(VectorOp.PACK_BINARY, src=0, dst=config.out_sp_depth - 2, n_words=16),
+        VECTOR(VectorOp.MAX, count=2, src=0, src_b=8, dst=8, src_stride=2, dst_stride=2,
+               n_words=2),
     ]
     if config.sparse_2_4:
         cases += [MATMUL(sparse=1, k_valid_last=2 * R), MATMUL(mode=1, k_valid_last=2 * R),

@@ -46,6 +46,12 @@ def test_googlenet_macs():
     assert len(reduce) == 1 + 9 * 2
     assert table.macs_excluding("_reduce") == table.macs - sum(l.macs for l in reduce)
     assert table.macs_excluding("_reduce") == pytest.approx(REFERENCE["googlenet"][0], rel=0.05)
+    # both conventions: macs is the full count, reference_macs the 1.43 G one
+    summary = table.summary()
+    assert summary["macs"] == table.macs == pytest.approx(1.583e9, rel=0.001)
+    assert summary["reference_macs"] == pytest.approx(1.43e9, rel=0.005)
+    assert summary["reference_excludes"] == "*_reduce"
+    assert "reference_macs" not in get_model("vgg16").summary()
 
 
 def test_exact_totals():

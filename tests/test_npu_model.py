@@ -335,6 +335,12 @@ VECTOR_CASES = [
            lo=-1000, hi=5000),
     Vector(op=VectorOp.REQUANT, count=2, src=0, dst=0, n_words=5, src_stride=5, dst_stride=5,
            multiplier=1518500250, shift=-20, zero_point=-3, lo=-100, hi=90),
+    Vector(op=VectorOp.MAX, count=2, src=0, src_b=8, dst=20, n_words=3, src_stride=4,
+           dst_stride=3),
+    Vector(op=VectorOp.PACK_INT4, count=2, src=0, dst=30, n_words=3, n_valid=21,
+           src_stride=3, dst_stride=2),
+    Vector(op=VectorOp.PACK_BINARY, count=2, src=0, dst=30, n_words=9, n_valid=70,
+           src_stride=9, dst_stride=2),
 ]
 
 
@@ -354,15 +360,16 @@ def test_vector_rows(instr):
                                 start + r * instr.src_stride + instr.n_words].ravel()
                          for r in range(instr.count)])
 
-    b = rows(instr.src_b) if instr.op in (VectorOp.ADD, VectorOp.SUB) else None
+    b = rows(instr.src_b) if instr.op in (VectorOp.ADD, VectorOp.SUB, VectorOp.MAX) else None
     result = vector_op(VECTOR_OPS_NAMES[instr.op], rows(instr.src), b, n_valid=instr.n_valid,
                        multiplier=instr.multiplier, shift=instr.shift,
                        zero_point=instr.zero_point, lo=instr.lo, hi=instr.hi)
     expect = before.copy()
-    d_words = 1 if instr.op == VectorOp.ROWMAX else instr.n_words
+    d_words = {VectorOp.ROWMAX: 1, VectorOp.PACK_INT4: -(-instr.n_words // 2),
+               VectorOp.PACK_BINARY: -(-instr.n_words // 8)}.get(instr.op, instr.n_words)
     for r in range(instr.count):
         row = np.broadcast_to(result[r], (d_words * 8,)) if instr.op == VectorOp.ROWMAX \
-            else result[r]
+            else np.pad(result[r], (0, d_words * 8 - len(result[r])))
         expect[instr.dst + r * instr.dst_stride:
                instr.dst + r * instr.dst_stride + d_words] = row.reshape(d_words, 8)
     model, _, res = run(DEFAULT, [instr, End()], model=model)
@@ -370,7 +377,8 @@ def test_vector_rows(instr):
     np.testing.assert_array_equal(model.sp["OUT"], expect)
 
 
-VECTOR_OPS_NAMES = ["softmax", "rowmax", "add", "sub", "clamp", "requant"]
+VECTOR_OPS_NAMES = ["softmax", "rowmax", "add", "sub", "clamp", "requant", "max", "pack_int4",
+                    "pack_binary"]
 
 
 # -- static checks ------------------------------------------------------------------------
@@ -441,7 +449,22 @@ STATIC_CASES = [
     (TINY, Matmul(param_addr=61), None),
     (TINY, Matmul(m_rows=2, out_addr=511), NPUError.BAD_SP_ADDRESS),
     # VECTOR
-    (TINY, Vector(op=6), NPUError.ILLEGAL_OPCODE),
+    (TINY, Vector(op=9), NPUError.ILLEGAL_OPCODE),
+    (TINY, Vector(op=VectorOp.MAX, dst=10, src_b=5), None),
+    (TINY, Vector(op=VectorOp.MAX, count=2, n_words=2, src=0, src_b=10, dst=11, src_stride=2,
+                  dst_stride=2), NPUError.BAD_FIELD),          # overlaps operand b
+    # PACK: d_words = ceil(n_words / 2) (int4), ceil(n_words / 8) (binary)
+    (TINY, Vector(op=VectorOp.PACK_INT4, count=3, n_words=4, n_valid=8, src=0, dst=0,
+                  src_stride=2, dst_stride=2), None),          # identical, d_words 2
+    (TINY, Vector(op=VectorOp.PACK_INT4, count=3, n_words=4, n_valid=8, src=0, dst=0,
+                  src_stride=1, dst_stride=1), NPUError.BAD_FIELD),
+    (TINY, Vector(op=VectorOp.PACK_BINARY, count=2, n_words=9, n_valid=18, src=0, dst=9,
+                  src_stride=9, dst_stride=2), NPUError.BAD_FIELD),   # src [0, 18) vs dst
+    (TINY, Vector(op=VectorOp.PACK_BINARY, count=2, n_words=9, n_valid=18, src=0, dst=18,
+                  src_stride=9, dst_stride=2), None),
+    (TINY, Vector(op=VectorOp.PACK_BINARY, n_words=16, n_valid=32, dst=510), None),
+    (TINY, Vector(op=VectorOp.PACK_BINARY, n_words=17, n_valid=32, dst=510),
+     NPUError.BAD_SP_ADDRESS),
     (TINY, Vector(op=15, count=0), NPUError.ILLEGAL_OPCODE),
     (TINY, Vector(count=0), NPUError.BAD_FIELD),
     (TINY, Vector(n_words=0, n_valid=0), NPUError.BAD_FIELD),

@@ -10,6 +10,8 @@ import math
 import numpy as np
 import pytest
 
+from npugen.golden.binary import pack_bits
+from npugen.golden.int4 import pack_int4
 from npugen.golden.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
 from npugen.golden.vector import (
     SOFTMAX_LN2_STEPS,
@@ -23,6 +25,7 @@ from npugen.golden.vector import (
     SOFTMAX_Z_LIMIT,
     VECTOR_OPS,
     integer_softmax,
+    pack_words,
     row_max,
     softmax_exp,
     softmax_multiplier,
@@ -306,9 +309,12 @@ A = np.array([[1, 2, 3]])
 
 
 @pytest.mark.parametrize("call, exc, message", [
-    (lambda: vector_op("max", A), ValueError,
-     r"^op must be one of softmax, rowmax, add, sub, clamp, requant, not 'max'$"),
-    (lambda: vector_op(6, A), ValueError, r"^op must be an operation code in 0\.\.5, not 6$"),
+    (lambda: vector_op("min", A), ValueError,
+     r"^op must be one of softmax, rowmax, add, sub, clamp, requant, max, pack_int4, "
+     r"pack_binary, not 'min'$"),
+    (lambda: vector_op(9, A), ValueError, r"^op must be an operation code in 0\.\.8, not 9$"),
+    (lambda: vector_op("max", A), TypeError, r"^op max needs operand b$"),
+    (lambda: vector_op("pack_int4", A, A), TypeError, r"^op pack_int4 takes no operand b$"),
     (lambda: vector_op(1.0, A), TypeError, r"^op must be an operation name or code, not 1\.0$"),
     (lambda: vector_op(True, A), TypeError, r"^op must be an operation name or code, not True$"),
     (lambda: vector_op("add", A), TypeError, r"^op add needs operand b$"),
@@ -335,3 +341,25 @@ A = np.array([[1, 2, 3]])
 def test_vector_op_errors(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+def test_max_and_pack_ops():
+    a = np.array([[1, -5, 7, 0x7FFFFFFF], [-3, 2, -8, 5]])
+    b = np.array([[2, -6, 7, -1], [-4, 9, -(1 << 31), 5]])
+    np.testing.assert_array_equal(vector_op("max", a, b), np.maximum(a, b))
+    # int4: two elements per byte, low nibble first; elements past n_valid are 0.
+    codes = np.array([[-8, 7, 3, -1, 5, 6]])
+    np.testing.assert_array_equal(vector_op("pack_int4", codes),
+                                  [[0x78, 0xF3, 0x65]])
+    np.testing.assert_array_equal(vector_op("pack_int4", codes, n_valid=3),
+                                  [[0x78, 0x03, 0x00]])
+    np.testing.assert_array_equal(pack_int4(codes[:, :6], axis=1).view(np.uint8),
+                                  vector_op("pack_int4", codes))
+    # binary: bit i of byte j is the low bit of element 8j + i.
+    bits = np.array([[1, 0, 1, 1, 0, 0, 0, 1, 1, 1]])
+    np.testing.assert_array_equal(vector_op("pack_binary", bits), [[0x8D, 0x03]])
+    np.testing.assert_array_equal(vector_op("pack_binary", bits, n_valid=9), [[0x8D, 0x01]])
+    np.testing.assert_array_equal(pack_bits(2 * bits - 1, axis=1).view(np.uint8),
+                                  vector_op("pack_binary", bits))
+    assert [pack_words(op, 9) for op in range(9)] == [9, 1, 9, 9, 9, 9, 9, 5, 2]
+    assert VECTOR_OPS.index("pack_binary") == 8

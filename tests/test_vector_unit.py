@@ -22,7 +22,8 @@ import cycle_sim
 from cycle_sim import run_cycles
 from npugen.golden.config import NPUConfig, PRESETS
 from npugen.golden.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
-from npugen.golden.vector import VECTOR_OPS, softmax_exp, softmax_multiplier, vector_op
+from npugen.golden.vector import (VECTOR_OPS, pack_words, softmax_exp, softmax_multiplier,
+                                  vector_op)
 from npugen.hw.isa import Opcode, VectorOp
 from npugen.hw.requantizer import MBQM_LATENCY, QuantizedMultiplier
 from npugen.hw.vector_unit import DIVIDER_STEPS, VectorUnit, vector_cycles
@@ -159,7 +160,7 @@ def golden(memory, cmd, cols):
     count, n_words = cmd["count"], cmd["n_words"]
     a = gather(memory, cmd["src"], cmd["src_stride"], count, n_words)
     b = (gather(memory, cmd["src_b"], cmd["src_stride"], count, n_words)
-         if op in ("add", "sub") else None)
+         if op in ("add", "sub", "max") else None)
     out = vector_op(op, a, b, n_valid=cmd["n_valid"], multiplier=cmd["multiplier"],
                     shift=cmd["shift"], zero_point=cmd["zero_point"], lo=cmd["lo"],
                     hi=cmd["hi"])
@@ -167,6 +168,11 @@ def golden(memory, cmd, cols):
         base = cmd["dst"] + r * cmd["dst_stride"]
         if op == "rowmax":
             memory[base] = [int(out[r, 0])] * cols
+        elif op.startswith("pack"):
+            d_words = pack_words(cmd["op"], n_words)
+            row = list(out[r]) + [0] * (d_words * cols - out.shape[1])
+            for w in range(d_words):
+                memory[base + w] = [int(v) for v in row[w * cols:(w + 1) * cols]]
         else:
             for w in range(n_words):
                 memory[base + w] = [int(v) for v in out[r, w * cols:(w + 1) * cols]]
@@ -230,11 +236,11 @@ def random_params(rng, op):
 def random_command(rng, op, cols, depth):
     """A valid VECTOR instruction (ISA checks) on a memory of ``depth`` words."""
     for _ in range(1000):
-        n_words = rng.randint(1, 4)
+        n_words = rng.randint(1, 4) if not op.startswith("pack") else rng.randint(1, 18)
         count = rng.randint(1, 3)
         src_stride = n_words + rng.choice([0, 0, 1, 3])
         in_place = rng.random() < 0.35
-        d_words = 1 if op == "rowmax" else n_words
+        d_words = pack_words(VECTOR_OPS.index(op), n_words)
         if in_place:
             dst_stride = src_stride
         else:
@@ -245,7 +251,7 @@ def random_command(rng, op, cols, depth):
         src = rng.randint(0, depth - src_extent)
         regions = [(src, src_extent)]
         src_b = 0
-        if op in ("add", "sub"):
+        if op in ("add", "sub", "max"):
             src_b = rng.randint(0, depth - src_extent)
             regions.append((src_b, src_extent))
         # The destination overlaps no source range unless it is that range itself.
@@ -419,6 +425,10 @@ def test_back_to_back_and_cycle_counts():
         command("sub", count=1, src=1, src_b=2, dst=63, n_words=1, cols=cols),
         command("softmax", count=1, src=10, dst=10, n_words=2, n_valid=16,
                 multiplier=multiplier, shift=shift, cols=cols),
+        command("max", count=2, src=0, src_b=4, dst=20, n_words=2, cols=cols),
+        command("pack_int4", count=2, src=0, dst=30, n_words=3, n_valid=10,
+                dst_stride=2, cols=cols),
+        command("pack_binary", count=1, src=0, dst=36, n_words=9, n_valid=40, cols=cols),
     ]
     result = run_and_check(config, init, commands, seed=seed, stall=0.0)
     accepted, done, busy = result["accepted"], result["done"], set(result["busy"])
@@ -506,8 +516,8 @@ def test_abort_while_idle_and_with_a_command():
 def test_bad_parameters():
     with pytest.raises(TypeError, match=r"^config must be an NPUConfig, not None$"):
         VectorUnit(None)
-    with pytest.raises(ValueError, match=r"^op must be a VectorOp or its code 0\.\.5, not 6$"):
-        vector_cycles(TINY, 6, count=1, n_words=1, n_valid=1)
+    with pytest.raises(ValueError, match=r"^op must be a VectorOp or its code 0\.\.8, not 9$"):
+        vector_cycles(TINY, 9, count=1, n_words=1, n_valid=1)
     with pytest.raises(ValueError, match=r"^count must be a positive integer, not 0$"):
         vector_cycles(TINY, 0, count=0, n_words=1, n_valid=1)
     with pytest.raises(TypeError, match=r"^n_words must be a positive integer, not 1\.0$"):
