@@ -166,6 +166,8 @@ UNITS: dict[str, Unit] = {
                     "per cycle on the shared multiplier)", baseline="int8_pe"),
     "binary_pe": Unit(_pe_with(("int8", "binary")), 8, "PE with int8 and binary (eight "
                       "XNOR-popcount MACs per cycle)", baseline="int8_pe"),
+    "bf16_pe": Unit(_pe_with(("int8", "bf16")), 1, "PE with int8 and the BF16 MAC (a "
+                    "BF16×BF16→FP32 product and an FP32 sum per cycle)", baseline="int8_pe"),
     "array": Unit(_array, _peak_macs, "rows × cols systolic array core with skew/deskew"),
     "accumulator": Unit(_accumulator, 0, "accumulator buffer (acc_depth rows × cols, RMW)"),
     "requantizer": Unit(_requantizer, 0, "per-column TFLite requantizer (cols lanes, 11 stages)"),
