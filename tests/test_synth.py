@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from npugen.flows import synth
 from npugen.flows.cli import main
-from npugen.flows.units import UNITS, build_unit, get_unit, unit_macs
+from npugen.flows.units import NPU_TOP, UNITS, build_unit, get_unit, unit_macs
 from npugen.golden.config import NPUConfig
 
 ECP5 = synth.TARGETS["ecp5-85f"]
@@ -443,7 +443,9 @@ def test_failing_nextpnr_names_its_log(bin_dir, tmp_path):
 
 def test_unit_registry():
     config = NPUConfig.preset("tiny")
-    assert {"int8_pe", "array", "accumulator", "requantizer", "gemm_core"} <= set(UNITS)
+    assert {"int8_pe", "array", "accumulator", "requantizer", "gemm_core", "npu"} <= set(UNITS)
+    assert NPU_TOP == "npu"
+    assert unit_macs("npu", config) == unit_macs("gemm_core", config) == unit_macs("array", config)
     assert unit_macs("int8_pe", config) == 1
     assert unit_macs("array", config) >= config.pes
     assert unit_macs("requantizer", config) == 0
@@ -589,12 +591,14 @@ def test_pe_on_ecp5_matches_reference(tmp_path, capsys):
     assert "| LUT4 | FF | carry | DSP | BRAM |" in (tmp_path / "pe.md").read_text()
 
 
-def test_tiny_gemm_core_area_on_ecp5(tmp_path):
-    """The CI smoke test: the tiny preset synthesizes completely; area within the reference."""
+def test_tiny_npu_area_on_ecp5(tmp_path):
+    """The CI smoke test: the tiny NPU top (no --unit) synthesizes completely; area within
+    the reference."""
     require("yosys")
     result = synth.synthesize(NPUConfig.preset("tiny"), "ecp5-85f", workdir=tmp_path,
                               pnr=False)
-    assert result["preset"] == "tiny" and result["design"] == "gemm_core"
+    assert result["preset"] == "tiny" and result["design"] == "npu"
+    assert result["top"] == "npugen_npu"
     assert result["dsps"] >= 4 and result["brams"] >= 1
     assert result["fmax_mhz"] is None and result["fmax_mhz_seeds"] == []
     comparison = synth.compare_to_reference(result, synth.load_reference())
@@ -602,7 +606,7 @@ def test_tiny_gemm_core_area_on_ecp5(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_gemm_core_placed_on_ecp5(tmp_path):
+def test_tiny_npu_placed_on_ecp5(tmp_path):
     require("yosys", "nextpnr-ecp5")
     result = synth.synthesize(NPUConfig.preset("tiny"), "ecp5-85f", workdir=tmp_path)
     comparison = synth.compare_to_reference(result, synth.load_reference())
