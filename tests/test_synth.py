@@ -65,6 +65,7 @@ def test_yosys_script_ice40_uses_dsps_and_rtlil():
     assert "read_rtlil top.il\n" in text
     assert 'read_rtlil "dir with space/x.il"\n' in text
     assert "synth_ice40 -dsp -top top -json out.json\n" in text
+    assert "hierarchy" not in text  # synth_ice40 checks it after reading its cell library
 
 
 def test_nextpnr_command_ecp5_out_of_context():
@@ -542,7 +543,8 @@ def test_update_reference_round_trip(tmp_path):
 
 def test_shipped_reference_has_the_presets():
     reference = synth.load_reference()
-    for key in ("ecp5-85f/tiny/gemm_core", "ecp5-85f/tiny/int8_pe"):
+    for key in ("ecp5-85f/tiny/npu", "ecp5-85f/default/npu", "ecp5-85f/tiny/int8_pe",
+                "ice40-up5k/tiny/array"):
         entry = reference[key]
         for name in ("luts", "ffs", "dsps", "brams", "fmax_mhz", "fmax_mhz_seeds",
                      "tool_versions"):
@@ -623,12 +625,16 @@ def test_int8_array_8x8_one_dsp_per_pe(tmp_path):
                                              "fmax_mhz_seeds")}))
     assert result["dsps"] == 64
     assert len(result["fmax_mhz_seeds"]) == 3
+    assert result["fmax_mhz"] >= 150  # the goal: 165.18 MHz measured (yosys 0.23, nextpnr 0.11.1)
 
 
 @pytest.mark.slow
-def test_tiny_on_ice40(tmp_path):
+def test_tiny_array_on_ice40(tmp_path):
+    """The largest unit of the tiny preset that fits an UP5K (the NPU and the GEMM core
+    need more SB_MAC16 and LUT4 than it has)."""
     require("yosys", "nextpnr-ice40")
-    result = synth.synthesize(NPUConfig.preset("tiny"), "ice40-up5k", workdir=tmp_path)
+    result = synth.synthesize(NPUConfig.preset("tiny"), "ice40-up5k", unit="array",
+                              workdir=tmp_path)
     assert result["wrapper"] == "io-serializer"
     comparison = synth.compare_to_reference(result, synth.load_reference())
-    assert comparison["status"] in ("ok", "no-reference"), comparison["problems"]
+    assert comparison["status"] == "ok", comparison["problems"]
