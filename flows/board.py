@@ -1,23 +1,29 @@
-"""A bitstream for a real board: the GEMM core with a built-in self-test on the ULX3S.
+"""A bitstream for a real board: the NPU with an on-chip host memory and a self-test.
 
-The board top (:class:`BoardTop`) cannot bring the core's streams (hundreds of bits) out
-to pins, so it wraps the core in :class:`SelfTest`: a sequencer that feeds the core
-``jobs`` pseudo-random tile operations (xorshift32 weight and activation rows, ``raw``
-requantization, so the results are the exact int32 sums), folds every result row into a
-32-bit signature and compares it with the signature the golden arithmetic predicts
-(:func:`expected_signature`, computed at build time and baked in as a constant).
+The board top (:class:`BoardTop`) cannot bring the NPU's AXI ports out to pins, so it
+wraps the NPU in :func:`NpuSelfTest`: the NPU's AXI4 manager port is served by an
+on-chip block RAM (:class:`~npugen.hw.axi_ram.AxiRam`) preloaded with a GEMM program and
+its data from the golden compiler (:func:`board_program`: a random ``M×K×N`` INT8 GEMM,
+``numpy`` generator seeded with ``seed``), and a sequencer drives the register interface
+(AXI4-Lite) as a host would: READ_BASE, READ_LIMIT, WRITE_BASE, WRITE_LIMIT, PROG_ADDR,
+CTRL.START, then it polls STATUS until DONE or ERROR.  It then reads the whole memory
+back through a second port, folds it into a 32-bit signature (:func:`memory_signature`)
+and compares it with the signature of the memory the golden NPU model leaves after the
+same program (:func:`expected_signature`, computed at build time and baked in as a
+constant): the outputs must be right and nothing else may have changed.
 
 What the ULX3S top exposes:
 
-=============  ==========================================================================
-``clk25``      the 25 MHz board oscillator clocks the whole design (``sync`` domain)
-``button_fire 0``  (B1) restarts the self-test; it also starts once after configuration
-``led 0``      pass: the last run's signature matched
-``led 1``      fail: the last run finished with a different signature
-``led 2``      the core reported an error (``GemmCore.error`` not ``NONE``)
-``led 3``      a run is in progress
-``led 4-7``    bits 0-3 of the signature of the last run (all runs give the same)
-=============  ==========================================================================
+=================  ======================================================================
+``clk25``          the 25 MHz board oscillator clocks the whole design (``sync`` domain)
+``button_fire 0``  (B1) starts the self-test again once a run is over; it also starts
+                   once after configuration
+``led 0``          pass: the last run's memory signature matched
+``led 1``          fail: the last run finished with a different signature
+``led 2``          the NPU reported an error (STATUS.ERROR)
+``led 3``          a run is in progress
+``led 4-7``        bits 0-3 of the signature of the last run (all runs give the same)
+=================  ======================================================================
 
 :func:`build_board` produces ``<name>.bit`` (and ``.svf``) with the same tools and
 completion checks as :mod:`npugen.flows.synth`; the platform files (RTLIL, LPF pin
@@ -32,8 +38,9 @@ from pathlib import Path
 
 from npugen.golden.config import NPUConfig
 
-__all__ = ["BOARDS", "SelfTest", "BoardTop", "expected_signature", "xorshift32",
-           "lane_bytes", "board_platform", "board_plan", "build_board", "ZERO_POINT"]
+__all__ = ["BOARDS", "DEFAULT_GEMM", "DATA_SEED", "board_program", "memory_depth",
+           "image_words", "memory_signature", "expected_signature", "NpuSelfTest",
+           "BoardTop", "board_platform", "board_plan", "build_board"]
 
 #: board name → {variant: (amaranth-boards platform class name, target name)}
 BOARDS = {
@@ -43,188 +50,191 @@ BOARDS = {
     },
 }
 
-#: Activation zero point of the self-test jobs.
-ZERO_POINT = 3
-#: Initial states of the activation and weight generators.
-ACT_SEED = 0x2545F491
-WEIGHT_SEED = 0x9E3779B9
+#: ``(M, K, N)`` of the self-test GEMM unless chosen otherwise.
+DEFAULT_GEMM = (8, 16, 8)
+#: Seed of the generator of the self-test data unless chosen otherwise.
+DATA_SEED = 1
 _MASK32 = 0xFFFFFFFF
 
 
-def xorshift32(x: int) -> int:
-    """One step of Marsaglia's xorshift32 (13, 17, 5)."""
-    x ^= (x << 13) & _MASK32
-    x ^= x >> 17
-    x ^= (x << 5) & _MASK32
-    return x & _MASK32
-
-
-def lane_bytes(state: int, lanes: int) -> list[int]:
-    """The signed int8 lanes a generator state gives: byte ``i % 4``, XOR ``0x5A·(i//4)``."""
-    values = []
-    for i in range(lanes):
-        byte = ((state >> (8 * (i % 4))) ^ (0x5A * (i // 4))) & 0xFF
-        values.append(byte - 256 if byte & 0x80 else byte)
-    return values
-
-
-def _m_rows(config: NPUConfig) -> int:
-    return min(config.rows, config.acc_depth)
-
-
-def expected_signature(config: NPUConfig, jobs: int) -> int:
-    """The signature :class:`SelfTest` must end with, from plain integer arithmetic."""
+def board_program(config: NPUConfig, *, gemm=DEFAULT_GEMM, seed: int = DATA_SEED):
+    """The self-test program: a random INT8 GEMM ``gemm = (M, K, N)`` compiled at address 0."""
     import numpy as np
 
-    R, C, M = config.rows, config.cols, _m_rows(config)
-    act, weight, signature = ACT_SEED, WEIGHT_SEED, 0
-    for _job in range(jobs):
-        w_rows = []
-        for _k in range(R):
-            weight = xorshift32(weight)
-            w_rows.append(lane_bytes(weight, C))
-        a_rows = []
-        for _m in range(M):
-            act = xorshift32(act)
-            a_rows.append(lane_bytes(act, R))
-        acc = (np.array(a_rows, dtype=np.int64) - ZERO_POINT) @ np.array(w_rows, dtype=np.int64)
-        for row in acc:
-            fold = 0
-            for value in row:
-                fold ^= int(value) & _MASK32
-            signature = (((signature << 1) | (signature >> 31)) & _MASK32) ^ fold
+    from npugen.golden.workloads import gemm_program
+
+    NPUConfig.check(config)
+    if not isinstance(gemm, (tuple, list)) or len(gemm) != 3:
+        raise ValueError(f"gemm must be (M, K, N), not {gemm!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    m, k, n = gemm
+    return gemm_program(config, np.random.default_rng(seed), m=m, k=k, n=n, base=0)
+
+
+def memory_depth(program, data_width: int) -> int:
+    """Words of the board memory: the image rounded up to a power of two (at least 2)."""
+    words = -(-(program.base + program.size) // (data_width // 8))
+    return max(2, 1 << (words - 1).bit_length())
+
+
+def image_words(data: bytes, data_width: int, depth: int) -> list[int]:
+    """``data`` (from byte address 0) as ``depth`` little-endian words of ``data_width``."""
+    step = data_width // 8
+    data = bytes(data).ljust(depth * step, b"\0")
+    return [int.from_bytes(data[i * step:(i + 1) * step], "little") for i in range(depth)]
+
+
+def memory_signature(words, data_width: int) -> int:
+    """Fold memory words into 32 bits: ``s = rotl(s, 1) ^ (XOR of the word's 32-bit parts)``."""
+    signature = 0
+    for word in words:
+        fold = 0
+        for i in range(data_width // 32):
+            fold ^= (word >> (32 * i)) & _MASK32
+        signature = (((signature << 1) | (signature >> 31)) & _MASK32) ^ fold
     return signature
 
 
-def SelfTest(config: NPUConfig, *, jobs: int = 16, expected: int | None = None):
-    """The GEMM core driven by a pseudo-random job sequencer with a result signature.
+def _image(program):
+    """The memory image of ``program`` from byte address 0 (board programs start there)."""
+    return bytes(program.memory().read(0, program.base + program.size))
 
-    Ports: ``start`` (a pulse starts a run), ``running``, ``done``, ``passed``,
-    ``failed``, ``error`` (the core's error code) and ``result_signature``.  ``expected``
-    overrides the predicted signature (tests use it to check the comparison).
+
+def expected_signature(config: NPUConfig, program) -> int:
+    """The signature of the memory the golden NPU model leaves after ``program``."""
+    result, memory = program.run()
+    if result.status != "done":
+        raise ValueError(f"the self-test program does not complete on the golden model: "
+                         f"{result}")
+    depth = memory_depth(program, config.axi_data_bits)
+    data = bytes(memory.read(program.base, program.size))
+    return memory_signature(image_words(data, config.axi_data_bits, depth),
+                            config.axi_data_bits)
+
+
+def NpuSelfTest(config: NPUConfig, *, gemm=DEFAULT_GEMM, seed: int = DATA_SEED,
+                expected: int | None = None):
+    """The NPU, its preloaded memory and the host sequencer (see the module documentation).
+
+    Ports: ``start`` (a pulse starts a run when none is in progress), ``running``,
+    ``done``, ``passed``, ``failed``, ``npu_error`` (STATUS.ERROR of the run) and
+    ``result_signature``.  ``expected`` overrides the predicted signature (tests use it
+    to check the comparison).
     """
     from amaranth.hdl import Cat, Module, Signal, Value
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
 
-    from npugen.hw.gemm_core import CoreError, GemmCore
+    from npugen.golden.regmap import register_map
+    from npugen.hw.axi_ram import AxiRam
+    from npugen.hw.npu import NPU
 
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 65535:
-        raise ValueError(f"jobs must be an integer in 1..65535, not {jobs!r}")
-    NPUConfig.check(config)
+    program = board_program(config, gemm=gemm, seed=seed)
+    width = config.axi_data_bits
+    depth = memory_depth(program, width)
+    init = image_words(_image(program), width, depth)
+    predicted = expected_signature(config, program) if expected is None else expected
+    rmap = register_map(config)
+    writes = [(rmap["READ_BASE"].offset, program.read_window[0]),
+              (rmap["READ_LIMIT"].offset, program.read_window[1]),
+              (rmap["WRITE_BASE"].offset, program.write_window[0]),
+              (rmap["WRITE_LIMIT"].offset, program.write_window[1]),
+              (rmap["PROG_ADDR"].offset, program.prog_addr),
+              (rmap["CTRL"].offset, 1 << rmap["CTRL"].field("START").lsb)]
+    status = rmap["STATUS"]
+    done_bit, error_bit = status.field("DONE").lsb, status.field("ERROR").lsb
 
-    class _SelfTest(wiring.Component):
+    class _NpuSelfTest(wiring.Component):
         def __init__(self):
-            self._config = config
-            self._jobs = jobs
-            self._expected = expected_signature(config, jobs) if expected is None else expected
+            self.program = program
+            self.depth = depth
+            self.expected = predicted
             super().__init__({
                 "start": In(1), "running": Out(1), "done": Out(1), "passed": Out(1),
-                "failed": Out(1), "error": Out(CoreError), "result_signature": Out(32),
+                "failed": Out(1), "npu_error": Out(1), "result_signature": Out(32),
             })
-
-        @property
-        def expected(self):
-            return self._expected
-
-        @staticmethod
-        def _step(m, state):
-            x1 = state ^ (state << 13)[:32]
-            x2 = x1 ^ (x1 >> 17)
-            return x2 ^ (x2 << 5)[:32]
 
         def elaborate(self, platform):
             m = Module()
-            cfg = self._config
-            R, C, M = cfg.rows, cfg.cols, _m_rows(cfg)
-            m.submodules.core = core = GemmCore(cfg)
+            m.submodules.npu = npu = NPU(config)
+            m.submodules.ram = ram = AxiRam(data_width=width, depth=depth, init=init)
+            wiring.connect(m, npu.m_axi, ram.bus)
+            host = npu.s_axil
 
-            n_cmd = Signal(range(jobs + 1))
-            n_quant = Signal(range(jobs + 1))
-            n_weight = Signal(range(jobs * R + 1))
-            n_act = Signal(range(jobs * M + 1))
-            n_result = Signal(range(jobs * M + 1))
-            act_state = Signal(32, init=ACT_SEED)
-            weight_state = Signal(32, init=WEIGHT_SEED)
-            act_next = Signal(32)
-            weight_next = Signal(32)
-            m.d.comb += [act_next.eq(self._step(m, act_state)),
-                         weight_next.eq(self._step(m, weight_state))]
-            m.d.comb += self.error.eq(core.error)
+            step = Signal(range(len(writes)))
+            aw_done, w_done = Signal(), Signal()
+            word = Signal(range(depth))
+            signature = self.result_signature
+            m.d.comb += host.wstrb.eq(0b1111)
+            with m.Switch(step):
+                for i, (offset, value) in enumerate(writes):
+                    with m.Case(i):
+                        m.d.comb += [host.awaddr.eq(offset), host.wdata.eq(value)]
+            m.d.comb += [host.araddr.eq(status.offset), ram.scan_addr.eq(word)]
+            parts = [Value.cast(ram.scan_data)[32 * i:32 * (i + 1)] for i in range(width // 32)]
+            fold = parts[0]
+            for part in parts[1:]:
+                fold = fold ^ part
+            next_signature = Cat(signature[31], signature[:31]) ^ fold
 
-            with m.If(self.start):
-                m.d.sync += [
-                    n_cmd.eq(0), n_quant.eq(0), n_weight.eq(0), n_act.eq(0), n_result.eq(0),
-                    act_state.eq(ACT_SEED), weight_state.eq(WEIGHT_SEED),
-                    self.result_signature.eq(0), self.running.eq(1), self.done.eq(0),
-                    self.passed.eq(0), self.failed.eq(0),
-                ]
-
-            go = self.running & ~self.start
-            cmd = core.cmd.payload
-            m.d.comb += [
-                core.cmd.valid.eq(go & (n_cmd < jobs)),
-                cmd.m_rows.eq(M), cmd.first.eq(1), cmd.last.eq(1),
-                cmd.a_zero_point.eq(ZERO_POINT),
-            ]
-            if "k_valid" in cmd.shape().members:
-                m.d.comb += cmd.k_valid.eq(R)
-            quant = core.quant.payload
-            m.d.comb += [
-                core.quant.valid.eq(go & (n_quant < jobs)),
-                quant.raw.eq(1), quant.out_min.eq(-128), quant.out_max.eq(127),
-            ]
-            m.d.comb += core.weight.valid.eq(go & (n_weight < jobs * R))
-            # With 2:4 built the weight row is a value/index struct; dense tiles use values.
-            w_lanes = core.weight.payload.value if cfg.sparse_2_4 else core.weight.payload
-            for c in range(C):
-                byte = (weight_next.word_select(c % 4, 8) ^ ((0x5A * (c // 4)) & 0xFF))
-                m.d.comb += w_lanes[c].eq(byte.as_signed())
-            m.d.comb += core.act.valid.eq(go & (n_act < jobs * M))
-            for r in range(R):
-                byte = (act_next.word_select(r % 4, 8) ^ ((0x5A * (r // 4)) & 0xFF))
-                m.d.comb += core.act.payload[r].eq(byte.as_signed())
-            m.d.comb += core.result.ready.eq(1)
-
-            with m.If(~self.start):
-                with m.If(core.cmd.valid & core.cmd.ready):
-                    m.d.sync += n_cmd.eq(n_cmd + 1)
-                with m.If(core.quant.valid & core.quant.ready):
-                    m.d.sync += n_quant.eq(n_quant + 1)
-                with m.If(core.weight.valid & core.weight.ready):
-                    m.d.sync += [n_weight.eq(n_weight + 1), weight_state.eq(weight_next)]
-                with m.If(core.act.valid & core.act.ready):
-                    m.d.sync += [n_act.eq(n_act + 1), act_state.eq(act_next)]
-                fold = Signal(32)
-                lanes = [Value.cast(core.result.payload[c])[:32] for c in range(C)]
-                value = lanes[0]
-                for lane in lanes[1:]:
-                    value = value ^ lane
-                m.d.comb += fold.eq(value)
-                next_signature = Cat(self.result_signature[31], self.result_signature[:31]) ^ fold
-                with m.If(core.result.valid & self.running):
-                    m.d.sync += [self.result_signature.eq(next_signature), n_result.eq(n_result + 1)]
-                    with m.If(n_result == jobs * M - 1):
-                        m.d.sync += [
-                            self.running.eq(0), self.done.eq(1),
-                            self.passed.eq(next_signature == self._expected),
-                            self.failed.eq(next_signature != self._expected),
-                        ]
+            with m.FSM(name="host"):
+                with m.State("IDLE"):
+                    with m.If(self.start):
+                        m.d.sync += [step.eq(0), aw_done.eq(0), w_done.eq(0), word.eq(0),
+                                     signature.eq(0), self.running.eq(1), self.done.eq(0),
+                                     self.passed.eq(0), self.failed.eq(0),
+                                     self.npu_error.eq(0)]
+                        m.next = "WRITE"
+                with m.State("WRITE"):
+                    m.d.comb += [host.awvalid.eq(~aw_done), host.wvalid.eq(~w_done)]
+                    aw_ok = aw_done | host.awready
+                    w_ok = w_done | host.wready
+                    m.d.sync += [aw_done.eq(aw_ok), w_done.eq(w_ok)]
+                    with m.If(aw_ok & w_ok):
+                        m.next = "RESPONSE"
+                with m.State("RESPONSE"):
+                    m.d.comb += host.bready.eq(1)
+                    with m.If(host.bvalid):
+                        m.d.sync += [aw_done.eq(0), w_done.eq(0), step.eq(step + 1)]
+                        m.next = "WRITE"
+                        with m.If(step == len(writes) - 1):
+                            m.next = "POLL"
+                with m.State("POLL"):
+                    m.d.comb += host.arvalid.eq(1)
+                    with m.If(host.arready):
+                        m.next = "STATUS"
+                with m.State("STATUS"):
+                    m.d.comb += host.rready.eq(1)
+                    with m.If(host.rvalid):
+                        m.next = "POLL"
+                        with m.If(host.rdata[done_bit] | host.rdata[error_bit]):
+                            m.d.sync += self.npu_error.eq(host.rdata[error_bit])
+                            m.next = "SCAN_ADDR"
+                with m.State("SCAN_ADDR"):
+                    m.next = "SCAN_DATA"
+                with m.State("SCAN_DATA"):
+                    m.d.sync += [signature.eq(next_signature), word.eq(word + 1)]
+                    m.next = "SCAN_ADDR"
+                    with m.If(word == depth - 1):
+                        m.d.sync += [self.running.eq(0), self.done.eq(1),
+                                     self.passed.eq(next_signature == self.expected),
+                                     self.failed.eq(next_signature != self.expected)]
+                        m.next = "IDLE"
             return m
 
-    return _SelfTest()
+    return _NpuSelfTest()
 
 
-def BoardTop(config: NPUConfig, *, jobs: int = 16):
-    """The ULX3S top: :func:`SelfTest` on ``clk25``, started by reset or ``button_fire 0``."""
+def BoardTop(config: NPUConfig, *, gemm=DEFAULT_GEMM, seed: int = DATA_SEED):
+    """The ULX3S top: :func:`NpuSelfTest` on ``clk25``, started after configuration and by
+    ``button_fire 0``."""
     from amaranth.hdl import Cat, Elaboratable, Module, Signal
     from amaranth.lib import io
 
-    from npugen.hw.gemm_core import CoreError
-
     class _BoardTop(Elaboratable):
         def __init__(self):
-            self.selftest = SelfTest(config, jobs=jobs)
+            self.selftest = NpuSelfTest(config, gemm=gemm, seed=seed)
 
         def elaborate(self, platform):
             m = Module()
@@ -244,7 +254,7 @@ def BoardTop(config: NPUConfig, *, jobs: int = 16):
             m.d.comb += [
                 leds[0].o.eq(bist.passed),
                 leds[1].o.eq(bist.failed),
-                leds[2].o.eq(bist.error != CoreError.NONE),
+                leds[2].o.eq(bist.npu_error),
                 leds[3].o.eq(bist.running),
             ]
             for i in range(4):
@@ -273,17 +283,18 @@ def board_platform(board: str, variant: str):
     return getattr(module, class_name)(), target
 
 
-def board_plan(config: NPUConfig, *, board="ulx3s", variant="85f", jobs=16,
-               name="npu_board"):
+def board_plan(config: NPUConfig, *, board="ulx3s", variant="85f", gemm=DEFAULT_GEMM,
+               seed=DATA_SEED, name="npu_board"):
     """``(build plan, target name, top)``: the platform files, nothing run yet."""
     platform, target = board_platform(board, variant)
-    top = BoardTop(config, jobs=jobs)
+    top = BoardTop(config, gemm=gemm, seed=seed)
     plan = platform.build(top, name=name, do_build=False)
     return plan, target, top
 
 
-def build_board(config: NPUConfig, outdir, *, board="ulx3s", variant="85f", jobs=16,
-                seed=1, name="npu_board", timeout=None, log=None) -> dict:
+def build_board(config: NPUConfig, outdir, *, board="ulx3s", variant="85f",
+                gemm=DEFAULT_GEMM, data_seed=DATA_SEED, seed=1, name="npu_board",
+                timeout=None, log=None) -> dict:
     """Synthesize, place, route and pack the board top; returns a JSON-able record."""
     from npugen.flows.synth import (SynthError, area_from_cells, find_tools, get_target,
                                     run_nextpnr, run_yosys, _run)
@@ -291,8 +302,8 @@ def build_board(config: NPUConfig, outdir, *, board="ulx3s", variant="85f", jobs
     say = log or (lambda _line: None)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    plan, target_name, top = board_plan(config, board=board, variant=variant, jobs=jobs,
-                                        name=name)
+    plan, target_name, top = board_plan(config, board=board, variant=variant, gemm=gemm,
+                                        seed=data_seed, name=name)
     target = get_target(target_name)
     tools = find_tools(target, pnr=True, pack=True)
     for filename in (f"{name}.il", f"{name}.lpf"):
@@ -321,7 +332,8 @@ def build_board(config: NPUConfig, outdir, *, board="ulx3s", variant="85f", jobs
     record = {
         "board": board, "variant": variant, "target": target.name,
         "config": config.to_dict(), "config_hash": config.config_hash(),
-        "self_test_jobs": jobs, "expected_signature": f"0x{top.selftest.expected:08x}",
+        "gemm": list(gemm), "data_seed": data_seed, "memory_words": top.selftest.depth,
+        "expected_signature": f"0x{top.selftest.expected:08x}",
         **area, "fmax_mhz": pnr["fmax_mhz"], "fmax_by_clock": pnr["fmax_by_clock"],
         "clock_mhz": 25.0, "timing_met": pnr["fmax_mhz"] is not None and pnr["fmax_mhz"] >= 25.0,
         "pnr_utilization": pnr["utilization"], "seed": seed,

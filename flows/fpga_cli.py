@@ -204,11 +204,24 @@ def cmd_cost(args):
 
 # -- build-board ------------------------------------------------------------------------------
 
+def _gemm_shape(text):
+    parts = text.replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise _cli().UsageError(f"--gemm must be three positive integers M,K,N, not {text!r}")
+    return shape
+
+
 def cmd_build_board(args):
     from npugen.flows import board, synth
 
     config, source = _cli()._config_from_args(args)
-    _positive("selftest-jobs", args.selftest_jobs)
+    gemm = _gemm_shape(args.gemm)
+    if args.data_seed < 0:
+        raise _cli().UsageError(f"--data-seed must be non-negative, not {args.data_seed}")
     try:
         _platform, target_name = board.board_platform(args.board, args.variant)
     except ValueError as e:
@@ -216,16 +229,20 @@ def cmd_build_board(args):
     except RuntimeError as e:
         return _fail(str(e))
     outdir = Path(args.output)
-    print(f"{source}: self-test top for {args.board}-{args.variant} ({target_name})")
+    print(f"{source}: NPU self-test top for {args.board}-{args.variant} ({target_name}), "
+          f"GEMM {gemm[0]}x{gemm[1]}x{gemm[2]}")
     try:
         _print_tools(synth.get_target(target_name), pnr=True, pack=True)
         record = board.build_board(config, outdir, board=args.board, variant=args.variant,
-                                   jobs=args.selftest_jobs, seed=args.seed, log=print)
+                                   gemm=gemm, data_seed=args.data_seed, seed=args.seed,
+                                   log=print)
     except synth.SynthError as e:
         return _fail(str(e))
+    except ValueError as e:
+        raise _cli().UsageError(str(e)) from None
     print(json.dumps({k: record[k] for k in ("luts", "ffs", "dsps", "brams", "fmax_mhz",
                                              "timing_met", "bitstream", "bitstream_bytes",
-                                             "expected_signature")}, indent=2))
+                                             "memory_words", "expected_signature")}, indent=2))
     if not record["timing_met"]:
         print(f"warning: Fmax {record['fmax_mhz']} MHz is below the 25 MHz board clock",
               file=sys.stderr)
@@ -302,13 +319,16 @@ def add_commands(commands, config_options):
     p.set_defaults(handler=cmd_cost)
 
     p = commands.add_parser(
-        "build-board", parents=[config_options], help="bitstream of the self-test top",
-        description="Build a bitstream of the GEMM core with its built-in self-test for a "
-                    "board (LEDs: pass, fail, core error, running, signature bits).")
+        "build-board", parents=[config_options], help="bitstream of the NPU self-test top",
+        description="Build a bitstream of the NPU with an on-chip memory preloaded with a "
+                    "GEMM program and a host sequencer that runs it and checks the result "
+                    "(LEDs: pass, fail, NPU error, running, signature bits).")
     p.add_argument("--board", default="ulx3s", help="board (default: %(default)s)")
     p.add_argument("--variant", default="85f", help="board variant (default: %(default)s)")
-    p.add_argument("--selftest-jobs", type=int, default=16, metavar="N",
-                   help="self-test tile operations per run (default: %(default)s)")
+    p.add_argument("--gemm", default="8,16,8", metavar="M,K,N",
+                   help="shape of the self-test INT8 GEMM (default: %(default)s)")
+    p.add_argument("--data-seed", type=int, default=1, metavar="S",
+                   help="seed of the self-test data (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr seed (default: %(default)s)")
     p.add_argument("-o", "--output", default="build/board", metavar="DIR",
                    help="output directory (default: %(default)s)")

@@ -238,7 +238,11 @@ def yosys_script(target: Target, sources, top: str, netlist: str, *,
     read = {"verilog": "read_verilog", "rtlil": "read_rtlil"}[frontend]
     lines = [f"# npugen synthesis script: {target.name} ({target.fam.synth_command})"]
     lines += [f"{read} {_yosys_quote(str(s))}" for s in sources]
-    lines.append(f"hierarchy -check -top {top}")
+    if frontend == "verilog":
+        # A board design (RTLIL from the platform) instantiates vendor primitives (SGSR,
+        # ...) that only the synthesis command's cell library defines; its own
+        # ``hierarchy -check`` runs after reading that library.
+        lines.append(f"hierarchy -check -top {top}")
     options = " ".join((*target.synth_options, "-top", top, "-json", _yosys_quote(netlist)))
     lines.append(f"{target.fam.synth_command} {options}")
     lines.append("stat")

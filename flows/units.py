@@ -25,8 +25,8 @@ from typing import Callable, Union
 
 __all__ = ["Unit", "UNITS", "NPU_TOP", "unit_names", "get_unit", "build_unit", "unit_macs"]
 
-#: Name of the design built when no unit is chosen: the NPU top (the GEMM core today).
-NPU_TOP = "gemm_core"
+#: Name of the design built when no unit is chosen: the whole NPU top (AXI host interface).
+NPU_TOP = "npu"
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,11 @@ def _gemm_core(config):
     return top_component(config, top="gemm_core")
 
 
+def _npu(config):
+    from npugen.flows.verilog import top_component
+    return top_component(config, top="npu")
+
+
 def _float_unit(kind, fmt_name, **kwargs):
     """A factory of an FP multiplier or adder behind plain ports.
 
@@ -179,8 +184,10 @@ UNITS: dict[str, Unit] = {
        for name, fmt, man in (("bf16", "BFLOAT16", 7), ("fp16", "FLOAT16", 10),
                               ("tf32", "TENSORFLOAT32", 10), ("fp32", "FLOAT32", 23))},
     "fp32_add": Unit(_float_unit("add", "FLOAT32"), 0, "FP32 adder (accumulation)"),
-    NPU_TOP: Unit(_gemm_core, _peak_macs, "GEMM core: controller, array, accumulator, "
-                                         "requantizer, result FIFO (the NPU top today)"),
+    "gemm_core": Unit(_gemm_core, _peak_macs, "GEMM core: controller, array, accumulator, "
+                                              "requantizer, result FIFO"),
+    NPU_TOP: Unit(_npu, _peak_macs, "the NPU top: registers, controller, DMA, scratchpads, "
+                                    "vector and compute units (AXI host interface)"),
 }
 
 

@@ -304,7 +304,8 @@ class InstructionFetch(wiring.Component):
     ``start`` (a pulse) begins at ``start_addr`` (32-byte aligned; the controller checks
     it); a running fetch or the drain of a flushed one is abandoned first.  Bursts of
     whole instructions (at most 16 beats, within a 4 KB page and the read window) are
-    issued while the buffer has room for everything requested.  An instruction not
+    issued while the buffer has room for everything requested (not in the cycle after an
+    issue: the window figures are registered).  An instruction not
     entirely inside ``[read_base, read_limit)`` is not read: once everything before it
     is delivered, an item with ``fault = BAD_HOST_ADDRESS`` and its ``pc`` is, and
     fetching stops.  An instruction with an SLVERR/DECERR beat is delivered with
@@ -350,15 +351,25 @@ class InstructionFetch(wiring.Component):
         bus = self.bus
         ar = AddressChannel(m, bus, "ar", axi_id=FETCH_ID, size=lb)
 
-        # Issue: a burst of n instructions at pc_req.
-        in_window = (pc_req >= self.read_base) & (pc_req + _INSTR_BYTES <= self.read_limit)
-        to_page = (_PAGE_BYTES - pc_req[:12]) >> 5
-        to_limit = (self.read_limit - pc_req)[5:]
+        # Issue: a burst of n instructions at pc_req.  The window check and the burst
+        # length the page and the window allow are registered from pc_req (timing: the
+        # 34-bit window arithmetic stays out of the issue logic); they are a cycle old
+        # after each issue, so no burst is issued in the cycle after one.
+        issued = Signal()
+        stale = Signal()
+        in_window = Signal()
+        to_window = Signal(range(per_burst + 1))
+        m.d.sync += [
+            in_window.eq((pc_req >= self.read_base) &
+                         (pc_req + _INSTR_BYTES <= self.read_limit)),
+            to_window.eq(min_(min_((_PAGE_BYTES - pc_req[:12]) >> 5,
+                                   (self.read_limit - pc_req)[5:]), per_burst)),
+            stale.eq(issued | self.start),
+        ]
         space = FETCH_DEPTH - fifo.level - inflight
         count = Signal(range(per_burst + 1))
-        m.d.comb += count.eq(min_(min_(min_(to_page, to_limit), space), per_burst))
-        can_issue = running & ~fault_pending & ar.free & ~self.flush & ~self.start
-        issued = Signal()
+        m.d.comb += count.eq(min_(to_window, space))
+        can_issue = running & ~stale & ~fault_pending & ar.free & ~self.flush & ~self.start
         with m.If(can_issue):
             with m.If(~in_window):
                 m.d.sync += fault_pending.eq(1)

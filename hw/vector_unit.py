@@ -64,6 +64,24 @@ _INT32_MIN = -(1 << 31)
 #: Bits of an exponent value ``e`` (``l < 2**23``) and of the row sum (``< 2**39``).
 _E_BITS = 23
 _SUM_BITS = 39
+#: Low bits of ``e`` multiplied by ``R`` on a DSP (an 18 × 27 product: two MULT18X18D);
+#: the ``_E_BITS - 18`` high bits are multiplied by shifted additions in LUTs.
+_NORM_DSP_BITS = 18
+
+
+def _norm_product(e, recip):
+    """``e · recip`` (both unsigned) with only ``e``'s low :data:`_NORM_DSP_BITS` bits on a
+    multiplier: the high bits' partial products are added in LUT logic.  A whole 23 × 27
+    product takes four MULT18X18D on ECP5 (two of them for 5 × 18 and 5 × 9 bits); this
+    form takes two, which keeps the default preset's NPU within the 156 of an ECP5-85F.
+    Combinational."""
+    low = e[:_NORM_DSP_BITS] * recip
+    high = e[_NORM_DSP_BITS:]
+    partial = [Mux(high[i], recip << i, 0) for i in range(len(high))]
+    while len(partial) > 1:
+        partial = [partial[i] + partial[i + 1] if i + 1 < len(partial) else partial[i]
+                   for i in range(0, len(partial), 2)]
+    return low + (partial[0] << _NORM_DSP_BITS)
 
 # The pipeline stages, the divider and ``vector_cycles`` (the exact cycle count) live in
 # ``npugen.golden.vector`` so that the golden cycle model needs no Amaranth; the
@@ -440,7 +458,7 @@ class VectorUnit(wiring.Component):
                 v2[j].eq(Mux(tags[1].kind == _Kind.CLAMP, clamped,
                              Mux(tags[1].kind == _Kind.PACK, merged[8 * j:8 * j + 8],
                                  Mux(op == VectorOp.MAX, maximum[j], added)))),
-                product[j].eq(x[j][:_E_BITS] * recip),
+                product[j].eq(_norm_product(x[j][:_E_BITS], recip)),
                 diff[j].eq(x[j] - subtrahend),
             ]
 

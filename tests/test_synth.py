@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 
 from npugen.flows import synth
 from npugen.flows.cli import main
-from npugen.flows.units import UNITS, build_unit, get_unit, unit_macs
+from npugen.flows.units import NPU_TOP, UNITS, build_unit, get_unit, unit_macs
 from npugen.golden.config import NPUConfig
 
 ECP5 = synth.TARGETS["ecp5-85f"]
@@ -65,6 +65,7 @@ def test_yosys_script_ice40_uses_dsps_and_rtlil():
     assert "read_rtlil top.il\n" in text
     assert 'read_rtlil "dir with space/x.il"\n' in text
     assert "synth_ice40 -dsp -top top -json out.json\n" in text
+    assert "hierarchy" not in text  # synth_ice40 checks it after reading its cell library
 
 
 def test_nextpnr_command_ecp5_out_of_context():
@@ -443,7 +444,9 @@ def test_failing_nextpnr_names_its_log(bin_dir, tmp_path):
 
 def test_unit_registry():
     config = NPUConfig.preset("tiny")
-    assert {"int8_pe", "array", "accumulator", "requantizer", "gemm_core"} <= set(UNITS)
+    assert {"int8_pe", "array", "accumulator", "requantizer", "gemm_core", "npu"} <= set(UNITS)
+    assert NPU_TOP == "npu"
+    assert unit_macs("npu", config) == unit_macs("gemm_core", config) == unit_macs("array", config)
     assert unit_macs("int8_pe", config) == 1
     assert unit_macs("array", config) >= config.pes
     assert unit_macs("requantizer", config) == 0
@@ -540,7 +543,8 @@ def test_update_reference_round_trip(tmp_path):
 
 def test_shipped_reference_has_the_presets():
     reference = synth.load_reference()
-    for key in ("ecp5-85f/tiny/gemm_core", "ecp5-85f/tiny/int8_pe"):
+    for key in ("ecp5-85f/tiny/npu", "ecp5-85f/default/npu", "ecp5-85f/tiny/int8_pe",
+                "ice40-up5k/tiny/array"):
         entry = reference[key]
         for name in ("luts", "ffs", "dsps", "brams", "fmax_mhz", "fmax_mhz_seeds",
                      "tool_versions"):
@@ -589,12 +593,14 @@ def test_pe_on_ecp5_matches_reference(tmp_path, capsys):
     assert "| LUT4 | FF | carry | DSP | BRAM |" in (tmp_path / "pe.md").read_text()
 
 
-def test_tiny_gemm_core_area_on_ecp5(tmp_path):
-    """The CI smoke test: the tiny preset synthesizes completely; area within the reference."""
+def test_tiny_npu_area_on_ecp5(tmp_path):
+    """The CI smoke test: the tiny NPU top (no --unit) synthesizes completely; area within
+    the reference."""
     require("yosys")
     result = synth.synthesize(NPUConfig.preset("tiny"), "ecp5-85f", workdir=tmp_path,
                               pnr=False)
-    assert result["preset"] == "tiny" and result["design"] == "gemm_core"
+    assert result["preset"] == "tiny" and result["design"] == "npu"
+    assert result["top"] == "npugen_npu"
     assert result["dsps"] >= 4 and result["brams"] >= 1
     assert result["fmax_mhz"] is None and result["fmax_mhz_seeds"] == []
     comparison = synth.compare_to_reference(result, synth.load_reference())
@@ -602,7 +608,7 @@ def test_tiny_gemm_core_area_on_ecp5(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_gemm_core_placed_on_ecp5(tmp_path):
+def test_tiny_npu_placed_on_ecp5(tmp_path):
     require("yosys", "nextpnr-ecp5")
     result = synth.synthesize(NPUConfig.preset("tiny"), "ecp5-85f", workdir=tmp_path)
     comparison = synth.compare_to_reference(result, synth.load_reference())
@@ -619,12 +625,16 @@ def test_int8_array_8x8_one_dsp_per_pe(tmp_path):
                                              "fmax_mhz_seeds")}))
     assert result["dsps"] == 64
     assert len(result["fmax_mhz_seeds"]) == 3
+    assert result["fmax_mhz"] >= 150  # the goal: 165.18 MHz measured (yosys 0.23, nextpnr 0.11.1)
 
 
 @pytest.mark.slow
-def test_tiny_on_ice40(tmp_path):
+def test_tiny_array_on_ice40(tmp_path):
+    """The largest unit of the tiny preset that fits an UP5K (the NPU and the GEMM core
+    need more SB_MAC16 and LUT4 than it has)."""
     require("yosys", "nextpnr-ice40")
-    result = synth.synthesize(NPUConfig.preset("tiny"), "ice40-up5k", workdir=tmp_path)
+    result = synth.synthesize(NPUConfig.preset("tiny"), "ice40-up5k", unit="array",
+                              workdir=tmp_path)
     assert result["wrapper"] == "io-serializer"
     comparison = synth.compare_to_reference(result, synth.load_reference())
-    assert comparison["status"] in ("ok", "no-reference"), comparison["problems"]
+    assert comparison["status"] == "ok", comparison["problems"]
