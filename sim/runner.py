@@ -226,11 +226,13 @@ def build(verilog_sources: Sequence[Path | str] | str, toplevel: str, key: str, 
 
     trace = (("fst" if _have_fst(cxx) else "vcd") if waves else None)
     args = [*BUILD_ARGS, *(["--trace-fst", "--trace-structs"] if trace == "fst" else [])]
-    digest = hashlib.sha256(json.dumps({
-        "toplevel": toplevel, "args": args, "trace": trace, "make": _MAKE_OVERRIDES,
+    tools = json.dumps({
         "verilator": [str(verilator.executable), verilator.version],
         "cocotb": [importlib.metadata.version("cocotb"), str(cocotb_tools.config.libs_dir)],
-    }, sort_keys=True).encode())
+    }, sort_keys=True)
+    digest = hashlib.sha256(json.dumps({
+        "toplevel": toplevel, "args": args, "trace": trace, "make": _MAKE_OVERRIDES,
+        "tools": tools}, sort_keys=True).encode())
     if text is not None:
         digest.update(text.encode())
     for f in files:
@@ -239,7 +241,10 @@ def build(verilog_sources: Sequence[Path | str] | str, toplevel: str, key: str, 
     stamp = {"key": key, "digest": digest.hexdigest(), "toplevel": toplevel, "waves": trace}
 
     root = cache_root()
-    build_dir = root / f"{toplevel}-{key}{'-waves' if waves else ''}"
+    # One directory per tool installation: environments sharing a cache never rebuild (or
+    # remove) each other's models.
+    env = hashlib.sha256(tools.encode()).hexdigest()[:8]
+    build_dir = root / f"{toplevel}-{key}-{env}{'-waves' if waves else ''}"
     if _read_stamp(build_dir) == stamp:
         return build_dir
 

@@ -170,7 +170,8 @@ def test_cache_root(monkeypatch, tmp_path):
 
 def test_build_reuses_unchanged(fake, tmp_path):
     first = runner.build(TEXT, "top", "k1")
-    assert first == tmp_path / "cache" / "top-k1"
+    assert first.parent == tmp_path / "cache"
+    assert re.fullmatch(r"top-k1-[0-9a-f]{8}", first.name)
     assert (first / "top.v").read_text() == TEXT
     assert fake.builds == [([first / "top.v"], list(runner.BUILD_ARGS), False)]
     assert runner.build(TEXT, "top", "k1") == first
@@ -186,10 +187,23 @@ def test_build_redoes_changed_sources(fake):
 
 
 def test_build_keys_and_waves_get_own_directories(fake, tmp_path):
-    assert runner.build(TEXT, "top", "k2").name == "top-k2"
+    assert re.fullmatch(r"top-k2-[0-9a-f]{8}", runner.build(TEXT, "top", "k2").name)
     waves = runner.build(TEXT, "top", "k1", waves=True)
-    assert waves.name == "top-k1-waves"
+    assert re.fullmatch(r"top-k1-[0-9a-f]{8}-waves", waves.name)
     assert len(fake.builds) == 2 and fake.builds[1][2] is True
+
+
+def test_tool_installations_get_own_directories(fake, monkeypatch):
+    """Two environments sharing a cache (another venv's cocotb) never reuse, rebuild or
+    remove each other's models; a stale directory of the same tools is rebuilt afresh."""
+    first = runner.build(TEXT, "top", "k1")
+    monkeypatch.setattr(runner.cocotb_tools.config, "libs_dir", Path("/elsewhere/cocotb/libs"))
+    other = runner.build(TEXT, "top", "k1")
+    assert other != first and other.parent == first.parent and len(fake.builds) == 2
+    assert (first / "top").exists() and (other / "top").exists()
+    (other / "stale.d").write_text("old dependency file")
+    runner.build(TEXT + "// changed\n", "top", "k1")
+    assert not (other / "stale.d").exists() and len(fake.builds) == 3
 
 
 def test_build_from_files(fake, tmp_path):
@@ -222,7 +236,7 @@ def test_build_failure(fake):
     fake.fail = True
     with pytest.raises(runner.BuildFailed,
                        match=r"^building top failed \(Command failed with return code: 1\); "
-                             r"log: \S+/top-k1/build\.log\n%Error: something went wrong$"):
+                             r"log: \S+/top-k1-[0-9a-f]{8}/build\.log\n%Error: something went wrong$"):
         runner.build(TEXT, "top", "k1")
     fake.fail = False
     runner.build(TEXT, "top", "k1")
