@@ -341,6 +341,10 @@ VECTOR_CASES = [
            src_stride=3, dst_stride=2),
     Vector(op=VectorOp.PACK_BINARY, count=2, src=0, dst=30, n_words=9, n_valid=70,
            src_stride=9, dst_stride=2),
+    Vector(op=VectorOp.TO_BF16, count=2, src=0, dst=30, n_words=3, n_valid=21,
+           src_stride=4, dst_stride=7),
+    Vector(op=VectorOp.TO_BF16_RELU, count=3, src=0, dst=20, n_words=1, src_stride=1,
+           dst_stride=2),
 ]
 
 
@@ -366,7 +370,8 @@ def test_vector_rows(instr):
                        zero_point=instr.zero_point, lo=instr.lo, hi=instr.hi)
     expect = before.copy()
     d_words = {VectorOp.ROWMAX: 1, VectorOp.PACK_INT4: -(-instr.n_words // 2),
-               VectorOp.PACK_BINARY: -(-instr.n_words // 8)}.get(instr.op, instr.n_words)
+               VectorOp.PACK_BINARY: -(-instr.n_words // 8), VectorOp.TO_BF16: 2 * instr.n_words,
+               VectorOp.TO_BF16_RELU: 2 * instr.n_words}.get(instr.op, instr.n_words)
     for r in range(instr.count):
         row = np.broadcast_to(result[r], (d_words * 8,)) if instr.op == VectorOp.ROWMAX \
             else np.pad(result[r], (0, d_words * 8 - len(result[r])))
@@ -378,7 +383,7 @@ def test_vector_rows(instr):
 
 
 VECTOR_OPS_NAMES = ["softmax", "rowmax", "add", "sub", "clamp", "requant", "max", "pack_int4",
-                    "pack_binary"]
+                    "pack_binary", "to_bf16", "to_bf16_relu"]
 
 
 # -- static checks ------------------------------------------------------------------------
@@ -449,7 +454,13 @@ STATIC_CASES = [
     (TINY, Matmul(param_addr=61), None),
     (TINY, Matmul(m_rows=2, out_addr=511), NPUError.BAD_SP_ADDRESS),
     # VECTOR
-    (TINY, Vector(op=9), NPUError.ILLEGAL_OPCODE),
+    (TINY, Vector(op=11), NPUError.ILLEGAL_OPCODE),
+    # A BF16 conversion writes 2·n_words per row: never in place, rows must not overlap.
+    (TINY, Vector(op=VectorOp.TO_BF16, n_words=2, src=0, dst=0), NPUError.BAD_FIELD),
+    (TINY, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=3), NPUError.BAD_FIELD),
+    (TINY, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=6), None),
+    (TINY, Vector(op=VectorOp.TO_BF16, n_words=2, src=0, dst=TINY.out_sp_depth - 3),
+     NPUError.BAD_SP_ADDRESS),
     (TINY, Vector(op=VectorOp.MAX, dst=10, src_b=5), None),
     (TINY, Vector(op=VectorOp.MAX, count=2, n_words=2, src=0, src_b=10, dst=11, src_stride=2,
                   dst_stride=2), NPUError.BAD_FIELD),          # overlaps operand b
