@@ -33,6 +33,14 @@ Per layer (``docs/ARCHITECTURE.md``, "Whole networks"):
   bits 0 and weight bits 0 (−1 · −1 = +1 per padding bit counted by the array); the
   constant enters the bias.
 
+A :class:`~npugen.golden.digits.BF16Network` runs every layer in bf16 mode (raw FP32
+results): the bias is one extra K tile (activation 1.0 LOADed from the segment ``one``
+for every row), pooling is the same two MAXes on the FP32 bit patterns, and a hidden
+layer's result tile goes through VECTOR TO_BF16_RELU (TO_BF16 without ReLU) into an OUT
+region (two words of byte lanes per row) from which byte STOREs write the BF16 rows;
+the logits are STOREd as FP32 (4-byte lanes).  Convolutions take one K tile group per
+kernel tap.
+
 ``info["layers"]`` gives each layer's instruction range (up to and including its FENCE),
 MACs and ideal cycles, for per-layer cycle attribution (:func:`layer_cycles`).
 """
