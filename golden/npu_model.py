@@ -235,6 +235,8 @@ def _check_matmul(config, instr):
 def _check_vector(config, instr):
     if instr.op >= len(VECTOR_OPS):
         return NPUError.ILLEGAL_OPCODE
+    if instr.op in TO_BF16_OPS and "bf16" not in config.modes:
+        return NPUError.FEATURE_NOT_BUILT
     ranges = instruction_ranges(config, instr)
     if (instr.count == 0 or instr.n_words == 0 or
             not 1 <= instr.n_valid <= instr.n_words * config.cols or

@@ -598,6 +598,8 @@ class Controller(wiring.Component):
         same_a = (ve.dst == ve.src) & same_stride & ~_expands(ve)
         same_b = (ve.dst == ve.src_b) & same_stride
         checks["vector", "illegal"] = [vop >= len(VectorOp)]
+        # The BF16 conversions exist only with the bf16 MAC mode built.
+        checks["vector", "feature"] = [_expands(ve) & ("bf16" not in cfg.modes)]
         checks["vector", "field"] = [
             ve.count == 0, ve.n_words == 0, ve.n_valid == 0, ve.n_valid > ends.d,
             ve.multiplier < 0, ve.shift < -31, ve.shift > 30, ve.lo > ve.hi,

@@ -1,7 +1,7 @@
 """The vector unit: row operations of the VECTOR instruction on the OUT scratchpad.
 
-Executes SOFTMAX, ROWMAX, ADD, SUB, CLAMP, REQUANT, MAX, PACK_INT4, PACK_BINARY, TO_BF16
-and TO_BF16_RELU (docs/ISA.md, "VECTOR") on
+Executes SOFTMAX, ROWMAX, ADD, SUB, CLAMP, REQUANT, MAX, PACK_INT4, PACK_BINARY and,
+with the bf16 mode built, TO_BF16 and TO_BF16_RELU (docs/ISA.md, "VECTOR") on
 ``cols`` int32 lanes per cycle, bit-exact with ``npugen.golden.vector.vector_op``.
 
 Structure: a sequencer issues at most one OUT read per cycle, each with a *tag* (what
@@ -152,6 +152,9 @@ class VectorUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cols = self._config.cols
+        # TO_BF16(_RELU) only with the bf16 mode built (the controller refuses them else).
+        has_bf16 = "bf16" in self._config.modes
+        conv_ops = (VectorOp.TO_BF16, VectorOp.TO_BF16_RELU) if has_bf16 else ()
         lanes32 = data.ArrayLayout(signed(32), cols)
         tag_layout = _tag_layout(cols)
 
@@ -261,8 +264,7 @@ class VectorUnit(wiring.Component):
                             m.next = "SM_MAX"
                         with m.Case(VectorOp.ROWMAX, VectorOp.ADD, VectorOp.SUB,
                                     VectorOp.CLAMP, VectorOp.REQUANT, VectorOp.MAX,
-                                    VectorOp.PACK_INT4, VectorOp.PACK_BINARY,
-                                    VectorOp.TO_BF16, VectorOp.TO_BF16_RELU):
+                                    VectorOp.PACK_INT4, VectorOp.PACK_BINARY, *conv_ops):
                             m.next = "STREAM"
                         with m.Default():
                             m.next = "DRAIN"
@@ -271,7 +273,7 @@ class VectorUnit(wiring.Component):
                 # CLAMP, REQUANT, ADD, SUB, MAX, ROWMAX, PACK, TO_BF16: rows back to back.
                 is_addsub = (op == VectorOp.ADD) | (op == VectorOp.SUB) | (op == VectorOp.MAX)
                 # TO_BF16: every word read twice (phase_b: the second half of its bytes).
-                is_conv = (op == VectorOp.TO_BF16) | (op == VectorOp.TO_BF16_RELU)
+                is_conv = Cat(op == code for code in conv_ops).any() if has_bf16 else Const(0)
                 is_double = is_addsub | is_conv
                 is_rowmax = op == VectorOp.ROWMAX
                 is_pack4 = op == VectorOp.PACK_INT4
@@ -299,8 +301,9 @@ class VectorUnit(wiring.Component):
                         m.d.comb += [tag0.kind.eq(_Kind.MAX), tag0.write.eq(valid_end)]
                     with m.Case(VectorOp.PACK_INT4, VectorOp.PACK_BINARY):
                         m.d.comb += [tag0.kind.eq(_Kind.PACK), tag0.write.eq(pack_end)]
-                    with m.Case(VectorOp.TO_BF16, VectorOp.TO_BF16_RELU):
-                        m.d.comb += [tag0.kind.eq(_Kind.CONV), tag0.write.eq(1)]
+                    if has_bf16:
+                        with m.Case(*conv_ops):
+                            m.d.comb += [tag0.kind.eq(_Kind.CONV), tag0.write.eq(1)]
                     with m.Default():
                         m.d.comb += [tag0.kind.eq(Mux(phase_b, _Kind.ADD_B, _Kind.ADD_A)),
                                      tag0.write.eq(phase_b)]
@@ -447,23 +450,24 @@ class VectorUnit(wiring.Component):
         # n_valid → 0.  Output lane i of half h is byte h·cols + i of the word's bytes.
         relu = op == VectorOp.TO_BF16_RELU
         bf = []
-        for j in range(cols):
+        for j in range(cols if has_bf16 else 0):
             bits = x[j].as_unsigned()
             nan = (bits[23:31] == 0xFF) & (bits[:23] != 0)
             kept = Mux(relu & bits[31], 0, bits)
             rounded = (kept + 0x7FFF + kept[16])[16:32]
             bf.append(Mux(tags[1].lanes[j], Mux(nan, 0x7FC0, rounded), 0))
-        conv_bytes = [bf[i // 2][8 * (i % 2):8 * (i % 2) + 8] for i in range(2 * cols)]
+        conv_bytes = [bf[i // 2][8 * (i % 2):8 * (i % 2) + 8] for i in range(len(bf) * 2)]
         maximum = [Mux(a_word[j] >= x[j], a_word[j], x[j]) for j in range(cols)]
         for j in range(cols):
             clamped = Mux(x[j] < lo, lo, Mux(x[j] > hi, hi, x[j]))
             added = Mux(subtract, a_word[j] - x[j], a_word[j] + x[j])[:32]
+            other = Mux(op == VectorOp.MAX, maximum[j], added)
+            if has_bf16:
+                other = Mux(tags[1].kind == _Kind.CONV,
+                            Mux(tags[1].pos[0], conv_bytes[cols + j], conv_bytes[j]), other)
             m.d.sync += [
                 v2[j].eq(Mux(tags[1].kind == _Kind.CLAMP, clamped,
-                             Mux(tags[1].kind == _Kind.PACK, merged[8 * j:8 * j + 8],
-                                 Mux(tags[1].kind == _Kind.CONV,
-                                     Mux(tags[1].pos[0], conv_bytes[cols + j], conv_bytes[j]),
-                                     Mux(op == VectorOp.MAX, maximum[j], added))))),
+                             Mux(tags[1].kind == _Kind.PACK, merged[8 * j:8 * j + 8], other))),
                 product[j].eq(x[j][:_E_BITS] * recip),
                 diff[j].eq(x[j] - subtrahend),
             ]

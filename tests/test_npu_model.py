@@ -17,6 +17,7 @@ from npugen.golden.vector import vector_op
 SEED_BASE = 0x4E50_0000
 TINY = NPUConfig.preset("tiny")
 DEFAULT = NPUConfig.preset("default")
+TINY_BF16 = TINY.replace(modes=TINY.modes + ("bf16",))
 BASE = 0x2000
 PROG = BASE                    # programs at the start of memory
 DATA = BASE + 0x400            # data after them
@@ -353,7 +354,8 @@ def test_vector_rows(instr):
     seed = SEED_BASE + 300 + int(instr.op)
     print(f"seed={seed}")
     rng = np.random.default_rng(seed)
-    model = NPUModel(DEFAULT)
+    config = DEFAULT.replace(modes=DEFAULT.modes + ("bf16",))
+    model = NPUModel(config)
     out = model.sp["OUT"]
     out[:] = rng.integers(-(1 << 31), 1 << 31, out.shape)
     out[:64] = rng.integers(-(1 << 16), 1 << 16, (64, 8))
@@ -377,7 +379,7 @@ def test_vector_rows(instr):
             else np.pad(result[r], (0, d_words * 8 - len(result[r])))
         expect[instr.dst + r * instr.dst_stride:
                instr.dst + r * instr.dst_stride + d_words] = row.reshape(d_words, 8)
-    model, _, res = run(DEFAULT, [instr, End()], model=model)
+    model, _, res = run(config, [instr, End()], model=model)
     assert res.ok
     np.testing.assert_array_equal(model.sp["OUT"], expect)
 
@@ -455,12 +457,16 @@ STATIC_CASES = [
     (TINY, Matmul(m_rows=2, out_addr=511), NPUError.BAD_SP_ADDRESS),
     # VECTOR
     (TINY, Vector(op=11), NPUError.ILLEGAL_OPCODE),
-    # A BF16 conversion writes 2·n_words per row: never in place, rows must not overlap.
-    (TINY, Vector(op=VectorOp.TO_BF16, n_words=2, src=0, dst=0), NPUError.BAD_FIELD),
-    (TINY, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=3), NPUError.BAD_FIELD),
-    (TINY, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=6), None),
-    (TINY, Vector(op=VectorOp.TO_BF16, n_words=2, src=0, dst=TINY.out_sp_depth - 3),
+    # A BF16 conversion writes 2·n_words per row: never in place, rows must not overlap;
+    # it exists only with the bf16 mode built.
+    (TINY_BF16, Vector(op=VectorOp.TO_BF16, n_words=2, src=0, dst=0), NPUError.BAD_FIELD),
+    (TINY_BF16, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=3),
+     NPUError.BAD_FIELD),
+    (TINY_BF16, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=6), None),
+    (TINY_BF16, Vector(op=VectorOp.TO_BF16, n_words=2, src=0, dst=TINY.out_sp_depth - 3),
      NPUError.BAD_SP_ADDRESS),
+    (TINY, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=6),
+     NPUError.FEATURE_NOT_BUILT),
     (TINY, Vector(op=VectorOp.MAX, dst=10, src_b=5), None),
     (TINY, Vector(op=VectorOp.MAX, count=2, n_words=2, src=0, src_b=10, dst=11, src_stride=2,
                   dst_stride=2), NPUError.BAD_FIELD),          # overlaps operand b

@@ -28,8 +28,11 @@ from npugen.hw.isa import Opcode, VectorOp
 from npugen.hw.requantizer import MBQM_LATENCY, QuantizedMultiplier
 from npugen.hw.vector_unit import DIVIDER_STEPS, VectorUnit, vector_cycles
 
-TINY = PRESETS["tiny"]
-WIDE = NPUConfig(rows=2, cols=8, acc_depth=16, out_fifo_depth=16, modes=("int8",),
+#: The unit's configurations build bf16 (TO_BF16 and TO_BF16_RELU exist only then),
+#: except ``INT_ONLY``.
+INT_ONLY = PRESETS["tiny"]
+TINY = INT_ONLY.replace(modes=INT_ONLY.modes + ("bf16",))
+WIDE = NPUConfig(rows=2, cols=8, acc_depth=16, out_fifo_depth=16, modes=("int8", "bf16"),
                  out_sp_depth=64)
 #: A column count that is not a power of two.
 ODD = WIDE.replace(cols=3, spmm_lanes=3)
@@ -302,6 +305,19 @@ def test_random_programs_tiny(seed, stall):
     rng.shuffle(ops)
     commands = [random_command(rng, op, config.cols, config.out_sp_depth) for op in ops]
     run_and_check(config, init, commands, seed=seed, stall=stall)
+
+
+def test_random_programs_without_bf16():
+    """A unit built without the bf16 mode runs every other operation as before."""
+    seed = 0x7EC_0004
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    config = INT_ONLY.replace(out_sp_depth=64)
+    init = random_memory(rng, config.cols, config.out_sp_depth)
+    ops = [op for op in VECTOR_OPS if not op.startswith("to_bf16")] * 2
+    rng.shuffle(ops)
+    commands = [random_command(rng, op, config.cols, config.out_sp_depth) for op in ops]
+    run_and_check(config, init, commands, seed=seed, stall=0.3)
 
 
 @pytest.mark.parametrize("seed, config", [(0x7EC_0011, WIDE), (0x7EC_0012, ODD)],
