@@ -4,7 +4,10 @@
 (:mod:`npugen.golden.digits`), compiles it with a batch of test images into one program
 (:func:`npugen.golden.network.compile_network`), runs the program on the Verilator model
 of the NPU and on the instruction-level model, and compares the logits and predictions
-with the golden network (``QuantizedNetwork.forward``).  It also reports the test-split
+with the golden network (``QuantizedNetwork.forward``; for ``--dtype bf16``
+``BF16Network.forward_bits``, FP32 logits compared bit for bit, predictions their
+argmax).  ``--dtype bf16`` runs on the configuration's modes plus bf16 (added when the
+preset or file does not build it).  It also reports the test-split
 accuracy (360 images, golden model) of the float network and of every variant
 run-model offers, the accuracy on the images the RTL ran, the RTL cycles per image, and
 per layer the cycles and utilization that the analytic cycle model
@@ -27,7 +30,7 @@ __all__ = ["add_commands", "cmd_run_model", "run_model", "format_result", "DTYPE
 
 PROG = "npugen"
 MODELS = ("digits",)
-#: --dtype choices; bf16 is refused until the BF16 MAC mode exists.
+#: --dtype choices (bf16: every layer in the bf16 MAC mode, FP32 logits).
 DTYPES = ("int8", "int4", "binary", "bf16")
 #: The variants run-model can run, as :data:`npugen.golden.digits.VARIANTS` names.
 RUN_VARIANTS = ("int8", "int8-2:4-finetuned", "int4", "binary")
@@ -40,15 +43,15 @@ def _cli():
 
 def variant_name(dtype, sparsity):
     """The :data:`~npugen.golden.digits.VARIANTS` name of ``--dtype``/``--sparsity``."""
-    if dtype == "bf16":
-        raise _cli().UsageError("--dtype bf16: bf16 is not supported by run-model yet "
-                                "(it needs the BF16 MAC mode)")
     if dtype not in DTYPES:
         raise _cli().UsageError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if sparsity is None:
         return dtype
     if sparsity != "2:4":
         raise _cli().UsageError(f"--sparsity must be dense or 2:4, not {sparsity!r}")
+    if dtype == "bf16":
+        raise _cli().UsageError("--sparsity 2:4 needs --dtype int8 (the 2:4 mode is int8), "
+                                "not --dtype bf16")
     if dtype != "int8":
         raise _cli().UsageError(f"--sparsity 2:4 needs --dtype int8 (the 2:4 mode is int8), "
                                 f"not --dtype {dtype}")
@@ -80,6 +83,12 @@ def run_model(config, network, dtype="int8", sparsity=None, images=20, *, seed=0
             not 1 <= images <= digits.TEST_SIZE:
         raise cli.UsageError(f"--images must be an integer in 1..{digits.TEST_SIZE}, "
                              f"not {images!r}")
+    if dtype == "bf16" and "bf16" not in config.modes:
+        try:
+            config = config.replace(modes=tuple(config.modes) + ("bf16",))
+        except ValueError as e:
+            raise cli.UsageError(f"--dtype bf16 needs the bf16 mode, which this "
+                                 f"configuration cannot build: {e}") from None
     if dtype not in config.modes:
         raise cli.UsageError(f"--dtype {dtype} is not a built mode of this configuration "
                              f"(modes {', '.join(config.modes)})")
@@ -92,9 +101,13 @@ def run_model(config, network, dtype="int8", sparsity=None, images=20, *, seed=0
 
     x_train, _, x_test, y_test = digits.load_digits_split()
     calibration = x_train[:digits.CALIBRATION_SIZE]
-    qnet, net_sparsity = _quantized(network, variant, calibration)
     x, y = x_test[:images], y_test[:images]
-    codes = qnet.input_quant.quantize(digits._input(network, x))
+    if dtype == "bf16":
+        qnet = digits.bf16_network(digits.load_network(network), config.rows)
+        net_sparsity, codes = None, qnet.input_bits(x)
+    else:
+        qnet, net_sparsity = _quantized(network, variant, calibration)
+        codes = qnet.input_quant.quantize(digits._input(network, x))
     try:
         program = compile_network(config, qnet, codes, sparsity=net_sparsity, base=0x1000)
     except ValueError as e:
@@ -110,8 +123,13 @@ def run_model(config, network, dtype="int8", sparsity=None, images=20, *, seed=0
 
     golden_logits = program.expected["logits"]
     rtl_logits = result.outputs["logits"]
-    golden_pred = np.argmax(golden_logits, axis=1)
-    rtl_pred = np.argmax(rtl_logits, axis=1)
+
+    def argmax(logits):          # bf16: FP32 bit patterns
+        logits = np.asarray(logits)
+        return np.argmax(logits.view(np.float32) if dtype == "bf16" else logits, axis=1)
+
+    golden_pred = argmax(golden_logits)
+    rtl_pred = argmax(rtl_logits)
     assert np.array_equal(golden_pred, qnet.predict(x))
     float_net = digits.load_network(network)
     cycles = result.record.cycles
@@ -119,6 +137,7 @@ def run_model(config, network, dtype="int8", sparsity=None, images=20, *, seed=0
         "model": "digits", "network": network, "dtype": dtype,
         "sparsity": sparsity or "dense", "variant": variant, "images": images,
         "config_hash": config.config_hash(), "rows": config.rows, "cols": config.cols,
+        "modes": list(config.modes),
         "instructions": len(program.instructions),
         "rtl_done": result.record.done, "model_status": result.model_status,
         "stray_writes": result.stray_writes,
@@ -140,6 +159,9 @@ def run_model(config, network, dtype="int8", sparsity=None, images=20, *, seed=0
     }
     if accuracy:
         report = digits.accuracy_report([network], RUN_VARIANTS)[network]
+        # bf16 in the summation order of this configuration's rows
+        bnet = digits.bf16_network(float_net, config.rows)
+        report["bf16"] = float(np.mean(bnet.predict(x_test) == y_test))
         record["test_accuracy"] = report
     return record
 
@@ -206,8 +228,10 @@ def add_commands(commands, config_options):
     p.add_argument("model", metavar="MODEL", help="the network family: digits")
     p.add_argument("--network", default="cnn", help="mlp or cnn (default: %(default)s)")
     p.add_argument("--dtype", default="int8", metavar="DTYPE",
-                   help="precision: int8, int4 or binary (int4/binary keep the first and "
-                        "last layers in int8) (default: %(default)s)")
+                   help="precision: int8, int4, binary or bf16 (int4/binary keep the first "
+                        "and last layers in int8; bf16 runs every layer in the bf16 MAC mode "
+                        "with FP32 logits and adds bf16 to the configuration's modes when it "
+                        "is not built) (default: %(default)s)")
     p.add_argument("--sparsity", default="dense", metavar="S",
                    help="dense or 2:4 (int8, the 2:4 fine-tuned weights) "
                         "(default: %(default)s)")

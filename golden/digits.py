@@ -51,6 +51,7 @@ npugen.golden.digits``):
 | int4-weights | 97.50 % | 98.06 % |
 | binary | 85.56 % | 33.06 % |
 | binary-weights | 93.06 % | 46.94 % |
+| bf16 | 97.50 % | 98.06 % |
 
 ``int8`` calibrates activations by min/max, ``-percentile`` at 99.99 %, ``-entropy``
 by KL divergence.  ``int8-2:4`` prunes the dense weights to 2:4 in one shot,
@@ -62,6 +63,32 @@ operands) and keep the first and last layers in int8; ``int4-all-layers`` does n
 post-training quantization without retraining costs the MLP 12 points and the CNN most
 of its accuracy (its 8 and 16 channels leave little to average over); one-shot 2:4 and
 50 % pruning cost 10 to 20 points, which fine-tuning with the masks fixed recovers.
+
+BF16 inference (:func:`bf16_network`, :class:`BF16Network`) runs every layer in the
+NPU's bf16 MAC mode and replicates it bit for bit:
+
+* weights and biases: the trained float32 values rounded to BF16 (nearest even); the
+  input: ``pixel / 16`` in BF16 (exact: multiples of 1/16 in [0, 1]);
+* every FC layer and convolution is a :func:`~npugen.golden.bf16_gemm.bf16_gemm` with
+  FP32 sums in the array's fixed order, K tiles of ``rows / 2`` elements: FC layers K
+  in order, zero-padded to whole tiles; convolutions (stride 1, padding 1, padding taps
+  +0) one K tile group per kernel tap in (ky, kx) order, each tap's channels
+  zero-padded to whole tiles;
+* the bias is folded into the GEMM as one extra K tile: activation 1.0, weight the
+  bias in BF16, alone in its tile, so that ``y = fp32(Σ + b)`` (the last addition of
+  the fixed order);
+* ReLU, 2×2 max pooling and the rounding of the FP32 results to the next layer's BF16
+  operands (nearest even, subnormals kept, canonical NaN 0x7FC0) are the NPU's VECTOR
+  MAX on the FP32 bit patterns followed by TO_BF16_RELU: pooling first compares the
+  bit patterns as int32, which orders non-negative floats correctly and puts every
+  negative value below every non-negative one, so after the ReLU the result is the
+  float max pooling of the ReLU outputs (for every value but NaN); rounding to BF16 is
+  monotone, so pooling before or after it is the same;
+* the logits are FP32 (bit patterns); the prediction is their argmax.
+
+The accuracy report's ``bf16`` row uses the summation order of ``rows = 8`` (the
+default preset); other row counts change the order and may change single logits' last
+bits, very rarely a prediction.
 """
 
 from __future__ import annotations
@@ -83,6 +110,8 @@ from .calibration import (
     quantize_layer,
 )
 from .conv import conv2d_integer, qconv2d
+from .bf16_gemm import bf16_gemm
+from .floating import fp32_to_bf16_bits
 from .model_zoo import ModelBuilder, ModelTable
 from .pruning import prune_magnitude, prune_n_m
 from .quant import requantize
@@ -91,7 +120,14 @@ __all__ = ["KINDS", "VARIANTS", "TEST_SIZE", "CALIBRATION_SIZE", "SPARSE_SUFFIX"
            "load_digits_split", "DigitsNetwork", "load_network", "conv2d_float", "maxpool2x2",
            "prune_2_4",
            "QuantizedNetwork", "quantize_network", "accuracy_report", "format_report",
-           "layer_table", "ARCHITECTURES", "WEIGHT_SHAPES", "DATA_DIR"]
+           "layer_table", "ARCHITECTURES", "WEIGHT_SHAPES", "DATA_DIR", "BF16Network",
+           "bf16_network", "bf16_fc_operands", "bf16_conv_operands", "BF16_REPORT_ROWS",
+           "ONE_BF16"]
+
+#: Rows (the summation order) of the ``bf16`` row of :func:`accuracy_report`.
+BF16_REPORT_ROWS = 8
+#: BF16 1.0: the activation of the bias K tile.
+ONE_BF16 = 0x3F80
 
 #: Network kinds.
 KINDS = ("mlp", "cnn")
@@ -393,11 +429,132 @@ def quantize_network(net: DigitsNetwork, calibration, precision="int8", *, weigh
     return QuantizedNetwork(net.kind, specs, quants[0], tuple(layers), chosen)
 
 
+# -- bf16 inference ------------------------------------------------------------------------
+
+
+def _tiles_of(k, k_tile):
+    return -(-k // k_tile)
+
+
+def bf16_fc_operands(a_bits, w_bits, b_bits, k_tile):
+    """``(A, W)`` of an FC layer as the NPU multiplies them (BF16 encodings, uint16):
+    K zero-padded to whole tiles of ``k_tile``, then the bias tile (A: 1.0, W: the bias
+    in its first row, zeros after)."""
+    a_bits, w_bits = np.asarray(a_bits, np.uint16), np.asarray(w_bits, np.uint16)
+    m, k = a_bits.shape
+    n = w_bits.shape[1]
+    kp = _tiles_of(k, k_tile) * k_tile
+    a = np.zeros((m, kp + k_tile), dtype=np.uint16)
+    a[:, :k] = a_bits
+    a[:, kp] = ONE_BF16
+    w = np.zeros((kp + k_tile, n), dtype=np.uint16)
+    w[:k] = w_bits
+    w[kp] = b_bits
+    return a, w
+
+
+def bf16_conv_operands(x_bits, w_bits, b_bits, k_tile):
+    """``(A, W)`` of a 3×3 convolution (stride 1, padding 1) as the NPU multiplies them:
+    rows = output pixels (n, y, x), K = per kernel tap (ky, kx) its channels zero-padded
+    to whole tiles of ``k_tile``, then the bias tile (as :func:`bf16_fc_operands`)."""
+    x_bits, w_bits = np.asarray(x_bits, np.uint16), np.asarray(w_bits, np.uint16)
+    n, h, wd, cin = x_bits.shape
+    kh, kw, _, cout = w_bits.shape
+    cp = _tiles_of(cin, k_tile) * k_tile
+    xp = np.zeros((n, h + 2, wd + 2, cp), dtype=np.uint16)
+    xp[:, 1:h + 1, 1:wd + 1, :cin] = x_bits
+    cols = [xp[:, ky:ky + h, kx:kx + wd, :] for ky in range(kh) for kx in range(kw)]
+    a = np.concatenate(cols + [np.zeros((n, h, wd, k_tile), np.uint16)], axis=3)
+    a = a.reshape(n * h * wd, -1)
+    a[:, kh * kw * cp] = ONE_BF16
+    w = np.zeros((kh * kw, cp, cout), dtype=np.uint16)
+    w[:, :cin] = w_bits.reshape(kh * kw, cin, cout)
+    w = np.concatenate([w.reshape(-1, cout), np.zeros((k_tile, cout), np.uint16)])
+    w[kh * kw * cp] = b_bits
+    return a, w
+
+
+def _relu_to_bf16(fp32_bits, relu):
+    """TO_BF16(_RELU) of FP32 bit patterns (uint32, any shape) → BF16 encodings."""
+    from .vector import to_bf16_bytes
+    flat = np.asarray(fp32_bits, np.uint32).view(np.int32).reshape(1, -1)
+    raw = to_bf16_bytes(flat, relu=relu).astype(np.uint16)
+    return (raw[0, 0::2] | raw[0, 1::2] << 8).reshape(np.shape(fp32_bits))
+
+
+@dataclass(frozen=True)
+class BF16Network:
+    """A digits network in BF16 as the NPU runs it (module docstring): per layer the
+    weights ``w`` and bias ``b`` as BF16 encodings; ``rows`` fixes the summation order
+    (K tiles of ``rows / 2``)."""
+    kind: str
+    specs: tuple
+    weights: tuple
+    biases: tuple
+    rows: int
+
+    @property
+    def k_tile(self) -> int:
+        return self.rows // 2
+
+    def input_bits(self, x) -> np.ndarray:
+        """BF16 encodings of ``pixel / 16`` (``(n, 64)`` MLP, ``(n, 8, 8, 1)`` CNN)."""
+        return fp32_to_bf16_bits(_input(self.kind, x).astype(np.float32))
+
+    def forward_bits(self, bits, *, trace=False) -> np.ndarray:
+        """FP32 logit encodings ``(n, 10)`` (uint32) of BF16 input encodings; with
+        ``trace`` also each layer's output (BF16 encodings, FP32 for the last)."""
+        h = np.asarray(bits, dtype=np.uint16)
+        outputs = []
+        last = len(self.specs) - 1
+        for i, (spec, w, b) in enumerate(zip(self.specs, self.weights, self.biases)):
+            if spec.kind == "fc":
+                h = h.reshape(len(h), -1)
+                a, wa = bf16_fc_operands(h, w, b, self.k_tile)
+                y = bf16_gemm(a, wa, self.k_tile)
+            else:
+                a, wa = bf16_conv_operands(h, w, b, self.k_tile)
+                y = bf16_gemm(a, wa, self.k_tile).reshape(h.shape[:3] + (w.shape[-1],))
+            if spec.pool:      # int32 max of the FP32 bit patterns (VECTOR MAX)
+                y = maxpool2x2(y.view(np.int32)).view(np.uint32)
+            h = y if i == last else _relu_to_bf16(y, spec.relu)
+            outputs.append(h)
+        return (h, outputs) if trace else h
+
+    def forward(self, x) -> np.ndarray:
+        """FP32 logits ``(n, 10)`` (float32) of float images ``(n, 8, 8)``."""
+        return self.forward_bits(self.input_bits(x)).view(np.float32)
+
+    def predict(self, x):
+        return np.argmax(self.forward(x), axis=1)
+
+
+def bf16_network(net: DigitsNetwork, rows: int = BF16_REPORT_ROWS) -> BF16Network:
+    """``net`` with weights and biases rounded to BF16, summed in the order of an array
+    of ``rows`` rows (an even number, 2..64)."""
+    if not isinstance(net, DigitsNetwork):
+        raise TypeError(f"net must be a DigitsNetwork, not {type(net).__name__}")
+    if isinstance(rows, bool) or not isinstance(rows, numbers.Integral) or \
+            not 2 <= rows <= 64 or rows % 2:
+        raise ValueError(f"rows must be an even integer in 2..64, not {rows!r}")
+    weights, biases = [], []
+    for spec in ARCHITECTURES[net.kind]:
+        weights.append(fp32_to_bf16_bits(net.params[f"{spec.name}.w"].astype(np.float32)))
+        biases.append(fp32_to_bf16_bits(net.params[f"{spec.name}.b"].astype(np.float32)))
+    return BF16Network(net.kind, ARCHITECTURES[net.kind], tuple(weights), tuple(biases),
+                       int(rows))
+
+
 def accuracy_report(kinds=KINDS, variants=None) -> dict:
-    """Test-split accuracy of the float network and of each variant (:data:`VARIANTS`).
+    """Test-split accuracy of the float network and of each variant (:data:`VARIANTS`),
+    and of BF16 inference (``bf16``, :func:`bf16_network` with :data:`BF16_REPORT_ROWS`;
+    always with the default ``variants``, else when ``"bf16"`` is among them).
 
     Returns ``{kind: {"float": acc, variant: acc, ...}}`` (fractions of 1).
     """
+    bf16 = variants is None or "bf16" in variants
+    if variants is not None:
+        variants = [name for name in variants if name != "bf16"]
     x_train, _, x_test, y_test = load_digits_split()
     calibration = x_train[:CALIBRATION_SIZE]
     names = list(VARIANTS) if variants is None else list(variants)
@@ -416,6 +573,9 @@ def accuracy_report(kinds=KINDS, variants=None) -> dict:
             net = nets[options.pop("network", "dense")]
             qnet = quantize_network(net, calibration, **options)
             row[name] = float(np.mean(qnet.predict(x_test) == y_test))
+        if bf16:
+            bnet = bf16_network(nets["dense"], BF16_REPORT_ROWS)
+            row["bf16"] = float(np.mean(bnet.predict(x_test) == y_test))
         report[kind] = row
     return report
 

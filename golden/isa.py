@@ -59,6 +59,8 @@ class VectorOp(enum.IntEnum):
     MAX = 6
     PACK_INT4 = 7
     PACK_BINARY = 8
+    TO_BF16 = 9
+    TO_BF16_RELU = 10
 
 
 class NPUError(enum.IntEnum):

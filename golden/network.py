@@ -33,6 +33,14 @@ Per layer (``docs/ARCHITECTURE.md``, "Whole networks"):
   bits 0 and weight bits 0 (−1 · −1 = +1 per padding bit counted by the array); the
   constant enters the bias.
 
+A :class:`~npugen.golden.digits.BF16Network` runs every layer in bf16 mode (raw FP32
+results): the bias is one extra K tile (activation 1.0 LOADed from the segment ``one``
+for every row), pooling is the same two MAXes on the FP32 bit patterns, and a hidden
+layer's result tile goes through VECTOR TO_BF16_RELU (TO_BF16 without ReLU) into an OUT
+region (two words of byte lanes per row) from which byte STOREs write the BF16 rows;
+the logits are STOREd as FP32 (4-byte lanes).  Convolutions take one K tile group per
+kernel tap.
+
 ``info["layers"]`` gives each layer's instruction range (up to and including its FENCE),
 MACs and ideal cycles, for per-layer cycle attribution (:func:`layer_cycles`).
 """
@@ -57,7 +65,7 @@ from .sparse_formats import NMMatrix
 __all__ = ["compile_network", "layer_cycles", "BITS"]
 
 #: Bits per activation element of each mode.
-BITS = {"int8": 8, "int4": 4, "binary": 1}
+BITS = {"int8": 8, "int4": 4, "binary": 1, "bf16": 16}
 _PACK_OP = {"int4": VectorOp.PACK_INT4, "binary": VectorOp.PACK_BINARY}
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
@@ -217,6 +225,78 @@ class _Layer:
         return self.next_mode in _PACK_OP and (self.cols * BITS[self.next_mode]) % 8 == 0
 
 
+class _BF16Layer(_Layer):
+    """One compute layer of a :class:`~npugen.golden.digits.BF16Network` (bf16 mode)."""
+
+    def __init__(self, config, index, spec, w_bits, b_bits, in_shape, batch, last):
+        from .bf16_gemm import split_bytes
+        from .digits import bf16_conv_operands, bf16_fc_operands
+        self.index, self.spec, self.mode = index, spec, "bf16"
+        self.sparse, self.factor, self.row_taps = False, 1, False
+        self.next_mode = None if last else "bf16"
+        R, C = config.rows, config.cols
+        self.cols = C
+        self.kpt = R // 2
+        self.word_bytes = R
+        self.in_zp, self.pad = 0, 0
+        w_bits = np.asarray(w_bits, np.uint16)
+        self.n = w_bits.shape[-1]
+        self.n_tiles = -(-self.n // C)
+        if spec.kind == "fc":
+            self.k = w_bits.shape[0]
+            _, w_rows = bf16_fc_operands(np.zeros((1, self.k), np.uint16), w_bits, b_bits,
+                                         self.kpt)
+            self.m = batch
+            self.in_bytes = batch * 2 * self.k
+            self.macs = batch * self.k * self.n
+            self.out_shape = (batch, self.n)
+        else:
+            kh, kw, cin, cout = w_bits.shape
+            _, h, wd, c = in_shape
+            if c != cin:
+                raise ValueError(f"layer {spec.name}: input has {c} channels, the kernel {cin}")
+            self.kh, self.kw, self.cin, self.h, self.w = kh, kw, cin, h, wd
+            self.pixel_bytes = 2 * cin
+            self.taps = kh * kw
+            self.chunks = -(-cin // self.kpt)
+            _, w_rows = bf16_conv_operands(np.zeros((1, 1, 1, cin), np.uint16), w_bits,
+                                           b_bits, self.kpt)
+            self.s = 2 if spec.pool else 1
+            if h % self.s or wd % self.s:
+                raise ValueError(f"layer {spec.name}: pooling needs an even height and width, "
+                                 f"not {h}×{wd}")
+            self.hp, self.wp = h // self.s, wd // self.s
+            self.phases = [(dy, dx) for dy in range(self.s) for dx in range(self.s)]
+            self.m = batch * h * wd
+            self.in_bytes = batch * h * wd * self.pixel_bytes
+            self.headroom = (wd + 1) * self.pixel_bytes
+            self.macs = batch * h * wd * self.taps * cin * cout
+            self.out_shape = (batch, self.hp, self.wp, cout)
+        # K tiles: the data tiles, then the bias tile (activation 1.0 in its first element).
+        self.k_tiles = len(w_rows) // self.kpt
+        self.k_valid_last = 1
+        if self.k_tiles * R > config.wgt_sp_depth or self.k_tiles > _U16:
+            raise ValueError(f"layer {spec.name} needs {self.k_tiles * R} weight words per "
+                             f"output tile, more than wgt_sp_depth={config.wgt_sp_depth}")
+        columns = [(nt * C, C) for nt in range(self.n_tiles)]
+        self.tile_bytes = self.k_tiles * R * C
+        self.w_data = _tiles(_pad_cols(split_bytes(w_rows, 0), self.n_tiles * C), columns,
+                             C).tobytes()
+        self.widx_data = None
+        self.params = _i32(np.zeros(3 * self.n, dtype=np.int64))
+        out_elems = math.prod(self.out_shape)
+        self.out_bytes = out_elems * (4 if last else 2)
+        self.fields = dict(mode=MODE_CODES["bf16"], sparse=0, raw=1, k_tiles=self.k_tiles,
+                           k_valid_last=1, a_zero_point=0, out_zero_point=0, out_min=-128,
+                           out_max=127)
+
+    def _row_bytes(self, k):
+        return 2 * k
+
+    def input_bytes(self, bits) -> bytes:
+        return np.asarray(bits, dtype="<u2").tobytes()
+
+
 def _pad_cols(matrix, width):
     out = np.zeros((matrix.shape[0], width), dtype=np.int64)
     out[:, :matrix.shape[1]] = matrix
@@ -272,16 +352,25 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
             blocks = [(q, min(per_p, total - q)) for q in range(0, total, per_p)]
         units = [len(L.phases) * p for _, p in blocks]
     max_unit = max(p for _, p in blocks)
-    region = max_unit * L.n_tiles if L.packs else 0
+    bf16 = L.mode == "bf16"
+    converts = bf16 and L.next_mode is not None      # TO_BF16(_RELU) into a region
+    region = max_unit * L.n_tiles if L.packs else 2 * max_unit if converts else 0
     out_depth = config.out_sp_depth - 2 * region
     regions = [out_depth, out_depth + region]
+    data_tiles = L.k_tiles - 1 if bf16 else L.k_tiles      # bf16: + the bias tile
+
+    def bias_load(base, mb):
+        """bf16: the bias K tile's activations, 1.0 in the first element of every row."""
+        return Load(target=LoadTarget.ACT, sp_addr=base + data_tiles * mb, addr=addr["one"],
+                    inner_count=mb, outer_count=1, inner_stride=0, outer_stride=0,
+                    lane_stride=1, lanes=2, pad=0)
 
     def a_loads_fc(m0, mb):
         a_row = L._row_bytes(L.k)
         return lambda base: _rows_loads(
             LoadTarget.ACT, base, addr=x + m0 * a_row, rows=mb, row_pitch=a_row,
-            row_bytes=a_row, word_bytes=L.word_bytes, pad=L.pad, k_tiles=L.k_tiles,
-            pieces=L.n_tiles)
+            row_bytes=a_row, word_bytes=L.word_bytes, pad=L.pad, k_tiles=data_tiles,
+            pieces=L.n_tiles) + ([bias_load(base, mb)] if bf16 else [])
 
     def a_loads_conv(q0, p):
         mb = len(L.phases) * p
@@ -344,6 +433,8 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
                                     lanes=min(L.word_bytes, pb - ch * L.word_bytes),
                                     pad=L.pad, inner_lo=i_lo, inner_hi=i_hi, outer_lo=o_lo,
                                     outer_hi=o_hi))
+            if bf16:
+                result.append(bias_load(base, mb))
             return result
         return loads
 
@@ -363,6 +454,31 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
             prog.append(Store(elem_bytes=1, sp_addr=reg + full, addr=dest + full * C,
                               inner_count=1, outer_count=1, inner_stride=0, outer_stride=0,
                               lanes=rest))
+        return prog
+
+    def bf16_stores(src, turn, q0, p, n0, lanes):
+        """bf16: the FP32 logits (STORE of 4-byte lanes), or TO_BF16(_RELU) of the tile
+        into a region (two words per row) and byte STOREs of the BF16 rows."""
+        if not converts:
+            return [_store(src, addr=y + 4 * (q0 * L.n + n0), rows=p, row_pitch=4 * L.n,
+                           lanes=lanes, elem_bytes=4)]
+        reg = regions[turn % 2]
+        op = VectorOp.TO_BF16_RELU if L.spec.relu else VectorOp.TO_BF16
+        prog = [Vector(op=op, count=p, src=src, dst=reg, n_words=1, n_valid=C,
+                       src_stride=1, dst_stride=2)]
+        dest = y + 2 * (q0 * L.n + n0)
+        if lanes == C:
+            prog.append(Store(elem_bytes=1, sp_addr=reg, addr=dest, inner_count=2,
+                              outer_count=p, inner_stride=C, outer_stride=2 * L.n, lanes=C))
+        else:          # a partial tile: its 2·lanes bytes of each row, row by row
+            for r in range(p):
+                for half in range(2):
+                    nbytes = min(C, 2 * lanes - half * C)
+                    if nbytes > 0:
+                        prog.append(Store(elem_bytes=1, sp_addr=reg + 2 * r + half,
+                                          addr=dest + 2 * L.n * r + half * C, inner_count=1,
+                                          outer_count=1, inner_stride=0, outer_stride=0,
+                                          lanes=nbytes))
         return prog
 
     steps = []
@@ -405,6 +521,8 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
                                        dst=regions[b % 2] + nt, n_words=1, n_valid=1,
                                        src_stride=1, dst_stride=L.n_tiles,
                                        lo=_INT32_MIN, hi=_INT32_MAX))
+                if bf16:
+                    return prog + bf16_stores(src, b * L.n_tiles + nt, q0, p, n0, lanes)
                 if L.tile_packs:
                     bits = BITS[L.next_mode]
                     prog.append(Vector(op=_PACK_OP[L.next_mode], count=p, src=base, dst=base,
@@ -436,12 +554,20 @@ def compile_network(config, qnet, codes, *, sparsity=None, base: int = 0) -> Com
     them).  ``sparsity="2:4"`` runs the layers with 2:4 weights in the array's sparse
     mode (int8 only; convolutions with fewer than 4 input channels stay dense).  The
     output ``logits`` (``(n, 10)`` int8) is expected to equal ``qnet.forward_codes``.
+
+    ``qnet`` may also be a :class:`~npugen.golden.digits.BF16Network` (every layer in
+    bf16 mode; ``codes``: its BF16 input encodings, uint16, as ``qnet.input_bits``
+    gives them; ``qnet.rows`` must be ``config.rows``); the output ``logits`` is then
+    ``(n, 10)`` FP32 bit patterns (int32), expected to equal ``qnet.forward_bits``.
     """
-    from .digits import QuantizedNetwork
+    from .digits import BF16Network, QuantizedNetwork
 
     config = NPUConfig.check(config)
+    if isinstance(qnet, BF16Network):
+        return _compile_bf16(config, qnet, codes, sparsity, base)
     if not isinstance(qnet, QuantizedNetwork):
-        raise TypeError(f"qnet must be a QuantizedNetwork, not {type(qnet).__name__}")
+        raise TypeError(f"qnet must be a QuantizedNetwork or BF16Network, not "
+                        f"{type(qnet).__name__}")
     if sparsity not in (None, "2:4"):
         raise ValueError(f"sparsity must be None or '2:4', not {sparsity!r}")
     if sparsity and not config.sparse_2_4:
@@ -482,6 +608,55 @@ def compile_network(config, qnet, codes, *, sparsity=None, base: int = 0) -> Com
         segments.append((f"a{L.index}", "workspace", L.in_bytes,
                          L.__dict__.get("headroom", 0)))
     segments.append(("logits", "output", layers[-1].out_bytes, 0))
+    expected = {"logits": np.asarray(qnet.forward_codes(codes), dtype=np.int8)}
+    return _finish(config, layers, segments, data, base, expected, "int8")
+
+
+def _compile_bf16(config, bnet, bits, sparsity, base):
+    if sparsity is not None:
+        raise ValueError(f"sparsity must be None for a bf16 network, not {sparsity!r}")
+    if "bf16" not in config.modes:
+        raise ValueError(f"the network needs mode 'bf16', which the configuration does not "
+                         f"build (modes {list(config.modes)})")
+    if bnet.rows != config.rows:
+        raise ValueError(f"the network's summation order is that of rows={bnet.rows}, the "
+                         f"configuration has rows={config.rows}")
+    base = _base(base)
+    bits = np.asarray(bits)
+    want = (64,) if bnet.kind == "mlp" else (8, 8, 1)
+    if bits.dtype != np.uint16 or bits.ndim != 1 + len(want) or bits.shape[1:] != want \
+            or len(bits) < 1:
+        raise ValueError(f"codes must be uint16 BF16 encodings of shape (n, "
+                         f"{', '.join(map(str, want))}) with n ≥ 1, not {bits.dtype} "
+                         f"{bits.shape}")
+    batch = len(bits)
+    layers, shape = [], bits.shape
+    last = len(bnet.specs) - 1
+    for i, (spec, w, b) in enumerate(zip(bnet.specs, bnet.weights, bnet.biases)):
+        if spec.kind == "fc":
+            shape = (batch, math.prod(shape[1:]))
+        L = _BF16Layer(config, i, spec, w, b, shape, batch, i == last)
+        layers.append(L)
+        shape = L.out_shape
+    segments = [("x", "input", layers[0].in_bytes, layers[0].__dict__.get("headroom", 0)),
+                ("one", "parameter", 2, 0)]
+    data = {"x": layers[0].input_bytes(bits), "one": np.array([0x3F80], "<u2").tobytes()}
+    for L in layers:
+        segments.append((f"w{L.index}", "parameter", len(L.w_data), 0))
+        data[f"w{L.index}"] = L.w_data
+        segments.append((f"p{L.index}", "parameter", len(L.params), 0))
+        data[f"p{L.index}"] = L.params
+    for L in layers[1:]:
+        segments.append((f"a{L.index}", "workspace", L.in_bytes,
+                         L.__dict__.get("headroom", 0)))
+    segments.append(("logits", "output", layers[-1].out_bytes, 0))
+    expected = {"logits": np.asarray(bnet.forward_bits(bits)).view(np.int32)}
+    return _finish(config, layers, segments, data, base, expected, "int32")
+
+
+def _finish(config, layers, segments, data, base, expected, dtype):
+    """The program of the compiled ``layers`` (one FENCE between layers, END)."""
+    batch = layers[0].m if layers[0].spec.kind == "fc" else layers[0].out_shape[0]
     ranges = []
 
     def emit(addr):
@@ -501,9 +676,8 @@ def compile_network(config, qnet, codes, *, sparsity=None, base: int = 0) -> Com
              for L in layers}
     info = {"batch": batch, "layers": []}
     lowering = _Lowering("network", segments, emit, macs, sum(ideal.values()), info)
-    expected = {"logits": np.asarray(qnet.forward_codes(codes), dtype=np.int8)}
     program = _build(config, lowering, base, data,
-                     {"logits": ((batch, layers[-1].n), "int8")}, expected)
+                     {"logits": ((batch, layers[-1].n), dtype)}, expected)
     for L, (first, end) in zip(layers, ranges):
         info["layers"].append({"name": L.spec.name, "kind": L.spec.kind, "mode": L.mode,
                                "sparse": L.sparse, "first": first, "end": end,

@@ -45,7 +45,7 @@ from .bf16_gemm import bf16_tile_sum, join_bytes
 from .floating import fp32_to_bits
 from .precision import MODES, SPARSE_K_FACTOR, k_per_rows
 from .quant import _mbqm
-from .vector import VECTOR_OPS, pack_words, vector_op
+from .vector import TO_BF16_OPS, VECTOR_OPS, pack_words, vector_op
 
 __all__ = ["HostMemory", "RunResult", "NPUModel", "ModelLimitError", "check_instruction",
            "instruction_ranges", "act_lanes", "word_lanes", "sp_depth"]
@@ -235,6 +235,8 @@ def _check_matmul(config, instr):
 def _check_vector(config, instr):
     if instr.op >= len(VECTOR_OPS):
         return NPUError.ILLEGAL_OPCODE
+    if instr.op in TO_BF16_OPS and "bf16" not in config.modes:
+        return NPUError.FEATURE_NOT_BUILT
     ranges = instruction_ranges(config, instr)
     if (instr.count == 0 or instr.n_words == 0 or
             not 1 <= instr.n_valid <= instr.n_words * config.cols or
@@ -242,7 +244,9 @@ def _check_vector(config, instr):
         return NPUError.BAD_FIELD
     (_, d_lo, d_hi), = ranges["writes"]
     for (_, s_lo, s_hi), start in zip(ranges["reads"], (instr.src, instr.src_b)):
-        identical = start == instr.dst and instr.src_stride == instr.dst_stride
+        # The BF16 conversions write two words per word read: never in place.
+        identical = (start == instr.dst and instr.src_stride == instr.dst_stride
+                     and instr.op not in TO_BF16_OPS)
         if identical:
             if instr.count > 1 and instr.src_stride < _vector_d_words(instr):
                 return NPUError.BAD_FIELD
@@ -549,7 +553,8 @@ class NPUModel:
         d_words = _vector_d_words(instr)
         if op == VectorOp.ROWMAX:
             result = np.repeat(result, C, axis=1)
-        elif op in (VectorOp.PACK_INT4, VectorOp.PACK_BINARY):
+        elif op in (VectorOp.PACK_INT4, VectorOp.PACK_BINARY, VectorOp.TO_BF16,
+                    VectorOp.TO_BF16_RELU):
             result = np.pad(result, ((0, 0), (0, d_words * C - result.shape[1])))
         out = self.sp["OUT"]
         for r in range(instr.count):

@@ -1,7 +1,7 @@
 """The NPU's vector operations (the VECTOR instruction), bit-exact with ``hw/vector_unit.py``.
 
 Rows of int32 elements (the lanes of consecutive OUT scratchpad words) go through one of
-nine operations, numbered as the ``op`` field of docs/ISA.md:
+eleven operations, numbered as the ``op`` field of docs/ISA.md:
 
 ======  =========  ==============================================================
 code    name       result per row
@@ -18,7 +18,18 @@ code    name       result per row
 7       pack_int4  the first ``n_valid`` elements as int4 bytes: byte j =
                    ``(e[2j] & 15) | (e[2j+1] & 15) << 4``
 8       pack_binary  as bits: byte j = ``Σ_i (e[8j+i] & 1) << i``
+9       to_bf16    the elements as FP32 bit patterns rounded to BF16 (nearest even,
+                   subnormals kept, NaN → 0x7FC0), two bytes each, low byte first
+10      to_bf16_relu  as to_bf16 after ReLU: a negative value or −0 (sign bit set,
+                   not NaN) becomes +0
 ======  =========  ==============================================================
+
+The conversions produce the BF16 operand layout of the bf16 MATMUL mode: element e of
+a row becomes bytes 2e (low) and 2e + 1 (high), elements past ``n_valid`` the bytes 0;
+output word 2w + h of a row holds bytes ``(2w + h)·cols … (2w + h + 1)·cols − 1`` of the
+row (input word w: its first half of bytes for h = 0, the second for h = 1), byte j in
+lane j (zero-extended), so a row of ``n_words`` words becomes ``2·n_words`` words and a
+byte STORE (``elem_bytes`` 1) writes BF16 values to host memory.
 
 The packing operations produce bytes (elements past ``n_valid`` count as 0): the bytes
 of words ``g·w … g·w + g − 1`` of a row (``g = 2`` for int4, 8 for binary) fill the
@@ -52,6 +63,7 @@ import numbers
 
 import numpy as np
 
+from .floating import fp32_to_bf16_bits
 from .quant import (INT32_MAX, INT32_MIN, SHIFT_MAX, SHIFT_MIN, _float_array, _int_array,
                     _int_scalar, _mbqm, quantize_multiplier, requantize)
 
@@ -64,11 +76,14 @@ __all__ = [
     "MBQM_LATENCY", "DIVIDER_STEPS", "STAGE_ELEMENTWISE", "STAGE_NORM", "STAGE_MAX",
     "STAGE_MBQM_IN", "STAGE_REQUANT", "STAGE_EXP", "STAGE_SUM", "DONE_AFTER_WRITE",
     "MAX_TURN", "SUM_TURN", "vector_cycles", "PACK_BITS", "pack_group", "pack_words",
+    "TO_BF16_OPS", "to_bf16_bytes",
 ]
 
 #: Operation names, indexed by the VECTOR instruction's ``op`` code.
 VECTOR_OPS = ("softmax", "rowmax", "add", "sub", "clamp", "requant", "max", "pack_int4",
-              "pack_binary")
+              "pack_binary", "to_bf16", "to_bf16_relu")
+#: Codes of the FP32 → BF16 conversions (each input word becomes two output words).
+TO_BF16_OPS = (9, 10)
 #: Bits per element of the packing operations, by code.
 PACK_BITS = {7: 4, 8: 1}
 
@@ -129,7 +144,7 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
 
     ``op`` is a :class:`~npugen.golden.isa.VectorOp` or its code; the other arguments
     are the instruction's fields.  CLAMP, PACK_INT4, PACK_BINARY ``c·n + 6``, REQUANT
-    ``c·n + 15``, ADD/SUB/MAX ``2·c·n + 6``, ROWMAX ``c·v + 7``, SOFTMAX
+    ``c·n + 15``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 6``, ROWMAX ``c·v + 7``, SOFTMAX
     ``c·(v + 2·n + 45) + 7`` (``c = count``, ``n = n_words``,
     ``v = ceil(n_valid / cols)``).
     """
@@ -155,7 +170,8 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
         return count * row + STAGE_NORM + DONE_AFTER_WRITE
     if op is VectorOp.ROWMAX:
         return count * valid_words + STAGE_NORM + DONE_AFTER_WRITE
-    if op in (VectorOp.ADD, VectorOp.SUB, VectorOp.MAX):
+    if op in (VectorOp.ADD, VectorOp.SUB, VectorOp.MAX, VectorOp.TO_BF16,
+              VectorOp.TO_BF16_RELU):
         return 2 * count * n_words + STAGE_ELEMENTWISE + DONE_AFTER_WRITE
     stage = STAGE_REQUANT if op is VectorOp.REQUANT else STAGE_ELEMENTWISE
     return count * n_words + stage + DONE_AFTER_WRITE
@@ -167,9 +183,12 @@ def pack_group(op) -> int:
 
 def pack_words(op, n_words) -> int:
     """Words a row of ``n_words`` words becomes (``d_words``): ``⌈n_words / g⌉`` for the
-    packing operations, 1 for ROWMAX, ``n_words`` otherwise."""
+    packing operations, 1 for ROWMAX, ``2·n_words`` for the BF16 conversions,
+    ``n_words`` otherwise."""
     if int(op) == 1:
         return 1
+    if int(op) in TO_BF16_OPS:
+        return 2 * n_words
     g = pack_group(op)
     return -(-n_words // g)
 
@@ -302,7 +321,8 @@ def vector_op(op, a, b=None, *, n_valid=None, multiplier=0, shift=0, zero_point=
     Returns int32 ``[rows, n]``; for rowmax ``[rows, 1]``, the value the NPU writes to
     every lane of the row's destination word; for pack_int4/pack_binary the bytes
     ``[rows, ⌈n·bits / 8⌉]`` (0..255) of the row's elements, those past ``n_valid``
-    taken as 0.
+    taken as 0; for to_bf16/to_bf16_relu the bytes ``[rows, 2·n]`` of
+    :func:`to_bf16_bytes`.
     """
     code = _op_code(op)
     a = _rows("a", a)
@@ -334,6 +354,8 @@ def vector_op(op, a, b=None, *, n_valid=None, multiplier=0, shift=0, zero_point=
         return np.clip(a, lo, hi).astype(np.int32)
     if code == 6:
         return np.maximum(a, b).astype(np.int32)
+    if code in TO_BF16_OPS:
+        return _to_bf16_bytes(a, n_valid, code == 10)
     if code in PACK_BITS:
         bits = PACK_BITS[code]
         per = 8 // bits
@@ -345,6 +367,31 @@ def vector_op(op, a, b=None, *, n_valid=None, multiplier=0, shift=0, zero_point=
         return (values.reshape(len(a), nbytes, per) * weights).sum(axis=2).astype(np.int32)
     return np.asarray(requantize(a, multiplier, shift, out_zero_point=zero_point,
                                  out_min=lo, out_max=hi), dtype=np.int32)
+
+
+def _to_bf16_bytes(a, n_valid, relu):
+    bits = (np.asarray(a, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32)
+    values = bits.view(np.float32)
+    if relu:
+        values = np.where((bits >> 31).astype(bool) & ~np.isnan(values), np.float32(0),
+                          values)
+    bf = fp32_to_bf16_bits(values).astype(np.int64)
+    bf = np.where(np.arange(bf.shape[1])[None, :] < n_valid, bf, 0)
+    return np.stack([bf & 0xFF, bf >> 8], axis=2).reshape(len(bf), -1).astype(np.int32)
+
+
+def to_bf16_bytes(x, n_valid=None, *, relu=False):
+    """The bytes TO_BF16 (``relu``: TO_BF16_RELU) makes of each row of ``x``.
+
+    ``x`` holds FP32 bit patterns as int32 ``[rows, n]``; each element is rounded to
+    BF16 (:func:`~npugen.golden.floating.fp32_to_bf16_bits`: nearest even, subnormals
+    kept, NaN → 0x7FC0), after ReLU when ``relu`` (sign bit set and not NaN → +0).
+    Returns int32 ``[rows, 2·n]`` bytes (0..255): element e in bytes 2e (low) and 2e + 1
+    (high); elements from ``n_valid`` on (``None``: ``n``) give zero bytes.
+    """
+    x = _rows("x", x)
+    n_valid = _n_valid(n_valid, x.shape[1])
+    return _to_bf16_bytes(x, n_valid, bool(relu))
 
 
 def _wrap32(values):

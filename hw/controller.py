@@ -135,12 +135,19 @@ def _views(bits):
                  (load_layout, store_layout, matmul_layout, vector_layout))
 
 
+def _expands(ve):
+    """The VECTOR is a BF16 conversion (two words written per word read)."""
+    return (ve.op == VectorOp.TO_BF16) | (ve.op == VectorOp.TO_BF16_RELU)
+
+
 def _d_words(ve):
     """Words a VECTOR writes per row: 1 for ROWMAX, ``⌈n_words / g⌉`` for the packing
-    operations (``g`` = 2 int4, 8 binary), ``n_words`` otherwise."""
+    operations (``g`` = 2 int4, 8 binary), ``2·n_words`` for the BF16 conversions,
+    ``n_words`` otherwise."""
     return Mux(ve.op == VectorOp.ROWMAX, 1,
                Mux(ve.op == VectorOp.PACK_INT4, (ve.n_words + 1) >> 1,
-                   Mux(ve.op == VectorOp.PACK_BINARY, (ve.n_words + 7) >> 3, ve.n_words)))
+                   Mux(ve.op == VectorOp.PACK_BINARY, (ve.n_words + 7) >> 3,
+                       Mux(_expands(ve), ve.n_words << 1, ve.n_words))))
 
 
 def _overlap(a, b):
@@ -583,13 +590,16 @@ class Controller(wiring.Component):
         uses_b = (vop == VectorOp.ADD) | (vop == VectorOp.SUB) | (vop == VectorOp.MAX)
         src_end, dst_end, srcb_end = ends.a, ends.b, ends.c
         # A destination may overlap a source only when identical to it (same start and
-        # stride), and then its rows must not overlap each other (stride < d_words).
+        # stride), and then its rows must not overlap each other (stride < d_words); a
+        # BF16 conversion's destination never overlaps its source.
         many = ve.count > 1
         rows_overlap = many & (ve.src_stride < _d_words(ve))
         same_stride = ve.dst_stride == ve.src_stride
-        same_a = (ve.dst == ve.src) & same_stride
+        same_a = (ve.dst == ve.src) & same_stride & ~_expands(ve)
         same_b = (ve.dst == ve.src_b) & same_stride
         checks["vector", "illegal"] = [vop >= len(VectorOp)]
+        # The BF16 conversions exist only with the bf16 MAC mode built.
+        checks["vector", "feature"] = [_expands(ve) & ("bf16" not in cfg.modes)]
         checks["vector", "field"] = [
             ve.count == 0, ve.n_words == 0, ve.n_valid == 0, ve.n_valid > ends.d,
             ve.multiplier < 0, ve.shift < -31, ve.shift > 30, ve.lo > ve.hi,

@@ -1,7 +1,7 @@
 """The vector unit: row operations of the VECTOR instruction on the OUT scratchpad.
 
-Executes SOFTMAX, ROWMAX, ADD, SUB, CLAMP, REQUANT, MAX, PACK_INT4 and PACK_BINARY
-(docs/ISA.md, "VECTOR") on
+Executes SOFTMAX, ROWMAX, ADD, SUB, CLAMP, REQUANT, MAX, PACK_INT4, PACK_BINARY and,
+with the bf16 mode built, TO_BF16 and TO_BF16_RELU (docs/ISA.md, "VECTOR") on
 ``cols`` int32 lanes per cycle, bit-exact with ``npugen.golden.vector.vector_op``.
 
 Structure: a sequencer issues at most one OUT read per cycle, each with a *tag* (what
@@ -10,7 +10,7 @@ pipeline whose results enter a write FIFO at a stage that depends on the operati
 
     sequencer ─► OUT read ─► s1 ─► s2 ─► … ─► s13 ─► s14
                                 │     │            │
-      CLAMP, ADD, SUB, MAX, PACK write at s2; SOFTMAX normalize, ROWMAX at s3;
+      CLAMP, ADD, SUB, MAX, PACK, TO_BF16 write at s2; SOFTMAX normalize, ROWMAX at s3;
       REQUANT at s11; SOFTMAX exp at s13 ──► write FIFO ─► OUT write request
 
 A read that will produce a write is issued only while a FIFO slot is guaranteed for
@@ -25,7 +25,8 @@ always high (:func:`vector_cycles`; ``c = count``, ``n = n_words``,
 * CLAMP, PACK_INT4, PACK_BINARY ``c·n + 6``, REQUANT ``c·n + 15``: one word per cycle,
   rows back to back (a packing operation writes one word per ``g`` = 2 or 8 words
   read, and at the end of each row); ADD, SUB, MAX ``2·c·n + 6`` (two reads per word
-  on the one read port); ROWMAX
+  on the one read port); TO_BF16, TO_BF16_RELU ``2·c·n + 6`` (each word is read twice,
+  each read converts all lanes and writes one half of the bytes); ROWMAX
   ``c·v + 7`` (only the words holding valid elements are read).
 * SOFTMAX ``c·(v + 2·n + 45) + 7``: per row, pass 1 (max) reads ``v`` words, 3 cycles
   for the maximum to settle, pass 2 (exp, sum, ``e`` written to ``dst``) reads ``n``
@@ -95,7 +96,7 @@ _STAGES = _STAGE_SUM
 FIFO_DEPTH = _STAGE_EXP + 5
 
 
-class _Kind(enum.Enum, shape=3):
+class _Kind(enum.Enum, shape=4):
     """What the pipeline does with a word."""
     CLAMP = 0
     REQUANT = 1
@@ -105,6 +106,7 @@ class _Kind(enum.Enum, shape=3):
     EXP = 5         # SOFTMAX pass 2
     NORM = 6        # SOFTMAX pass 3
     PACK = 7        # PACK_INT4, PACK_BINARY: bits gathered, a word written per group
+    CONV = 8        # TO_BF16(_RELU): FP32 → BF16, half ``pos`` of the bytes written
 
 
 def _tag_layout(cols):
@@ -116,7 +118,8 @@ def _tag_layout(cols):
         "first": 1,
         "last": 1,
         "lanes": cols,          # lanes holding valid elements (MAX, EXP, PACK)
-        "pos": 3,               # PACK: the word's place in its output word's group
+        "pos": 3,               # PACK: the word's place in its output word's group;
+                                # TO_BF16: the half of the bytes written
     })
 
 
@@ -167,6 +170,9 @@ class VectorUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cols = self._config.cols
+        # TO_BF16(_RELU) only with the bf16 mode built (the controller refuses them else).
+        has_bf16 = "bf16" in self._config.modes
+        conv_ops = (VectorOp.TO_BF16, VectorOp.TO_BF16_RELU) if has_bf16 else ()
         lanes32 = data.ArrayLayout(signed(32), cols)
         tag_layout = _tag_layout(cols)
 
@@ -276,14 +282,17 @@ class VectorUnit(wiring.Component):
                             m.next = "SM_MAX"
                         with m.Case(VectorOp.ROWMAX, VectorOp.ADD, VectorOp.SUB,
                                     VectorOp.CLAMP, VectorOp.REQUANT, VectorOp.MAX,
-                                    VectorOp.PACK_INT4, VectorOp.PACK_BINARY):
+                                    VectorOp.PACK_INT4, VectorOp.PACK_BINARY, *conv_ops):
                             m.next = "STREAM"
                         with m.Default():
                             m.next = "DRAIN"
 
             with m.State("STREAM"):
-                # CLAMP, REQUANT, ADD, SUB, MAX, ROWMAX, PACK: rows back to back.
+                # CLAMP, REQUANT, ADD, SUB, MAX, ROWMAX, PACK, TO_BF16: rows back to back.
                 is_addsub = (op == VectorOp.ADD) | (op == VectorOp.SUB) | (op == VectorOp.MAX)
+                # TO_BF16: every word read twice (phase_b: the second half of its bytes).
+                is_conv = Cat(op == code for code in conv_ops).any() if has_bf16 else Const(0)
+                is_double = is_addsub | is_conv
                 is_rowmax = op == VectorOp.ROWMAX
                 is_pack4 = op == VectorOp.PACK_INT4
                 is_pack = is_pack4 | (op == VectorOp.PACK_BINARY)
@@ -295,10 +304,11 @@ class VectorUnit(wiring.Component):
                 m.d.comb += [
                     go.eq(credit | (is_addsub & phase_b) | (is_pack & ~pack_end)),
                     tag0.valid.eq(go),
-                    tag0.pos.eq(pos),
-                    tag0.addr.eq(Mux(is_rowmax, d_row, d_row + Mux(is_pack, d_word, word))),
+                    tag0.pos.eq(Mux(is_conv, phase_b, pos)),
+                    tag0.addr.eq(Mux(is_rowmax, d_row, d_row + Mux(
+                        is_pack, d_word, Mux(is_conv, Cat(phase_b, word), word)))),
                     tag0.last.eq(Mux(is_rowmax, valid_end, last_word)),
-                    self.rd_addr.eq(Mux(phase_b, b_row, a_row) + word),
+                    self.rd_addr.eq(Mux(phase_b & ~is_conv, b_row, a_row) + word),
                 ]
                 with m.Switch(op):
                     with m.Case(VectorOp.CLAMP):
@@ -309,15 +319,18 @@ class VectorUnit(wiring.Component):
                         m.d.comb += [tag0.kind.eq(_Kind.MAX), tag0.write.eq(valid_end)]
                     with m.Case(VectorOp.PACK_INT4, VectorOp.PACK_BINARY):
                         m.d.comb += [tag0.kind.eq(_Kind.PACK), tag0.write.eq(pack_end)]
+                    if has_bf16:
+                        with m.Case(*conv_ops):
+                            m.d.comb += [tag0.kind.eq(_Kind.CONV), tag0.write.eq(1)]
                     with m.Default():
                         m.d.comb += [tag0.kind.eq(Mux(phase_b, _Kind.ADD_B, _Kind.ADD_A)),
                                      tag0.write.eq(phase_b)]
                 # A pair a, b holds one credit, taken with a.
                 m.d.comb += issue_write.eq(go & Mux(is_addsub, ~phase_b, tag0.write))
                 with m.If(go):
-                    with m.If(is_addsub):
+                    with m.If(is_double):
                         m.d.sync += phase_b.eq(~phase_b)
-                    with m.If(~is_addsub | phase_b):
+                    with m.If(~is_double | phase_b):
                         with m.If(Mux(is_rowmax, valid_end, last_word)):
                             next_row("STREAM")
                         with m.Else():
@@ -450,14 +463,29 @@ class VectorUnit(wiring.Component):
                         width = cols * bits
                         m.d.comb += merged.eq(Cat(packed[:part * width], chunk) if part
                                               else chunk)
+        # TO_BF16: each lane rounded to BF16 (nearest even: + 0x7FFF + the kept LSB, a
+        # carry into the exponent gives ∞), NaN → 0x7FC0, ReLU: sign set → +0; lanes past
+        # n_valid → 0.  Output lane i of half h is byte h·cols + i of the word's bytes.
+        relu = op == VectorOp.TO_BF16_RELU
+        bf = []
+        for j in range(cols if has_bf16 else 0):
+            bits = x[j].as_unsigned()
+            nan = (bits[23:31] == 0xFF) & (bits[:23] != 0)
+            kept = Mux(relu & bits[31], 0, bits)
+            rounded = (kept + 0x7FFF + kept[16])[16:32]
+            bf.append(Mux(tags[1].lanes[j], Mux(nan, 0x7FC0, rounded), 0))
+        conv_bytes = [bf[i // 2][8 * (i % 2):8 * (i % 2) + 8] for i in range(len(bf) * 2)]
         maximum = [Mux(a_word[j] >= x[j], a_word[j], x[j]) for j in range(cols)]
         for j in range(cols):
             clamped = Mux(x[j] < lo, lo, Mux(x[j] > hi, hi, x[j]))
             added = Mux(subtract, a_word[j] - x[j], a_word[j] + x[j])[:32]
+            other = Mux(op == VectorOp.MAX, maximum[j], added)
+            if has_bf16:
+                other = Mux(tags[1].kind == _Kind.CONV,
+                            Mux(tags[1].pos[0], conv_bytes[cols + j], conv_bytes[j]), other)
             m.d.sync += [
                 v2[j].eq(Mux(tags[1].kind == _Kind.CLAMP, clamped,
-                             Mux(tags[1].kind == _Kind.PACK, merged[8 * j:8 * j + 8],
-                                 Mux(op == VectorOp.MAX, maximum[j], added)))),
+                             Mux(tags[1].kind == _Kind.PACK, merged[8 * j:8 * j + 8], other))),
                 product[j].eq(_norm_product(x[j][:_E_BITS], recip)),
                 diff[j].eq(x[j] - subtrahend),
             ]
@@ -524,7 +552,7 @@ class VectorUnit(wiring.Component):
         # ------------------------------------------------------------ writes
         # The sequencer never lets two taps write in the same cycle.
         taps = [
-            (_STAGE_ELEMENTWISE, (_Kind.CLAMP, _Kind.ADD_B, _Kind.PACK), v2),
+            (_STAGE_ELEMENTWISE, (_Kind.CLAMP, _Kind.ADD_B, _Kind.PACK, _Kind.CONV), v2),
             (_STAGE_NORM, (_Kind.NORM, _Kind.MAX), v3),
             (_STAGE_REQUANT, (_Kind.REQUANT,), v11),
             (_STAGE_EXP, (_Kind.EXP,), Cat(Cat(e13[j], Const(0, 32 - _E_BITS))

@@ -625,7 +625,7 @@ def static_error_cases(config):
         (MATMUL(out=config.out_sp_depth - 1, m_rows=2), E.BAD_SP_ADDRESS, M),
         (MATMUL(out=0xFFFF, m_rows=0xFFFF, k_tiles=0xFFFF, act=0xFFFF), E.BAD_FIELD, M),
         # VECTOR
-        (VECTOR(9), E.ILLEGAL_OPCODE, V),
+        (VECTOR(11), E.ILLEGAL_OPCODE, V),
         (VECTOR(15, count=0), E.ILLEGAL_OPCODE, V),
         (VECTOR(count=0), E.BAD_FIELD, V),
         (VECTOR(n_words=0), E.BAD_FIELD, V),
@@ -655,6 +655,15 @@ def static_error_cases(config):
         (VECTOR(VectorOp.PACK_INT4, count=2, src=0, dst=0, src_stride=1, dst_stride=1,
                 n_words=3), E.BAD_FIELD, V),
         (VECTOR(VectorOp.PACK_BINARY, src=0, dst=1, n_words=9), E.BAD_FIELD, V),
+        # A BF16 conversion writes 2·n_words words: identical or overlapping → BAD_FIELD;
+        # without the bf16 mode it is not built.
+        *([(VECTOR(VectorOp.TO_BF16, src=0, dst=0, n_words=2), E.BAD_FIELD, V),
+           (VECTOR(VectorOp.TO_BF16_RELU, src=4, dst=1, n_words=2), E.BAD_FIELD, V),
+           (VECTOR(VectorOp.TO_BF16, src=0, dst=config.out_sp_depth - 3, n_words=2),
+            E.BAD_SP_ADDRESS, V)] if "bf16" in config.modes else
+          [(VECTOR(VectorOp.TO_BF16, src=0, dst=8, n_words=2), E.FEATURE_NOT_BUILT, V),
+           (VECTOR(VectorOp.TO_BF16_RELU, src=0, dst=0, n_words=2), E.FEATURE_NOT_BUILT,
+            V)]),
         (VECTOR(VectorOp.PACK_BINARY, src=0, dst=config.out_sp_depth - 1, n_words=9),
          E.BAD_SP_ADDRESS, V),
         (VECTOR(VectorOp.MAX, src=0, src_b=config.out_sp_depth - 1, dst=4, n_words=2),

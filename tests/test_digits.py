@@ -169,12 +169,67 @@ def test_documented_accuracy_table(split):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("| ") and len(cells) == 3 and cells[1].endswith("%"):
             table[cells[0]] = [float(c.rstrip(" %")) for c in cells[1:]]
-    assert set(table) == {"float", "float-2:4-finetuned"} | set(VARIANTS)
+    assert set(table) == {"float", "float-2:4-finetuned", "bf16"} | set(VARIANTS)
     report = digits.accuracy_report()
     for name, (mlp, cnn) in table.items():
         assert round(100 * report["mlp"][name], 2) == mlp, name
         assert round(100 * report["cnn"][name], 2) == cnn, name
     assert re.search(r"\| variant \| mlp \| cnn \|", digits.format_report(report))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_network_is_the_npu_arithmetic(kind, split):
+    """BF16 inference: layer by layer the documented operands, order and conversions,
+    recomputed here from the float weights with the generic BF16 GEMM; logits close to
+    float, the same prediction on nearly every image."""
+    from npugen.golden.bf16_gemm import bf16_gemm
+    from npugen.golden.floating import fp32_to_bf16_bits
+    _, _, x_test, y_test = split
+    net = load_network(kind)
+    x = x_test[:40]
+    for rows in (2, 8):
+        bnet = digits.bf16_network(net, rows)
+        assert bnet.k_tile == rows // 2
+        logits, outputs = bnet.forward_bits(bnet.input_bits(x), trace=True)
+        assert logits.dtype == np.uint32 and logits.shape == (40, 10)
+        h = fp32_to_bf16_bits(digits._input(kind, x).astype(np.float32))
+        np.testing.assert_array_equal(bnet.input_bits(x), h)
+        for i, spec in enumerate(bnet.specs):
+            w = fp32_to_bf16_bits(net.params[f"{spec.name}.w"].astype(np.float32))
+            b = fp32_to_bf16_bits(net.params[f"{spec.name}.b"].astype(np.float32))
+            k = rows // 2
+            if spec.kind == "fc":
+                h = h.reshape(len(h), -1)
+                y = bf16_gemm(*digits.bf16_fc_operands(h, w, b, k), k)
+                # the bias tile: fp32(Σ over the padded data tiles + b)
+                a0, w0 = digits.bf16_fc_operands(h, w, b, k)
+                kp = a0.shape[1] - k
+                s = bf16_gemm(a0[:, :kp], w0[:kp], k).view(np.float32)
+                bias = np.asarray(b, np.uint32) << 16
+                np.testing.assert_array_equal(
+                    y.view(np.float32), s + bias.view(np.float32)[None, :])
+            else:
+                a, wa = digits.bf16_conv_operands(h, w, b, k)
+                y = bf16_gemm(a, wa, k).reshape(h.shape[:3] + (w.shape[-1],))
+            if spec.pool:
+                f = y.view(np.float32)
+                pooled = digits.maxpool2x2(np.maximum(f, np.float32(0)))
+                y = digits.maxpool2x2(y.view(np.int32)).view(np.uint32)
+                np.testing.assert_array_equal(np.maximum(y.view(np.float32), 0), pooled)
+            if i < len(bnet.specs) - 1:
+                f = y.view(np.float32)
+                h = fp32_to_bf16_bits(np.maximum(f, np.float32(0)) if spec.relu else f)
+            else:
+                h = y
+            np.testing.assert_array_equal(outputs[i], h)
+        np.testing.assert_array_equal(logits, h)
+        ref = net.forward(x)
+        assert np.abs(logits.view(np.float32) - ref).max() < 0.5
+        assert np.mean(bnet.predict(x) == np.argmax(ref, axis=1)) >= 0.95
+    with pytest.raises(ValueError, match=r"^rows must be an even integer in 2\.\.64, not 3$"):
+        digits.bf16_network(net, 3)
+    with pytest.raises(TypeError, match=r"^net must be a DigitsNetwork, not str$"):
+        digits.bf16_network("mlp")
 
 
 def test_layer_tables():

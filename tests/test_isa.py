@@ -122,6 +122,10 @@ def test_decode_keeps_out_of_enum_values():
     assert decode(encode(Load(target=2))).target is LoadTarget.WIDX
     assert decode(encode(Vector(op=7))).op == 7
     assert decode(encode(Vector(op=1))).op is VectorOp.ROWMAX
+    assert decode(encode(Vector(op=10))).op is VectorOp.TO_BF16_RELU
+    assert [VectorOp.TO_BF16, VectorOp.TO_BF16_RELU] == [9, 10]
+    instr = decode(encode(Vector(op=11)))
+    assert instr.op == 11 and not isinstance(instr.op, VectorOp)
 
 
 def test_reserved_bits_are_ignored():

@@ -17,6 +17,7 @@ from npugen.golden.vector import vector_op
 SEED_BASE = 0x4E50_0000
 TINY = NPUConfig.preset("tiny")
 DEFAULT = NPUConfig.preset("default")
+TINY_BF16 = TINY.replace(modes=TINY.modes + ("bf16",))
 BASE = 0x2000
 PROG = BASE                    # programs at the start of memory
 DATA = BASE + 0x400            # data after them
@@ -341,6 +342,10 @@ VECTOR_CASES = [
            src_stride=3, dst_stride=2),
     Vector(op=VectorOp.PACK_BINARY, count=2, src=0, dst=30, n_words=9, n_valid=70,
            src_stride=9, dst_stride=2),
+    Vector(op=VectorOp.TO_BF16, count=2, src=0, dst=30, n_words=3, n_valid=21,
+           src_stride=4, dst_stride=7),
+    Vector(op=VectorOp.TO_BF16_RELU, count=3, src=0, dst=20, n_words=1, src_stride=1,
+           dst_stride=2),
 ]
 
 
@@ -349,7 +354,8 @@ def test_vector_rows(instr):
     seed = SEED_BASE + 300 + int(instr.op)
     print(f"seed={seed}")
     rng = np.random.default_rng(seed)
-    model = NPUModel(DEFAULT)
+    config = DEFAULT.replace(modes=DEFAULT.modes + ("bf16",))
+    model = NPUModel(config)
     out = model.sp["OUT"]
     out[:] = rng.integers(-(1 << 31), 1 << 31, out.shape)
     out[:64] = rng.integers(-(1 << 16), 1 << 16, (64, 8))
@@ -366,19 +372,20 @@ def test_vector_rows(instr):
                        zero_point=instr.zero_point, lo=instr.lo, hi=instr.hi)
     expect = before.copy()
     d_words = {VectorOp.ROWMAX: 1, VectorOp.PACK_INT4: -(-instr.n_words // 2),
-               VectorOp.PACK_BINARY: -(-instr.n_words // 8)}.get(instr.op, instr.n_words)
+               VectorOp.PACK_BINARY: -(-instr.n_words // 8), VectorOp.TO_BF16: 2 * instr.n_words,
+               VectorOp.TO_BF16_RELU: 2 * instr.n_words}.get(instr.op, instr.n_words)
     for r in range(instr.count):
         row = np.broadcast_to(result[r], (d_words * 8,)) if instr.op == VectorOp.ROWMAX \
             else np.pad(result[r], (0, d_words * 8 - len(result[r])))
         expect[instr.dst + r * instr.dst_stride:
                instr.dst + r * instr.dst_stride + d_words] = row.reshape(d_words, 8)
-    model, _, res = run(DEFAULT, [instr, End()], model=model)
+    model, _, res = run(config, [instr, End()], model=model)
     assert res.ok
     np.testing.assert_array_equal(model.sp["OUT"], expect)
 
 
 VECTOR_OPS_NAMES = ["softmax", "rowmax", "add", "sub", "clamp", "requant", "max", "pack_int4",
-                    "pack_binary"]
+                    "pack_binary", "to_bf16", "to_bf16_relu"]
 
 
 # -- static checks ------------------------------------------------------------------------
@@ -449,7 +456,17 @@ STATIC_CASES = [
     (TINY, Matmul(param_addr=61), None),
     (TINY, Matmul(m_rows=2, out_addr=511), NPUError.BAD_SP_ADDRESS),
     # VECTOR
-    (TINY, Vector(op=9), NPUError.ILLEGAL_OPCODE),
+    (TINY, Vector(op=11), NPUError.ILLEGAL_OPCODE),
+    # A BF16 conversion writes 2·n_words per row: never in place, rows must not overlap;
+    # it exists only with the bf16 mode built.
+    (TINY_BF16, Vector(op=VectorOp.TO_BF16, n_words=2, src=0, dst=0), NPUError.BAD_FIELD),
+    (TINY_BF16, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=3),
+     NPUError.BAD_FIELD),
+    (TINY_BF16, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=6), None),
+    (TINY_BF16, Vector(op=VectorOp.TO_BF16, n_words=2, src=0, dst=TINY.out_sp_depth - 3),
+     NPUError.BAD_SP_ADDRESS),
+    (TINY, Vector(op=VectorOp.TO_BF16_RELU, n_words=2, src=4, dst=6),
+     NPUError.FEATURE_NOT_BUILT),
     (TINY, Vector(op=VectorOp.MAX, dst=10, src_b=5), None),
     (TINY, Vector(op=VectorOp.MAX, count=2, n_words=2, src=0, src_b=10, dst=11, src_stride=2,
                   dst_stride=2), NPUError.BAD_FIELD),          # overlaps operand b

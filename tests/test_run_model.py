@@ -3,7 +3,9 @@
 The RTL tests run several programs back to back on one Verilator model of the tiny
 preset: the CNN in int8 on 20 test images (predictions identical to the golden network,
 accuracy within 1 point of float), the MLP in int8, and every other variant on a few
-images; the analytic cycle model must be within 5 % of each program's RTL cycles.
+images; the analytic cycle model must be within 5 % of each program's RTL cycles.  The
+bf16 networks run on a second model, the tiny preset with bf16 built (FP32 logits
+bit-identical to the golden BF16 network).
 """
 
 import json
@@ -21,6 +23,7 @@ pytest.importorskip("sklearn", reason="the digits images ship with scikit-learn 
                                       "(pip install 'npugen[models]')")
 
 TINY = NPUConfig.preset("tiny")
+TINY_BF16 = TINY.replace(modes=TINY.modes + ("bf16",))
 SEED = int(os.environ.get("NPUGEN_SEED", "20261122"))
 VARIANTS = ("int8", "int8-2:4-finetuned", "int4", "binary")
 
@@ -43,6 +46,10 @@ def qnet(kind, variant, split):
 
 
 def program(config, kind, variant, split, images, first=0):
+    if variant == "bf16":
+        b = digits.bf16_network(digits.load_network(kind), config.rows)
+        x = split[2][first:first + images]
+        return compile_network(config, b, b.input_bits(x), base=0x1000)
     q, sparsity = qnet(kind, variant, split)
     x = split[2][first:first + images]
     codes = q.input_quant.quantize(digits._input(kind, x))
@@ -81,6 +88,55 @@ def test_program_equals_golden_network(kind, variant, preset, split):
             ([False, True, True, True] if kind == "cnn" else [True, True, True])
 
 
+@pytest.mark.parametrize("kind", digits.KINDS)
+@pytest.mark.parametrize("preset", ["tiny", "default", "large"])
+def test_bf16_program_equals_golden_network(kind, preset, split):
+    """bf16: FP32 logits of the instruction-level model bit-identical to the golden
+    BF16 network (large: partial N tiles stored row by row)."""
+    config = NPUConfig.preset(preset)
+    config = config.replace(modes=config.modes + ("bf16",))
+    prog = program(config, kind, "bf16", split, 5, first=11)
+    result, memory = prog.run()
+    assert result.status == "done"
+    logits = prog.extract(memory)["logits"]
+    b = digits.bf16_network(digits.load_network(kind), config.rows)
+    x = split[2][11:16]
+    np.testing.assert_array_equal(logits.view(np.uint32), b.forward_bits(b.input_bits(x)))
+    assert logits.dtype == np.int32 and logits.shape == (5, 10)
+    np.testing.assert_array_equal(np.argmax(logits.view(np.float32), axis=1), b.predict(x))
+    names = [type(i).__name__ for i in prog.instructions]
+    assert names.count("End") == 1 and names.count("Fence") == len(b.specs) - 1
+    layers = prog.info["layers"]
+    assert [layer["mode"] for layer in layers] == ["bf16"] * len(b.specs)
+    from npugen.golden.isa import VectorOp
+    ops = {int(i.op) for i in prog.instructions if type(i).__name__ == "Vector"}
+    assert ops == ({VectorOp.MAX, VectorOp.TO_BF16_RELU} if kind == "cnn"
+                   else {VectorOp.TO_BF16_RELU})
+    # every MATMUL: bf16, raw, the bias tile last with one element
+    for m in (i for i in prog.instructions if type(i).__name__ == "Matmul"):
+        assert (m.mode, m.raw, m.k_valid_last) == (3, 1, 1)
+    est = estimate_program(prog)
+    assert est.cycles > 0
+
+
+def test_bf16_compile_errors(split):
+    b = digits.bf16_network(digits.load_network("cnn"), TINY.rows)
+    bits = b.input_bits(split[2][:2])
+    with pytest.raises(ValueError, match=r"^the network needs mode 'bf16', which the "
+                                         r"configuration does not build"):
+        compile_network(TINY, b, bits)
+    with pytest.raises(ValueError, match=r"^the network's summation order is that of rows=2, "
+                                         r"the configuration has rows=8$"):
+        compile_network(NPUConfig.preset("default").replace(
+            modes=("int8", "bf16")), b, bits)
+    with pytest.raises(ValueError, match=r"^codes must be uint16 BF16 encodings of shape "
+                                         r"\(n, 8, 8, 1\)"):
+        compile_network(TINY_BF16, b, bits.astype(np.int16))
+    with pytest.raises(ValueError, match=r"^sparsity must be None for a bf16 network, "
+                                         r"not '2:4'$"):
+        compile_network(TINY_BF16, b, bits, sparsity="2:4")
+
+
 def test_layer_cycles_add_up(split):
     prog = program(TINY, "cnn", "int8", split, 3)
     est = estimate_program(prog, timeline=True)
@@ -103,7 +159,8 @@ def test_pooling_and_packing_instructions(split):
 def test_compile_network_errors(split):
     q, _ = qnet("cnn", "int8", split)
     codes = q.input_quant.quantize(digits._input("cnn", split[2][:2]))
-    with pytest.raises(TypeError, match=r"^qnet must be a QuantizedNetwork, not str$"):
+    with pytest.raises(TypeError, match=r"^qnet must be a QuantizedNetwork or BF16Network, "
+                                        r"not str$"):
         compile_network(TINY, "cnn", codes)
     with pytest.raises(ValueError, match=r"^sparsity must be None or '2:4', not '1:4'$"):
         compile_network(TINY, q, codes, sparsity="1:4")
@@ -171,6 +228,23 @@ def test_rtl_digits_networks():
     assert np.mean(pred == y_test[:20]) >= 0.9
 
 
+def test_rtl_bf16_networks():
+    """The tiny preset with bf16 built: the CNN on 3 images and the MLP on 3, FP32 logits
+    bit-identical to the golden BF16 network, the cycle model within 5 %."""
+    records = _check_rtl([("cnn", "bf16", 3), ("mlp", "bf16", 3)], TINY_BF16)
+    x_test = split_data()[2]
+    for kind in digits.KINDS:
+        b = digits.bf16_network(digits.load_network(kind), TINY_BF16.rows)
+        logits = records[kind, "bf16"].outputs["logits"]
+        np.testing.assert_array_equal(np.argmax(logits.view(np.float32), axis=1),
+                                      b.predict(x_test[:3]))
+
+
+@pytest.mark.slow
+def test_rtl_bf16_20_images():
+    _check_rtl([("cnn", "bf16", 20), ("mlp", "bf16", 20)], TINY_BF16)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", digits.KINDS)
 def test_rtl_every_variant_40_images(kind):
@@ -194,7 +268,11 @@ def run_cli(*argv):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dtype", "bf16"], r"--dtype bf16: bf16 is not supported by run-model yet"),
+    (["--dtype", "bf16", "--sparsity", "2:4"],
+     r"--sparsity 2:4 needs --dtype int8 \(the 2:4 mode is int8\), not --dtype bf16"),
+    (["--dtype", "bf16", "--set", "acc_bits=24"],
+     r"--dtype bf16 needs the bf16 mode, which this configuration cannot build: modes "
+     r"with 'bf16' need lane_bits=8 and acc_bits=32"),
     (["--dtype", "int4", "--sparsity", "2:4"], r"--sparsity 2:4 needs --dtype int8"),
     (["--sparsity", "1:2"], r"--sparsity must be dense or 2:4, not '1:2'"),
     (["--dtype", "fp8"], r"--dtype must be one of int8, int4, binary, bf16, not 'fp8'"),

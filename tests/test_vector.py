@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from npugen.golden.binary import pack_bits
+from npugen.golden.floating import fp32_to_bf16_bits
 from npugen.golden.int4 import pack_int4
 from npugen.golden.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
 from npugen.golden.vector import (
     SOFTMAX_LN2_STEPS,
+    to_bf16_bytes,
     SOFTMAX_OUT_MAX,
     SOFTMAX_OUT_SHIFT,
     SOFTMAX_POLY_B,
@@ -311,8 +313,8 @@ A = np.array([[1, 2, 3]])
 @pytest.mark.parametrize("call, exc, message", [
     (lambda: vector_op("min", A), ValueError,
      r"^op must be one of softmax, rowmax, add, sub, clamp, requant, max, pack_int4, "
-     r"pack_binary, not 'min'$"),
-    (lambda: vector_op(9, A), ValueError, r"^op must be an operation code in 0\.\.8, not 9$"),
+     r"pack_binary, to_bf16, to_bf16_relu, not 'min'$"),
+    (lambda: vector_op(11, A), ValueError, r"^op must be an operation code in 0\.\.10, not 11$"),
     (lambda: vector_op("max", A), TypeError, r"^op max needs operand b$"),
     (lambda: vector_op("pack_int4", A, A), TypeError, r"^op pack_int4 takes no operand b$"),
     (lambda: vector_op(1.0, A), TypeError, r"^op must be an operation name or code, not 1\.0$"),
@@ -361,5 +363,35 @@ def test_max_and_pack_ops():
     np.testing.assert_array_equal(vector_op("pack_binary", bits, n_valid=9), [[0x8D, 0x01]])
     np.testing.assert_array_equal(pack_bits(2 * bits - 1, axis=1).view(np.uint8),
                                   vector_op("pack_binary", bits))
-    assert [pack_words(op, 9) for op in range(9)] == [9, 1, 9, 9, 9, 9, 9, 5, 2]
+    assert [pack_words(op, 9) for op in range(11)] == [9, 1, 9, 9, 9, 9, 9, 5, 2, 18, 18]
     assert VECTOR_OPS.index("pack_binary") == 8
+    assert VECTOR_OPS.index("to_bf16_relu") == 10
+
+
+def test_to_bf16_ops():
+    """FP32 bit patterns → BF16 bytes, low byte first: ties to even, overflow to ∞,
+    subnormals kept, canonical NaN, ReLU of negatives and −0, zeros past n_valid."""
+    words = np.array([[0x3F800000, 0x3F808000, 0x3F818000, 0x3F808001, 0x7F7FFFFF,
+                       0x00008001, 0x80000000, 0xC0000000, 0xFF800001, 0x7F800000]],
+                     dtype=np.int64)
+    a = ((words + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int64)
+    want = [0x3F80, 0x3F80, 0x3F82, 0x3F81, 0x7F80, 0x0001, 0x8000, 0xC000, 0x7FC0, 0x7F80]
+    want_relu = [0x3F80, 0x3F80, 0x3F82, 0x3F81, 0x7F80, 0x0001, 0, 0, 0x7FC0, 0x7F80]
+
+    def as_bytes(values):
+        return [[b for v in values for b in (v & 0xFF, v >> 8)]]
+
+    np.testing.assert_array_equal(vector_op("to_bf16", a), as_bytes(want))
+    np.testing.assert_array_equal(vector_op(10, a), as_bytes(want_relu))
+    np.testing.assert_array_equal(to_bf16_bytes(a, 4, relu=True),
+                                  as_bytes(want_relu[:4] + [0] * 6))
+    # Agrees with the float rounding of golden/floating.py on random patterns.
+    seed = 0xB16
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(0, 1 << 32, size=(4, 64), dtype=np.int64)
+    got = vector_op("to_bf16", bits - (1 << 31))
+    ref = fp32_to_bf16_bits((bits - (1 << 31)).astype(np.uint32).view(np.float32))
+    np.testing.assert_array_equal(got[:, 0::2] | got[:, 1::2] << 8, ref)
+    with pytest.raises(TypeError, match=r"^op to_bf16 takes no operand b$"):
+        vector_op("to_bf16", a, a)

@@ -28,8 +28,11 @@ from npugen.hw.isa import Opcode, VectorOp
 from npugen.hw.requantizer import MBQM_LATENCY, QuantizedMultiplier
 from npugen.hw.vector_unit import DIVIDER_STEPS, VectorUnit, vector_cycles
 
-TINY = PRESETS["tiny"]
-WIDE = NPUConfig(rows=2, cols=8, acc_depth=16, out_fifo_depth=16, modes=("int8",),
+#: The unit's configurations build bf16 (TO_BF16 and TO_BF16_RELU exist only then),
+#: except ``INT_ONLY``.
+INT_ONLY = PRESETS["tiny"]
+TINY = INT_ONLY.replace(modes=INT_ONLY.modes + ("bf16",))
+WIDE = NPUConfig(rows=2, cols=8, acc_depth=16, out_fifo_depth=16, modes=("int8", "bf16"),
                  out_sp_depth=64)
 #: A column count that is not a power of two.
 ODD = WIDE.replace(cols=3, spmm_lanes=3)
@@ -168,7 +171,7 @@ def golden(memory, cmd, cols):
         base = cmd["dst"] + r * cmd["dst_stride"]
         if op == "rowmax":
             memory[base] = [int(out[r, 0])] * cols
-        elif op.startswith("pack"):
+        elif op.startswith(("pack", "to_bf16")):
             d_words = pack_words(cmd["op"], n_words)
             row = list(out[r]) + [0] * (d_words * cols - out.shape[1])
             for w in range(d_words):
@@ -239,7 +242,8 @@ def random_command(rng, op, cols, depth):
         n_words = rng.randint(1, 4) if not op.startswith("pack") else rng.randint(1, 18)
         count = rng.randint(1, 3)
         src_stride = n_words + rng.choice([0, 0, 1, 3])
-        in_place = rng.random() < 0.35
+        # A BF16 conversion (two words written per word) never runs in place.
+        in_place = rng.random() < 0.35 and not op.startswith("to_bf16")
         d_words = pack_words(VECTOR_OPS.index(op), n_words)
         if in_place:
             dst_stride = src_stride
@@ -301,6 +305,19 @@ def test_random_programs_tiny(seed, stall):
     rng.shuffle(ops)
     commands = [random_command(rng, op, config.cols, config.out_sp_depth) for op in ops]
     run_and_check(config, init, commands, seed=seed, stall=stall)
+
+
+def test_random_programs_without_bf16():
+    """A unit built without the bf16 mode runs every other operation as before."""
+    seed = 0x7EC_0004
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    config = INT_ONLY.replace(out_sp_depth=64)
+    init = random_memory(rng, config.cols, config.out_sp_depth)
+    ops = [op for op in VECTOR_OPS if not op.startswith("to_bf16")] * 2
+    rng.shuffle(ops)
+    commands = [random_command(rng, op, config.cols, config.out_sp_depth) for op in ops]
+    run_and_check(config, init, commands, seed=seed, stall=0.3)
 
 
 @pytest.mark.parametrize("seed, config", [(0x7EC_0011, WIDE), (0x7EC_0012, ODD)],
@@ -429,6 +446,10 @@ def test_back_to_back_and_cycle_counts():
         command("pack_int4", count=2, src=0, dst=30, n_words=3, n_valid=10,
                 dst_stride=2, cols=cols),
         command("pack_binary", count=1, src=0, dst=36, n_words=9, n_valid=40, cols=cols),
+        command("to_bf16", count=2, src=0, dst=40, n_words=3, n_valid=20, dst_stride=6,
+                cols=cols),
+        command("to_bf16_relu", count=3, src=4, dst=20, n_words=1, src_stride=2,
+                dst_stride=3, cols=cols),
     ]
     result = run_and_check(config, init, commands, seed=seed, stall=0.0)
     accepted, done, busy = result["accepted"], result["done"], set(result["busy"])
@@ -445,6 +466,41 @@ def test_back_to_back_and_cycle_counts():
     assert vector_cycles(config, VectorOp.SOFTMAX, count=2, n_words=4,
                          n_valid=32) == 2 * (3 * 4 + 45) + 7
     assert DIVIDER_STEPS == 26
+
+
+#: FP32 patterns for the BF16 conversions: zeros, ties (even/odd kept LSB), just above
+#: and below a tie, subnormals, the largest normal (rounds to ∞), ∞, NaNs of both signs
+#: (quiet, signalling, payloads that round), negative values.
+FP32_SPECIALS = [0x00000000, 0x80000000, 0x3F800000, 0xBF800000, 0x3F808000, 0x3F818000,
+                 0x3F808001, 0x3F807FFF, 0xBF808000, 0xBF818000, 0x00000001, 0x00008000,
+                 0x00018000, 0x007FFFFF, 0x807FFFFF, 0x80008000, 0x00800000, 0x7F7FFFFF,
+                 0xFF7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0x7F800000, 0xFF800000, 0x7FC00000,
+                 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F80FFFF,
+                 0x4049A000, 0xC0490FDB, 0x3EAAAAAB]
+
+
+@pytest.mark.parametrize("config", [TINY.replace(out_sp_depth=64), WIDE, ODD],
+                         ids=["cols2", "cols8", "cols3"])
+def test_to_bf16_special_values(config):
+    """TO_BF16 and TO_BF16_RELU on NaN, ∞, subnormal and tie patterns, with partial
+    n_valid, against ``vector_op``; each conversion writes two words per word read."""
+    seed = 0x7EC_0051
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    cols, depth = config.cols, config.out_sp_depth
+    values = [v - (1 << 32) if v >= 1 << 31 else v for v in FP32_SPECIALS]
+    pool = values * (-(-16 * cols // len(values)))
+    rng.shuffle(pool)
+    init = [pool[w * cols:(w + 1) * cols] for w in range(16)] + \
+        random_memory(rng, cols, depth - 16)
+    commands = [
+        command("to_bf16", count=2, src=0, dst=16, n_words=4, dst_stride=8, cols=cols),
+        command("to_bf16_relu", count=2, src=8, dst=32, n_words=4, dst_stride=8,
+                n_valid=3 * cols - 1, cols=cols),
+        command("to_bf16_relu", count=4, src=0, dst=48, n_words=1, src_stride=1,
+                dst_stride=2, n_valid=1, cols=cols),
+    ]
+    run_and_check(config, init, commands, seed=seed, stall=0.3)
 
 
 def test_stalls_only_slow_down():
@@ -516,8 +572,8 @@ def test_abort_while_idle_and_with_a_command():
 def test_bad_parameters():
     with pytest.raises(TypeError, match=r"^config must be an NPUConfig, not None$"):
         VectorUnit(None)
-    with pytest.raises(ValueError, match=r"^op must be a VectorOp or its code 0\.\.8, not 9$"):
-        vector_cycles(TINY, 9, count=1, n_words=1, n_valid=1)
+    with pytest.raises(ValueError, match=r"^op must be a VectorOp or its code 0\.\.10, not 11$"):
+        vector_cycles(TINY, 11, count=1, n_words=1, n_valid=1)
     with pytest.raises(ValueError, match=r"^count must be a positive integer, not 0$"):
         vector_cycles(TINY, 0, count=0, n_words=1, n_valid=1)
     with pytest.raises(TypeError, match=r"^n_words must be a positive integer, not 1\.0$"):
