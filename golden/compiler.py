@@ -492,9 +492,12 @@ def _ramped(total, per, least):
     return ramp + _balanced(rest, -(-rest // per))
 
 
-def _block_limit(config, k_tiles, what):
-    """Largest M block: ACT for two blocks (one if need be), ``acc_depth``, OUT ring."""
-    cap = min(config.acc_depth, _U16, max(1, config.out_sp_depth // 2))
+def _block_limit(config, k_tiles, what, *, out_ring=True):
+    """Largest M block: ACT for two blocks (one if need be), ``acc_depth``, and (with
+    ``out_ring``) half of OUT, the ring the results of two blocks alternate in."""
+    cap = min(config.acc_depth, _U16)
+    if out_ring:
+        cap = min(cap, max(1, config.out_sp_depth // 2))
     for buffers in (2, 1):
         per = config.act_sp_depth // (buffers * k_tiles)
         if per >= 1:

@@ -53,7 +53,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .binary import pack_bits
-from .compiler import (_build, _conv_pieces, _Lowering, _param_load, _ramped, _rows_loads,
+from .compiler import (_block_limit, _build, _conv_pieces, _Lowering, _param_load, _ramped, _rows_loads,
                        _schedule, _Step, _store, _tiles, _weight_load, _window, _base, _i32,
                        _U16, CompiledProgram)
 from .config import NPUConfig
@@ -303,16 +303,6 @@ def _pad_cols(matrix, width):
     return out
 
 
-def _act_limit(config, k_tiles, name):
-    cap = min(config.acc_depth, _U16)
-    for buffers in (2, 1):
-        per = config.act_sp_depth // (buffers * k_tiles)
-        if per >= 1:
-            return min(cap, per)
-    raise ValueError(f"layer {name} needs {k_tiles} activation words per row, more than "
-                     f"act_sp_depth={config.act_sp_depth}")
-
-
 def _emit_layer(config, L: _Layer, addr, in_name, out_name):
     """The instructions of layer ``L`` (without the closing FENCE)."""
     R, C = config.rows, config.cols
@@ -321,7 +311,7 @@ def _emit_layer(config, L: _Layer, addr, in_name, out_name):
     w_addr, p_addr = addr[f"w{L.index}"], addr[f"p{L.index}"]
     widx_addr = addr.get(f"widx{L.index}")
     # Blocks: FC rows (images); conv pooled pixels in whole pooled rows when they fit.
-    limit = _act_limit(config, L.k_tiles, name)
+    limit = _block_limit(config, L.k_tiles, f"layer {name}", out_ring=False)
     if L.spec.kind == "fc":
         limit = min(limit, config.out_sp_depth // 8)
         if L.packs:
@@ -596,18 +586,7 @@ def compile_network(config, qnet, codes, *, sparsity=None, base: int = 0) -> Com
     # Segments: input, parameters, workspaces (layer inputs), output.
     segments = [("x", "input", layers[0].in_bytes, layers[0].__dict__.get("headroom", 0))]
     data = {"x": layers[0].input_bytes(codes)}
-    for L in layers:
-        segments.append((f"w{L.index}", "parameter", len(L.w_data), 0))
-        data[f"w{L.index}"] = L.w_data
-        if L.widx_data is not None:
-            segments.append((f"widx{L.index}", "parameter", len(L.widx_data), 0))
-            data[f"widx{L.index}"] = L.widx_data
-        segments.append((f"p{L.index}", "parameter", len(L.params), 0))
-        data[f"p{L.index}"] = L.params
-    for L in layers[1:]:
-        segments.append((f"a{L.index}", "workspace", L.in_bytes,
-                         L.__dict__.get("headroom", 0)))
-    segments.append(("logits", "output", layers[-1].out_bytes, 0))
+    _layer_segments(layers, segments, data)
     expected = {"logits": np.asarray(qnet.forward_codes(codes), dtype=np.int8)}
     return _finish(config, layers, segments, data, base, expected, "int8")
 
@@ -641,17 +620,26 @@ def _compile_bf16(config, bnet, bits, sparsity, base):
     segments = [("x", "input", layers[0].in_bytes, layers[0].__dict__.get("headroom", 0)),
                 ("one", "parameter", 2, 0)]
     data = {"x": layers[0].input_bytes(bits), "one": np.array([0x3F80], "<u2").tobytes()}
+    _layer_segments(layers, segments, data)
+    expected = {"logits": np.asarray(bnet.forward_bits(bits)).view(np.int32)}
+    return _finish(config, layers, segments, data, base, expected, "int32")
+
+
+def _layer_segments(layers, segments, data):
+    """Append every layer's parameter segments (weights, 2:4 indices, requantization or
+    bias words), the workspaces that hold the inputs of layers 1…, and the logits."""
     for L in layers:
         segments.append((f"w{L.index}", "parameter", len(L.w_data), 0))
         data[f"w{L.index}"] = L.w_data
+        if getattr(L, "widx_data", None) is not None:
+            segments.append((f"widx{L.index}", "parameter", len(L.widx_data), 0))
+            data[f"widx{L.index}"] = L.widx_data
         segments.append((f"p{L.index}", "parameter", len(L.params), 0))
         data[f"p{L.index}"] = L.params
     for L in layers[1:]:
         segments.append((f"a{L.index}", "workspace", L.in_bytes,
                          L.__dict__.get("headroom", 0)))
     segments.append(("logits", "output", layers[-1].out_bytes, 0))
-    expected = {"logits": np.asarray(bnet.forward_bits(bits)).view(np.int32)}
-    return _finish(config, layers, segments, data, base, expected, "int32")
 
 
 def _finish(config, layers, segments, data, base, expected, dtype):
