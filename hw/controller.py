@@ -11,10 +11,11 @@ still in flight in the *other* units::
                                    scoreboard ◄─────────────┘
 
 * The decode pipeline registers every step, so that no path holds more than one carry
-  chain (ECP5: 116 MHz for the controller of the default preset): **D** the fetched
-  item; **O** the multiplier operands; **V** the two products a range needs
-  (``outer·inner``, ``k_tiles·m_rows`` and ``k_tiles·rows``, ``(count−1)·stride``);
-  **E** the exact (34-bit) range ends; **C** every static check as separate
+  chain: **D** the fetched item; **O** the multiplier operands; **V** the two products
+  a range needs (``outer·inner``, ``k_tiles·m_rows`` and ``k_tiles·rows``,
+  ``(count−1)·stride``) and what the ends add to them (addresses, VECTOR row words,
+  whose written count is decoded in O);
+  **E** the exact (34-bit) range ends, one addition each; **C** every static check as separate
   comparisons, grouped by error class, and the ranges; **X** the error code (the first
   class of ILLEGAL_OPCODE, FEATURE_NOT_BUILT, BAD_FIELD, BAD_SP_ADDRESS, after a fetch
   fault) and the decoded instruction waiting for dispatch.
@@ -77,6 +78,8 @@ _ranges_layout = data.StructLayout({name: _range_layout for name in (
 #: Exact range ends (34 bits): LOAD/STORE a; MATMUL a ACT, b WGT, c OUT, d PARAM;
 #: VECTOR a src, b dst, c src_b, d n_words·cols (the largest n_valid).
 _ends_layout = data.StructLayout({name: 34 for name in "abcd"})
+#: What the range ends add to the products, and the words a VECTOR writes per row.
+_bases_layout = data.StructLayout({**{name: 34 for name in "abcd"}, "d_words": 17})
 #: Static error classes, reported in this order.
 _CLASSES = ("illegal", "feature", "field", "sp")
 #: Instruction kinds of the check table.
@@ -273,16 +276,21 @@ class Controller(wiring.Component):
         with m.Elif(d_op == Opcode.VECTOR):
             m.d.comb += [a1.eq(count_m1), b1.eq(d_w1[32:48]),
                          a2.eq(count_m1), b2.eq(d_w1[48:64])]
+        o_d_words = Signal(17)
         with m.If(d_to_o):
             m.d.sync += [op.eq(value) for op, value in zip(o_ops, (a1, b1, a2, b2))]
+            m.d.sync += o_d_words.eq(_d_words(_views(d_bits)[3]))
+        v_base = Signal(_bases_layout)    # what the range ends add to the products
+        e_d_words = Signal(17)
         with m.If(o_to_v):
-            m.d.sync += [v_p1.eq(o_ops[0] * o_ops[1]), v_p2.eq(o_ops[2] * o_ops[3])]
+            m.d.sync += [v_p1.eq(o_ops[0] * o_ops[1]), v_p2.eq(o_ops[2] * o_ops[3]),
+                         v_base.eq(self._end_bases(m, o_item.bits, o_d_words))]
 
         # V → E: range ends;  E → C: checks by class, ranges;  C → X: the error code.
-        ends = self._ends(m, v_item.bits, v_p1, v_p2)
+        ends = self._ends(m, v_item.bits, v_base, v_p1, v_p2)
         with m.If(v_to_e):
-            m.d.sync += e_ends.eq(ends)
-        checks, ranges, ld_target_c = self._checks(m, e_item.bits, e_ends)
+            m.d.sync += [e_ends.eq(ends), e_d_words.eq(v_base.d_words)]
+        checks, ranges, ld_target_c = self._checks(m, e_item.bits, e_ends, e_d_words)
         e_op = e_item.bits[0:8]
         e_kind = {kind: e_op == op for kind, op in _KINDS.items()}
         e_kind["other"] = ~Cat(*e_kind.values(), e_op == Opcode.FENCE, e_op == Opcode.END).any()
@@ -515,29 +523,45 @@ class Controller(wiring.Component):
 
     # ---------------------------------------------------------------- static checks
 
-    def _ends(self, m, bits, p1, p2):
-        """The exact ends of the ranges of instruction ``bits`` (products ``p1``, ``p2``)."""
+    def _end_bases(self, m, bits, d_words):
+        """What the range ends of instruction ``bits`` add to the products (computed a
+        stage before them, so that an end is one addition): the scratchpad addresses,
+        and for VECTOR the words of a row read or written (``d_words`` written)."""
         ld, st, mm, ve = _views(bits)
-        ends = Signal(_ends_layout)
+        base = Signal(_bases_layout)
         op = bits[0:8]
         with m.If(op == Opcode.LOAD):
-            m.d.comb += ends.a.eq(ld.sp_addr + p1)
+            m.d.comb += base.a.eq(ld.sp_addr)
         with m.Elif(op == Opcode.STORE):
-            m.d.comb += ends.a.eq(st.sp_addr + p1)
+            m.d.comb += base.a.eq(st.sp_addr)
         with m.Elif(op == Opcode.MATMUL):
-            m.d.comb += [ends.a.eq(mm.act_addr + p1), ends.b.eq(mm.wgt_addr + p2),
-                         ends.c.eq(mm.out_addr + mm.m_rows),
-                         ends.d.eq(mm.param_addr + 3)]
+            m.d.comb += [base.a.eq(mm.act_addr), base.b.eq(mm.wgt_addr),
+                         base.c.eq(mm.out_addr + mm.m_rows), base.d.eq(mm.param_addr + 3)]
         with m.Elif(op == Opcode.VECTOR):
-            d_words = _d_words(ve)
-            m.d.comb += [ends.a.eq(ve.src + p1 + ve.n_words),
-                         ends.b.eq(ve.dst + p2 + d_words),
-                         ends.c.eq(ve.src_b + p1 + ve.n_words),
-                         ends.d.eq(ve.n_words * self._config.cols)]
+            m.d.comb += [base.a.eq(ve.src + ve.n_words), base.b.eq(ve.dst + d_words),
+                         base.d_words.eq(d_words),
+                         base.c.eq(ve.src_b + ve.n_words),
+                         base.d.eq(ve.n_words * self._config.cols)]
+        return base
+
+    def _ends(self, m, bits, base, p1, p2):
+        """The exact ends of the ranges of instruction ``bits`` (``base`` from
+        :meth:`_end_bases`, products ``p1``, ``p2``)."""
+        ends = Signal(_ends_layout)
+        op = bits[0:8]
+        with m.If((op == Opcode.LOAD) | (op == Opcode.STORE)):
+            m.d.comb += ends.a.eq(base.a + p1)
+        with m.Elif(op == Opcode.MATMUL):
+            m.d.comb += [ends.a.eq(base.a + p1), ends.b.eq(base.b + p2),
+                         ends.c.eq(base.c), ends.d.eq(base.d)]
+        with m.Elif(op == Opcode.VECTOR):
+            m.d.comb += [ends.a.eq(base.a + p1), ends.b.eq(base.b + p2),
+                         ends.c.eq(base.c + p1), ends.d.eq(base.d)]
         return ends
 
-    def _checks(self, m, bits, ends):
-        """The static checks of instruction ``bits``: ``{(kind, class): [conditions]}``
+    def _checks(self, m, bits, ends, d_words):
+        """The static checks of instruction ``bits`` (range ``ends``, VECTOR ``d_words``):
+        ``{(kind, class): [conditions]}``
         (each condition a compare or two, for the next stage to OR), its scratchpad ranges
         (``_ranges_layout``, 17-bit: used only when it is valid) and its LOAD target."""
         cfg = self._config
@@ -593,7 +617,7 @@ class Controller(wiring.Component):
         # stride), and then its rows must not overlap each other (stride < d_words); a
         # BF16 conversion's destination never overlaps its source.
         many = ve.count > 1
-        rows_overlap = many & (ve.src_stride < _d_words(ve))
+        rows_overlap = many & (ve.src_stride < d_words)
         same_stride = ve.dst_stride == ve.src_stride
         same_a = (ve.dst == ve.src) & same_stride & ~_expands(ve)
         same_b = (ve.dst == ve.src_b) & same_stride
