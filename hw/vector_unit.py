@@ -9,7 +9,7 @@ to do with the word, where to write it); the word and its tag then flow down a f
 pipeline whose results enter a write FIFO at a stage that depends on the operation::
 
     sequencer ─► OUT read ─► s1 ─► s2 (word registered) ─► s3 ─► … ─► s15 ─► …
-      CLAMP, ADD, SUB, MAX, PACK, TO_BF16 write at s4; SOFTMAX normalize at s5;
+      CLAMP, ADD, SUB, MAX, PACK, TO_BF16 write at s4; SOFTMAX normalize at s6;
       ROWMAX at s(3 + L); REQUANT at s12; SOFTMAX exp at s15 ──► write FIFO ─► OUT write
 
 (``L = ceil(log2(cols))``: the levels of the word's maximum and sum trees, one stage
@@ -17,7 +17,8 @@ each.)  No stage holds more than one carry chain or comparison of the word's wid
 element-wise ops compute their flags and sums at s3 and select at s4; the softmax bound
 is compared as ``x < m + bound`` with the sum registered once ``m`` is known; REQUANT's
 zero point is added by the multiplier's rounding adder, its clamp decided at s11 and
-selected at s12.  A read that will produce a write is issued only while a FIFO slot is
+selected at s12.  The results pass a write register (each tap's select registered
+one stage early) on their way to the FIFO.  A read that will produce a write is issued only while a FIFO slot is
 guaranteed for it (credit counter), so back-pressure on ``wr_ready`` only pauses the
 reads.  REQUANT and the softmax exponent share one
 :class:`~npugen.hw.requantizer.QuantizedMultiplier` (the requantizer's
@@ -27,24 +28,25 @@ Cycle cost from a command accepted in cycle 0 to its ``done`` pulse, ``wr_ready`
 always high (:func:`vector_cycles`; ``c = count``, ``n = n_words``,
 ``v = ceil(n_valid / cols)``):
 
-* CLAMP, PACK_INT4, PACK_BINARY ``c·n + 8``, REQUANT ``c·n + 16``: one word per cycle,
+* CLAMP, PACK_INT4, PACK_BINARY ``c·n + 9``, REQUANT ``c·n + 17``: one word per cycle,
   rows back to back (a packing operation writes one word per ``g`` = 2 or 8 words
-  read, and at the end of each row); ADD, SUB, MAX ``2·c·n + 8`` (two reads per word
-  on the one read port); TO_BF16, TO_BF16_RELU ``2·c·n + 8`` (each word is read twice,
+  read, and at the end of each row); ADD, SUB, MAX ``2·c·n + 9`` (two reads per word
+  on the one read port); TO_BF16, TO_BF16_RELU ``2·c·n + 9`` (each word is read twice,
   each read converts all lanes and writes one half of the bytes); ROWMAX
-  ``c·v + L + 7`` (only the words holding valid elements are read).
-* SOFTMAX ``c·(v + 2·n + 2·L + 46) + 9``: per row, pass 1 (max) reads ``v`` words,
+  ``c·v + L + 8`` (only the words holding valid elements are read).
+* SOFTMAX ``c·(v + 2·n + 2·L + 46) + 11``: per row, pass 1 (max) reads ``v`` words,
   ``L + 3`` cycles for the maximum to settle, pass 2 (exp, sum, ``e`` written to
   ``dst``) reads ``n`` words, ``L + 43`` cycles for the sum to settle (``L + 16``) and
   the restoring divider ``R = floor(2**48 / sum)`` (26 steps + 1), then pass 3
   (normalize ``dst`` in place) reads ``n`` words; the next row's pass 1 overlaps the
   end of pass 3.  With back-pressure on ``wr_ready`` the reads pause when the write
   FIFO is full.
-* The tail (``+ 8`` … ``+ 16``) is the pipeline and write FIFO draining: ``done`` comes
-  4 cycles after the last result enters the FIFO.
+* The tail (``+ 9`` … ``+ 17``) is the pipeline and write FIFO draining: ``done`` comes
+  5 cycles after the last result is complete (write register, FIFO, its output
+  register, the write taken).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, Value, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -81,33 +83,43 @@ _NORM_DSP_BITS = 18
 
 def _norm_stages(m, e, recip, name):
     """``min(127, (e · recip) >> 41)`` (both unsigned, ``e`` of :data:`_E_BITS` bits,
-    ``recip`` of ``DIVIDER_STEPS`` bits) three cycles after ``e`` and ``recip``: only
-    ``e``'s low :data:`_NORM_DSP_BITS` bits are on a multiplier (an 18 × 26 product: two
+    ``recip`` of ``DIVIDER_STEPS`` bits) four cycles after ``e`` and ``recip``: only
+    ``e``'s low :data:`_NORM_DSP_BITS` bits are on multipliers (18 × 18 and 18 × 8: two
     MULT18X18D; a whole 23 × 26 product takes four, and the default preset's NPU must
     stay within the 156 of an ECP5-85F), the five high bits' shifted copies of ``recip``
-    are added in LUT logic.  Stage 1: the low product and the high bits' copies summed
-    in pairs; stage 2: two adders; stage 3: the last adder, then the clamp (the product
-    is below 2**49, so ``>> 41`` exceeds 127 exactly when bit 48 is set).  Returns the
-    8-bit output register."""
+    are added in LUT logic.  Stage 1: the two products, the high bits' copies summed in
+    pairs; stages 2 and 3: the sums of weight ``2**18``; stage 4: the last adder, then
+    the clamp (the product is below 2**49, so ``>> 41`` exceeds 127 exactly when bit 48
+    is set).  Returns the 8-bit output register."""
     high = e[_NORM_DSP_BITS:]
     if len(high) != 5:
         raise ValueError(f"e must have {_E_BITS} bits, not {len(e)}")
     width = len(recip)
-    low = Signal(_NORM_DSP_BITS + width, name=f"{name}_low")
+    low = e[:_NORM_DSP_BITS]
+    product_0 = Signal(2 * _NORM_DSP_BITS, name=f"{name}_m0")      # low · recip[:18]
+    product_1 = Signal(width, name=f"{name}_m1")                   # low · recip[18:]
     pair_a = Signal(width + 2, name=f"{name}_pa")
     pair_b = Signal(width + 2, name=f"{name}_pb")
     single = Signal(width, name=f"{name}_pc")
     m.d.sync += [
-        low.eq(e[:_NORM_DSP_BITS] * recip),
+        product_0.eq(low * recip[:_NORM_DSP_BITS]),
+        product_1.eq(low * recip[_NORM_DSP_BITS:]),
         pair_a.eq(Mux(high[0], recip, 0) + Mux(high[1], recip << 1, 0)),
         pair_b.eq(Mux(high[2], recip, 0) + Mux(high[3], recip << 1, 0)),
         single.eq(Mux(high[4], recip, 0)),
     ]
-    partial = Signal(_E_BITS + width, name=f"{name}_ps")
-    upper = Signal(width + 5, name=f"{name}_pt")
-    m.d.sync += [partial.eq(low + (pair_a << _NORM_DSP_BITS)),
-                 upper.eq(pair_b + (single << 2))]
-    product = (partial + (upper << (_NORM_DSP_BITS + 2)))[:_E_BITS + width]
+    # e · recip = product_0 + 2**18 · (product_1 + pair_a + 4 · (pair_b + 4 · single)).
+    delayed = [Signal(2 * _NORM_DSP_BITS, name=f"{name}_m0_s{i}") for i in (2, 3)]
+    sum_a = Signal(width + 3, name=f"{name}_sa")
+    sum_b = Signal(width + 5, name=f"{name}_sb")
+    upper = Signal(width + 8, name=f"{name}_su")
+    m.d.sync += [
+        delayed[0].eq(product_0), delayed[1].eq(delayed[0]),
+        sum_a.eq(product_1 + pair_a),
+        sum_b.eq(pair_b + (single << 2)),
+        upper.eq(sum_a + (sum_b << 2)),
+    ]
+    product = (delayed[1] + (upper << _NORM_DSP_BITS))[:_E_BITS + width]
     out = Signal(8, name=f"{name}_out")
     top = SOFTMAX_OUT_SHIFT + 7
     m.d.sync += out.eq(Mux(product[top], SOFTMAX_OUT_MAX,
@@ -121,12 +133,12 @@ if _GOLDEN_MBQM_LATENCY != MBQM_LATENCY:
     raise ImportError(f"npugen.golden.vector.MBQM_LATENCY ({_GOLDEN_MBQM_LATENCY}) differs "
                       f"from the requantizer's ({MBQM_LATENCY})")
 if (_STAGE_READ, _STAGE_MBQM_IN, _STAGE_ELEMENTWISE, _STAGE_NORM, _STAGE_REQUANT,
-        _STAGE_EXP) != (2, 3, 4, 5, 12, 15):
+        _STAGE_EXP) != (2, 3, 4, 6, 12, 15):
     raise ImportError("npugen.golden.vector's pipeline stages differ from the ones "
                       "hw/vector_unit.py builds")
 #: Slots of the write FIFO: enough credits for one read per cycle through the longest
-#: path (write at s15, FIFO output register, pop, credit returned).
-FIFO_DEPTH = _STAGE_EXP + 5
+#: path (result at s15, write register, FIFO output register, pop, credit returned).
+FIFO_DEPTH = _STAGE_EXP + 6
 
 
 class _Kind(enum.Enum, shape=4):
@@ -556,7 +568,7 @@ class VectorUnit(wiring.Component):
         v_rowmax = Signal(signed(32))
         m.d.sync += v_rowmax.eq(new_max)
 
-        # NORM (SOFTMAX pass 3): out = min(127, (e · R) >> 41), stages s3-s5.
+        # NORM (SOFTMAX pass 3): out = min(127, (e · R) >> 41), stages s3-s6.
         v_norm = [_norm_stages(m, x[j][:_E_BITS], recip, f"norm_{j}") for j in range(cols)]
 
         # EXP, REQUANT: s2 → s3: d = max(x - m, bound) (REQUANT: x) enters the multiplier,
@@ -638,7 +650,9 @@ class VectorUnit(wiring.Component):
                 m.d.sync += sum_done.eq(1)
 
         # ------------------------------------------------------------ writes
-        # The sequencer never lets two taps write in the same cycle.
+        # The sequencer never lets two taps write in the same cycle.  Each tap's select
+        # is registered a stage early; the selected result is registered (the write
+        # register) and enters the FIFO one cycle after its stage.
         taps = [
             (_STAGE_ELEMENTWISE, (_Kind.CLAMP, _Kind.ADD_B, _Kind.PACK, _Kind.CONV), v_elem),
             (_STAGE_NORM, (_Kind.NORM,), Cat(Cat(v_norm[j], Const(0, 24))
@@ -648,10 +662,18 @@ class VectorUnit(wiring.Component):
             (_STAGE_EXP, (_Kind.EXP,), Cat(Cat(e_word[j], Const(0, 32 - _E_BITS))
                                            for j in range(cols))),
         ]
-        fifo_in = Signal(fifo_layout)
-        for stage, kinds, value in taps:
-            with m.If(at(stage, *kinds) & tags[stage].write):
-                m.d.comb += [fifo_in.addr.eq(tags[stage].addr), fifo_in.data.eq(value),
-                             fifo.w_en.eq(1)]
-        m.d.comb += fifo.w_data.eq(fifo_in)
+        selects = Signal(len(taps))
+        m.d.sync += selects.eq(Cat(at(stage - 1, *kinds) & tags[stage - 1].write
+                                   for stage, kinds, _ in taps))
+        write_reg = Signal(fifo_layout)
+        write_en = Signal()
+        addr_or, data_or = 0, 0                 # one-hot selects: AND-OR multiplexers
+        for k, (stage, _, value) in enumerate(taps):
+            addr_or = addr_or | (tags[stage].addr & selects[k].replicate(16))
+            data_or = data_or | (Value.cast(value) & selects[k].replicate(cols * 32))
+        m.d.sync += [write_en.eq(selects.any()), write_reg.addr.eq(addr_or),
+                     write_reg.data.eq(data_or)]
+        with m.If(abort):
+            m.d.sync += [selects.eq(0), write_en.eq(0)]
+        m.d.comb += [fifo.w_en.eq(write_en), fifo.w_data.eq(write_reg)]
         return m
