@@ -224,12 +224,26 @@ class VectorUnit(wiring.Component):
         # ------------------------------------------------------------ instruction
         ins = Signal(vector_layout)
         is_softmax = Signal()
+        # The operation decoded once, with the command (registered flags).
+        op_sub, op_max, op_relu, op_rowmax = (Signal(name=n) for n in
+                                              ("op_sub", "op_max", "op_relu", "op_rowmax"))
+        op_pack4, op_pack, op_addsub, op_conv = (Signal(name=n) for n in
+                                                 ("op_pack4", "op_pack", "op_addsub", "op_conv"))
+        decoded = [
+            (op_sub, (VectorOp.SUB,)), (op_max, (VectorOp.MAX,)),
+            (op_relu, (VectorOp.TO_BF16_RELU,) if has_bf16 else ()),
+            (op_rowmax, (VectorOp.ROWMAX,)), (op_pack4, (VectorOp.PACK_INT4,)),
+            (op_pack, (VectorOp.PACK_INT4, VectorOp.PACK_BINARY)),
+            (op_addsub, (VectorOp.ADD, VectorOp.SUB, VectorOp.MAX)), (op_conv, conv_ops),
+        ]
         bound = Signal(signed(33))          # -2**(31 - max(shift, 0))
         with m.If(self.cmd.valid & self.cmd.ready):
             shift = self.cmd.payload.shift
             m.d.sync += [
                 ins.eq(self.cmd.payload),
                 is_softmax.eq(self.cmd.payload.op == VectorOp.SOFTMAX),
+                *[flag.eq(Cat(self.cmd.payload.op == code for code in codes).any())
+                  for flag, codes in decoded],
                 # SOFTMAX bounds d; for REQUANT the bound is below every int32.
                 bound.eq(Const(_INT32_MIN, signed(33)) >>
                          Mux((self.cmd.payload.op == VectorOp.SOFTMAX) & (shift > 0),
@@ -336,13 +350,13 @@ class VectorUnit(wiring.Component):
 
             with m.State("STREAM"):
                 # CLAMP, REQUANT, ADD, SUB, MAX, ROWMAX, PACK, TO_BF16: rows back to back.
-                is_addsub = (op == VectorOp.ADD) | (op == VectorOp.SUB) | (op == VectorOp.MAX)
+                is_addsub = op_addsub
                 # TO_BF16: every word read twice (phase_b: the second half of its bytes).
-                is_conv = Cat(op == code for code in conv_ops).any() if has_bf16 else Const(0)
+                is_conv = op_conv
                 is_double = is_addsub | is_conv
-                is_rowmax = op == VectorOp.ROWMAX
-                is_pack4 = op == VectorOp.PACK_INT4
-                is_pack = is_pack4 | (op == VectorOp.PACK_BINARY)
+                is_rowmax = op_rowmax
+                is_pack4 = op_pack4
+                is_pack = op_pack
                 # PACK: word w of the row is part pos = w mod g of output word w // g.
                 pos = Mux(is_pack4, word[:1], word[:3])
                 pack_end = Mux(is_pack4, pos == 1, pos == 7) | last_word
@@ -489,8 +503,8 @@ class VectorUnit(wiring.Component):
         with m.If(at(rd, _Kind.ADD_A)):
             m.d.sync += a_word.eq(x)
         lo, hi = ins.lo, ins.hi
-        subtract = op == VectorOp.SUB
-        is_max_op = op == VectorOp.MAX
+        subtract = op_sub
+        is_max_op = op_max
         is_clamp = tag.kind == _Kind.CLAMP
         # PACK: the valid lanes' low bits placed at part pos of the output word's bytes
         # (``packed``, cols·8 bits), lane j of the output word = byte j.
@@ -498,7 +512,7 @@ class VectorUnit(wiring.Component):
         merged = Signal(cols * 8)
         with m.If(at(rd, _Kind.PACK)):
             m.d.sync += packed.eq(merged)
-        with m.Switch(Cat(op == VectorOp.PACK_INT4, tag.pos)):
+        with m.Switch(Cat(op_pack4, tag.pos)):
             for code, bits in PACK_BITS.items():
                 group = 8 // bits
                 for part in range(group):
@@ -511,7 +525,7 @@ class VectorUnit(wiring.Component):
         # TO_BF16: each lane rounded to BF16 (nearest even: + 0x7FFF + the kept LSB, a
         # carry into the exponent gives ∞), NaN → 0x7FC0, ReLU: sign set → +0; lanes past
         # n_valid → 0.  Output lane i of half h is byte h·cols + i of the word's bytes.
-        relu = op == VectorOp.TO_BF16_RELU
+        relu = op_relu
         bf = []
         for j in range(cols if has_bf16 else 0):
             bits = x[j].as_unsigned()
@@ -573,9 +587,11 @@ class VectorUnit(wiring.Component):
 
         # EXP, REQUANT: s2 → s3: d = max(x - m, bound) (REQUANT: x) enters the multiplier,
         # the comparison made as x < m + bound (``low_cut``, registered once m is known).
-        subtrahend = Mux(is_softmax, row_max, 0)
+        # m (0 for REQUANT) and m + bound are registered: both settle before pass 2 reads.
+        subtrahend = Signal(signed(32))
         low_cut = Signal(signed(34))
-        m.d.sync += low_cut.eq(subtrahend + bound)
+        m.d.sync += [subtrahend.eq(Mux(is_softmax, row_max, 0)),
+                     low_cut.eq(Mux(is_softmax, row_max, 0) + bound)]
         d = Signal(lanes32)
         m.submodules.mbqm = mbqm = QuantizedMultiplier(cols, offset_bits=8)
         for j in range(cols):
