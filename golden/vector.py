@@ -142,13 +142,15 @@ def tree_levels(cols):
 
 
 def stage_max(cols):
-    """Stage at which the row maximum is updated with a word's maximum."""
-    return STAGE_READ + tree_levels(cols)
+    """Stage at which the row maximum is updated with a word's maximum (the tree's
+    levels, then the word's maximum registered)."""
+    return STAGE_READ + tree_levels(cols) + 1
 
 
 def stage_rowmax(cols):
-    """Stage at which ROWMAX writes the row maximum."""
-    return stage_max(cols) + 1
+    """Stage at which ROWMAX writes the row maximum (updated at :func:`stage_max`, a
+    selection of registers, registered)."""
+    return stage_max(cols) + 2
 
 
 def stage_sum(cols):
@@ -175,8 +177,8 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
 
     ``op`` is a :class:`~npugen.golden.isa.VectorOp` or its code; the other arguments
     are the instruction's fields.  CLAMP, PACK_INT4, PACK_BINARY ``c·n + 9``, REQUANT
-    ``c·n + 17``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 9``, ROWMAX ``c·v + L + 8``,
-    SOFTMAX ``c·(v + 2·n + 2·L + 46) + 11`` (``c = count``, ``n = n_words``,
+    ``c·n + 17``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 9``, ROWMAX ``c·v + L + 10``,
+    SOFTMAX ``c·(v + 2·n + 2·L + 47) + 11`` (``c = count``, ``n = n_words``,
     ``v = ceil(n_valid / cols)``, ``L = ceil(log2(cols))``: 3 for 8 lanes).
     """
     from .config import NPUConfig

@@ -10,7 +10,7 @@ pipeline whose results enter a write FIFO at a stage that depends on the operati
 
     sequencer ─► OUT read ─► s1 ─► s2 (word registered) ─► s3 ─► … ─► s15 ─► …
       CLAMP, ADD, SUB, MAX, PACK, TO_BF16 write at s4; SOFTMAX normalize at s6;
-      ROWMAX at s(3 + L); REQUANT at s12; SOFTMAX exp at s15 ──► write FIFO ─► OUT write
+      ROWMAX at s(5 + L); REQUANT at s12; SOFTMAX exp at s15 ──► write FIFO ─► OUT write
 
 (``L = ceil(log2(cols))``: the levels of the word's maximum and sum trees, one stage
 each.)  No stage holds more than one carry chain or comparison of the word's width:
@@ -33,9 +33,9 @@ always high (:func:`vector_cycles`; ``c = count``, ``n = n_words``,
   read, and at the end of each row); ADD, SUB, MAX ``2·c·n + 9`` (two reads per word
   on the one read port); TO_BF16, TO_BF16_RELU ``2·c·n + 9`` (each word is read twice,
   each read converts all lanes and writes one half of the bytes); ROWMAX
-  ``c·v + L + 8`` (only the words holding valid elements are read).
-* SOFTMAX ``c·(v + 2·n + 2·L + 46) + 11``: per row, pass 1 (max) reads ``v`` words,
-  ``L + 3`` cycles for the maximum to settle, pass 2 (exp, sum, ``e`` written to
+  ``c·v + L + 10`` (only the words holding valid elements are read).
+* SOFTMAX ``c·(v + 2·n + 2·L + 47) + 11``: per row, pass 1 (max) reads ``v`` words,
+  ``L + 4`` cycles for the maximum to settle, pass 2 (exp, sum, ``e`` written to
   ``dst``) reads ``n`` words, ``L + 43`` cycles for the sum to settle (``L + 16``) and
   the restoring divider ``R = floor(2**48 / sum)`` (26 steps + 1), then pass 3
   (normalize ``dst`` in place) reads ``n`` words; the next row's pass 1 overlaps the
@@ -289,7 +289,7 @@ class VectorUnit(wiring.Component):
         remainder = Signal(_SUM_BITS + 1)
         quotient = Signal(DIVIDER_STEPS)
         recip = Signal(DIVIDER_STEPS)       # R = floor(2**48 / sum)
-        row_max = Signal(signed(32))
+        row_max = Signal(signed(32))        # the row maximum so far (from pass-1 registers)
         row_sum = Signal(_SUM_BITS)
 
         tag0 = Signal(tag_layout)           # the read issued this cycle
@@ -535,52 +535,72 @@ class VectorUnit(wiring.Component):
             bf.append(Mux(tag.lanes[j], Mux(nan, 0x7FC0, rounded), 0))
         conv_bytes = [bf[i // 2][8 * (i % 2):8 * (i % 2) + 8] for i in range(len(bf) * 2)]
         x3 = Signal(lanes32)
-        candidate = Signal(lanes32)
+        added = Signal(lanes32)             # a ± b: an adder straight into its register
+        other = Signal(lanes32)             # PACK's bytes, TO_BF16's bytes, MAX's a
+        take_other = Signal()
         take_lo = Signal(cols)
         take_hi = Signal(cols)
         take_x = Signal(cols)
         v_elem = Signal(lanes32)
+        m.d.sync += take_other.eq(is_max_op | (tag.kind == _Kind.PACK) |
+                                  (tag.kind == _Kind.CONV))
         for j in range(cols):
-            added = Mux(subtract, a_word[j] - x[j], a_word[j] + x[j])[:32]
-            other = Mux(is_max_op, a_word[j], added)
+            choice = a_word[j]
             if has_bf16:
-                other = Mux(tag.kind == _Kind.CONV,
-                            Mux(tag.pos[0], conv_bytes[cols + j], conv_bytes[j]), other)
+                choice = Mux(tag.kind == _Kind.CONV,
+                             Mux(tag.pos[0], conv_bytes[cols + j], conv_bytes[j]), choice)
             m.d.sync += [
                 x3[j].eq(x[j]),
-                candidate[j].eq(Mux(tag.kind == _Kind.PACK, merged[8 * j:8 * j + 8], other)),
+                added[j].eq(Mux(subtract, a_word[j] - x[j], a_word[j] + x[j])[:32]),
+                other[j].eq(Mux(tag.kind == _Kind.PACK, merged[8 * j:8 * j + 8], choice)),
                 take_lo[j].eq(is_clamp & (x[j] < lo)),
                 take_hi[j].eq(is_clamp & (x[j] > hi)),
                 take_x[j].eq(is_clamp | (is_max_op & (a_word[j] < x[j]))),
-                v_elem[j].eq(Mux(take_lo[j], lo, Mux(take_hi[j], hi,
-                                                     Mux(take_x[j], x3[j], candidate[j])))),
+                v_elem[j].eq(Mux(take_lo[j], lo, Mux(take_hi[j], hi, Mux(
+                    take_x[j], x3[j], Mux(take_other, other[j], added[j]))))),
             ]
 
-        # MAX (SOFTMAX pass 1, ROWMAX): the maximum of the word's valid lanes, one level
-        # of a pairwise tree per stage; the row maximum is updated at stage_max and
-        # ROWMAX writes it one stage later.
-        level = [Mux(tag.lanes[j], x[j], _INT32_MIN) for j in range(cols)]
+        # MAX (SOFTMAX pass 1, ROWMAX): the maximum of the word's valid lanes, a pairwise
+        # tree of one level per stage, each stage a selection (by the flags of the level
+        # before) then a comparison into a flag register: no logic between a comparison
+        # and its register but the lanes' validity.  Invalid lanes (a suffix of the
+        # word) lose every comparison.
+        values = [x[j] for j in range(cols)]
+        valid = [tag.lanes[j] for j in range(cols)]
         stage = rd
-        while len(level) > 1:
+        while len(values) > 1:
             stage += 1
-            reduced = []
-            for i in range(0, len(level), 2):
-                pick = (Mux(level[i] >= level[i + 1], level[i], level[i + 1])
-                        if i + 1 < len(level) else level[i])
-                reg = Signal(signed(32), name=f"max_s{stage}_{i // 2}")
-                m.d.sync += reg.eq(pick)
-                reduced.append(reg)
-            level = reduced
-        word_max = level[0]
+            if len(values) % 2:
+                values, valid = values + [values[-1]], valid + [Const(0, 1)]
+            kept = [Signal(signed(32), name=f"max_s{stage}_v{i}") for i in range(len(values))]
+            flags = [Signal(name=f"max_s{stage}_f{i}") for i in range(len(values) // 2)]
+            alive = [Signal(name=f"max_s{stage}_ok{i}") for i in range(len(values) // 2)]
+            for i in range(len(values) // 2):
+                left, right = values[2 * i], values[2 * i + 1]
+                m.d.sync += [flags[i].eq(~valid[2 * i + 1] | (left >= right)),
+                             alive[i].eq(valid[2 * i] | valid[2 * i + 1])]
+            m.d.sync += [reg.eq(value) for reg, value in zip(kept, values)]
+            values = [Mux(flags[i], kept[2 * i], kept[2 * i + 1]) for i in range(len(flags))]
+            valid = alive
+        word_max = Signal(signed(32))
+        m.d.sync += word_max.eq(values[0])
+        stage += 1
+        # The row maximum: at stage_max ``cur`` (the maximum before the word) is kept,
+        # the word's maximum becomes the candidate and ``take`` records whether it wins;
+        # row_max = take ? candidate : kept, a selection of registers.
         s_max = _stage_max(cols)
         assert stage == s_max
-        new_max = Mux(tags[s_max].first | (word_max > row_max), word_max, row_max)
+        kept_max = Signal(signed(32))
+        candidate = Signal(signed(32))
+        take = Signal()
+        m.d.comb += row_max.eq(Mux(take, candidate, kept_max))
         with m.If(at(s_max, _Kind.MAX)):
-            m.d.sync += row_max.eq(new_max)
+            m.d.sync += [kept_max.eq(row_max), candidate.eq(word_max),
+                         take.eq(tags[s_max].first | (word_max > row_max))]
             with m.If(tags[s_max].last):
                 m.d.sync += max_done.eq(1)
         v_rowmax = Signal(signed(32))
-        m.d.sync += v_rowmax.eq(new_max)
+        m.d.sync += v_rowmax.eq(row_max)
 
         # NORM (SOFTMAX pass 3): out = min(127, (e · R) >> 41), stages s3-s6.
         v_norm = [_norm_stages(m, x[j][:_E_BITS], recip, f"norm_{j}") for j in range(cols)]
