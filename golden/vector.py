@@ -127,9 +127,9 @@ DIVIDER_STEPS = SOFTMAX_RECIP_BITS - SUM_MIN_LOG2
 STAGE_READ = 2                              # the word read is registered
 STAGE_ELEMENTWISE = 4                       # CLAMP, ADD/SUB/MAX, PACK, TO_BF16: flags, select
 STAGE_NORM = 6                              # SOFTMAX pass 3: e · R, then three adder stages
-STAGE_MBQM_IN = 3                           # d (or a for REQUANT) enters the multiplier
-STAGE_REQUANT = STAGE_MBQM_IN + MBQM_LATENCY + 2         # 12: clamp decision, select
-STAGE_EXP = STAGE_MBQM_IN + MBQM_LATENCY + 5             # 15: -t; z, p; u²; l; e
+STAGE_MBQM_IN = 4                           # d (or a for REQUANT) enters the multiplier
+STAGE_REQUANT = STAGE_MBQM_IN + MBQM_LATENCY + 2         # 13: clamp decision, select
+STAGE_EXP = STAGE_MBQM_IN + MBQM_LATENCY + 5             # 16: -t; z, p; u²; l; e
 #: Cycles from a result at its stage to ``done`` when it is the last one: the write
 #: register, the FIFO, its output register, the write taken, ``done``.
 DONE_AFTER_WRITE = 5
@@ -177,8 +177,8 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
 
     ``op`` is a :class:`~npugen.golden.isa.VectorOp` or its code; the other arguments
     are the instruction's fields.  CLAMP, PACK_INT4, PACK_BINARY ``c·n + 9``, REQUANT
-    ``c·n + 17``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 9``, ROWMAX ``c·v + L + 10``,
-    SOFTMAX ``c·(v + 2·n + 2·L + 47) + 11`` (``c = count``, ``n = n_words``,
+    ``c·n + 18``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 9``, ROWMAX ``c·v + L + 10``,
+    SOFTMAX ``c·(v + 2·n + 2·L + 48) + 11`` (``c = count``, ``n = n_words``,
     ``v = ceil(n_valid / cols)``, ``L = ceil(log2(cols))``: 3 for 8 lanes).
     """
     from .config import NPUConfig

@@ -8,16 +8,17 @@ Structure: a sequencer issues at most one OUT read per cycle, each with a *tag* 
 to do with the word, where to write it); the word and its tag then flow down a fixed
 pipeline whose results enter a write FIFO at a stage that depends on the operation::
 
-    sequencer ─► OUT read ─► s1 ─► s2 (word registered) ─► s3 ─► … ─► s15 ─► …
+    sequencer ─► OUT read ─► s1 ─► s2 (word registered) ─► s3 ─► … ─► s16 ─► …
       CLAMP, ADD, SUB, MAX, PACK, TO_BF16 write at s4; SOFTMAX normalize at s6;
-      ROWMAX at s(5 + L); REQUANT at s12; SOFTMAX exp at s15 ──► write FIFO ─► OUT write
+      ROWMAX at s(5 + L); REQUANT at s13; SOFTMAX exp at s16 ──► write FIFO ─► OUT write
 
 (``L = ceil(log2(cols))``: the levels of the word's maximum and sum trees, one stage
 each.)  No stage holds more than one carry chain or comparison of the word's width:
 element-wise ops compute their flags and sums at s3 and select at s4; the softmax bound
-is compared as ``x < m + bound`` with the sum registered once ``m`` is known; REQUANT's
-zero point is added by the multiplier's rounding adder, its clamp decided at s11 and
-selected at s12.  The results pass a write register (each tap's select registered
+is compared as ``x < m + bound`` (the sum registered once ``m`` is known) beside
+``x - m`` at s3 and selected at s4; REQUANT's zero point is added by the multiplier's
+rounding adder, its clamp decided at s12 and selected at s13; the divider is
+non-restoring (the sign of the partial remainder chooses its adder's operation).  The results pass a write register (each tap's select registered
 one stage early) on their way to the FIFO.  A read that will produce a write is issued only while a FIFO slot is
 guaranteed for it (credit counter), so back-pressure on ``wr_ready`` only pauses the
 reads.  REQUANT and the softmax exponent share one
@@ -28,20 +29,20 @@ Cycle cost from a command accepted in cycle 0 to its ``done`` pulse, ``wr_ready`
 always high (:func:`vector_cycles`; ``c = count``, ``n = n_words``,
 ``v = ceil(n_valid / cols)``):
 
-* CLAMP, PACK_INT4, PACK_BINARY ``c·n + 9``, REQUANT ``c·n + 17``: one word per cycle,
+* CLAMP, PACK_INT4, PACK_BINARY ``c·n + 9``, REQUANT ``c·n + 18``: one word per cycle,
   rows back to back (a packing operation writes one word per ``g`` = 2 or 8 words
   read, and at the end of each row); ADD, SUB, MAX ``2·c·n + 9`` (two reads per word
   on the one read port); TO_BF16, TO_BF16_RELU ``2·c·n + 9`` (each word is read twice,
   each read converts all lanes and writes one half of the bytes); ROWMAX
   ``c·v + L + 10`` (only the words holding valid elements are read).
-* SOFTMAX ``c·(v + 2·n + 2·L + 47) + 11``: per row, pass 1 (max) reads ``v`` words,
+* SOFTMAX ``c·(v + 2·n + 2·L + 48) + 11``: per row, pass 1 (max) reads ``v`` words,
   ``L + 4`` cycles for the maximum to settle, pass 2 (exp, sum, ``e`` written to
-  ``dst``) reads ``n`` words, ``L + 43`` cycles for the sum to settle (``L + 16``) and
-  the restoring divider ``R = floor(2**48 / sum)`` (26 steps + 1), then pass 3
+  ``dst``) reads ``n`` words, ``L + 44`` cycles for the sum to settle (``L + 17``) and
+  the non-restoring divider ``R = floor(2**48 / sum)`` (26 steps + 1), then pass 3
   (normalize ``dst`` in place) reads ``n`` words; the next row's pass 1 overlaps the
   end of pass 3.  With back-pressure on ``wr_ready`` the reads pause when the write
   FIFO is full.
-* The tail (``+ 9`` … ``+ 17``) is the pipeline and write FIFO draining: ``done`` comes
+* The tail (``+ 9`` … ``+ 18``) is the pipeline and write FIFO draining: ``done`` comes
   5 cycles after the last result is complete (write register, FIFO, its output
   register, the write taken).
 """
@@ -133,11 +134,11 @@ if _GOLDEN_MBQM_LATENCY != MBQM_LATENCY:
     raise ImportError(f"npugen.golden.vector.MBQM_LATENCY ({_GOLDEN_MBQM_LATENCY}) differs "
                       f"from the requantizer's ({MBQM_LATENCY})")
 if (_STAGE_READ, _STAGE_MBQM_IN, _STAGE_ELEMENTWISE, _STAGE_NORM, _STAGE_REQUANT,
-        _STAGE_EXP) != (2, 3, 4, 6, 12, 15):
+        _STAGE_EXP) != (2, 4, 4, 6, 13, 16):
     raise ImportError("npugen.golden.vector's pipeline stages differ from the ones "
                       "hw/vector_unit.py builds")
 #: Slots of the write FIFO: enough credits for one read per cycle through the longest
-#: path (result at s15, write register, FIFO output register, pop, credit returned).
+#: path (result at s16, write register, FIFO output register, pop, credit returned).
 FIFO_DEPTH = _STAGE_EXP + 6
 
 
@@ -286,7 +287,7 @@ class VectorUnit(wiring.Component):
         max_done = Signal()                 # row maximum known (set by the pipeline)
         sum_done = Signal()                 # row sum known (set by the pipeline)
         div_left = Signal(range(DIVIDER_STEPS + 1))
-        remainder = Signal(_SUM_BITS + 1)
+        remainder = Signal(signed(_SUM_BITS + 3))     # in [-sum, sum)
         quotient = Signal(DIVIDER_STEPS)
         recip = Signal(DIVIDER_STEPS)       # R = floor(2**48 / sum)
         row_max = Signal(signed(32))        # the row maximum so far (from pass-1 registers)
@@ -437,15 +438,20 @@ class VectorUnit(wiring.Component):
                 leave_on_abort()
 
             with m.State("SM_DIV"):
-                # Restoring division of 2**48 = 2**22 · 2**26 by the sum (> 2**22).
-                # One subtraction: its sign is the comparison.
-                doubled = remainder << 1
-                trial = doubled - row_sum
-                fits = ~trial[-1]
+                # Non-restoring division of 2**48 = 2**22 · 2**26 by the sum (> 2**22):
+                # r = 2r - sum if r ≥ 0 else 2r + sum, the quotient bit is r ≥ 0 after
+                # the step (the restoring division's bits): one adder whose operation is
+                # chosen by a register's sign, no comparison before a selection.
+                width = len(remainder) + 1
+                doubled = remainder.shift_left(1)
+                subtract_sum = ~remainder[-1]
+                # 2r ± sum as one adder: 2r + (sum XOR the operation) + carry.
+                operand = (row_sum.as_unsigned() ^ subtract_sum.replicate(width))[:width]
+                step = (doubled.as_unsigned() + operand + subtract_sum)[:len(remainder)]
                 with m.If(div_left != 0):
                     m.d.sync += [
-                        remainder.eq(Mux(fits, trial, doubled)),
-                        quotient.eq(Cat(fits, quotient)),
+                        remainder.eq(step),
+                        quotient.eq(Cat(~step[len(remainder) - 1], quotient)),
                         div_left.eq(div_left - 1),
                     ]
                 with m.Elif(pending == 0):
@@ -605,17 +611,21 @@ class VectorUnit(wiring.Component):
         # NORM (SOFTMAX pass 3): out = min(127, (e · R) >> 41), stages s3-s6.
         v_norm = [_norm_stages(m, x[j][:_E_BITS], recip, f"norm_{j}") for j in range(cols)]
 
-        # EXP, REQUANT: s2 → s3: d = max(x - m, bound) (REQUANT: x) enters the multiplier,
+        # EXP, REQUANT: d = max(x - m, bound) (REQUANT: x) enters the multiplier at s4,
         # the comparison made as x < m + bound (``low_cut``, registered once m is known).
         # m (0 for REQUANT) and m + bound are registered: both settle before pass 2 reads.
         subtrahend = Signal(signed(32))
         low_cut = Signal(signed(34))
         m.d.sync += [subtrahend.eq(Mux(is_softmax, row_max, 0)),
                      low_cut.eq(Mux(is_softmax, row_max, 0) + bound)]
+        # s2 → s3: the comparison and the difference; s3 → s4: the selection.
+        below = Signal(cols)
+        diff = Signal(lanes32)
         d = Signal(lanes32)
         m.submodules.mbqm = mbqm = QuantizedMultiplier(cols, offset_bits=8)
         for j in range(cols):
-            m.d.sync += d[j].eq(Mux(x[j] < low_cut, bound, x[j] - subtrahend)[:32])
+            m.d.sync += [below[j].eq(x[j] < low_cut), diff[j].eq((x[j] - subtrahend)[:32]),
+                         d[j].eq(Mux(below[j], bound, diff[j])[:32])]
             m.d.comb += [
                 mbqm.x[j].eq(d[j]),
                 mbqm.multiplier[j].eq(ins.multiplier),
@@ -623,8 +633,8 @@ class VectorUnit(wiring.Component):
                 mbqm.offset[j].eq(Mux(is_softmax, 0, ins.zero_point)),
             ]
 
-        # s10: t (REQUANT: t + zero point, added by the multiplier's rounding adder).
-        # REQUANT: s10 → s11 the clamp decision, s11 → s12 the select.
+        # s11: t (REQUANT: t + zero point, added by the multiplier's rounding adder).
+        # REQUANT: s11 → s12 the clamp decision, s12 → s13 the select.
         t = mbqm.result
         r_value = Signal(lanes32)
         r_below = Signal(cols)
@@ -638,9 +648,9 @@ class VectorUnit(wiring.Component):
                 v_requant[j].eq(Mux(r_below[j], lo, Mux(r_above[j], hi, r_value[j]))),
             ]
 
-        # EXP: s10 → s11: -t (≥ 0).  s11 → s12: z = -t >> 10, p = -(-t mod 1024):
-        # u = p + 1998, the shift z and z ≥ 32.  s12 → s13: u² (a multiplier).
-        # s13 → s14: l = u² + 2094200.  s14 → s15: e = l >> z (0 when z ≥ 32 or the lane
+        # EXP: s11 → s12: -t (≥ 0).  s12 → s13: z = -t >> 10, p = -(-t mod 1024):
+        # u = p + 1998, the shift z and z ≥ 32.  s13 → s14: u² (a multiplier).
+        # s14 → s15: l = u² + 2094200.  s15 → s16: e = l >> z (0 when z ≥ 32 or the lane
         # is not valid).
         neg_t = Signal(data.ArrayLayout(unsigned(32), cols))
         u = Signal(data.ArrayLayout(unsigned(11), cols))
