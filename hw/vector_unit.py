@@ -15,8 +15,9 @@ pipeline whose results enter a write FIFO at a stage that depends on the operati
 (``L = ceil(log2(cols))``: the levels of the word's maximum and sum trees, one stage
 each.)  No stage holds more than one carry chain or comparison of the word's width:
 element-wise ops compute their flags and sums at s3 and select at s4; the softmax bound
-is compared as ``x < m + bound`` (the sum registered once ``m`` is known) beside
-``x - m`` at s3 and selected at s4; REQUANT's zero point is added by the multiplier's
+is compared as ``x < m + bound`` (the sum registered once ``m`` is known) beside the
+multiplier's left shift of ``x`` at s3 (done here: ``QuantizedMultiplier`` built with
+``left_shift=False``), then ``(x << k) - (m << k)`` or ``INT32_MIN`` selected at s4; REQUANT's zero point is added by the multiplier's
 rounding adder, its clamp decided at s12 and selected at s13; the divider is
 non-restoring (the sign of the partial remainder chooses its adder's operation).  The results pass a write register (each tap's select registered
 one stage early) on their way to the FIFO.  A read that will produce a write is issued only while a FIFO slot is
@@ -68,7 +69,7 @@ from npugen.golden.vector import stage_sum as _stage_sum
 from npugen.golden.vector import SUM_MIN_LOG2 as _SUM_MIN_LOG2
 
 from .isa import VectorOp, vector_layout
-from .requantizer import MBQM_LATENCY, QuantizedMultiplier
+from .requantizer import MBQM_LATENCY, QuantizedMultiplier, shift_left_wrapped
 
 __all__ = ["VectorUnit", "vector_cycles", "DIVIDER_STEPS", "FIFO_DEPTH"]
 
@@ -238,10 +239,12 @@ class VectorUnit(wiring.Component):
             (op_addsub, (VectorOp.ADD, VectorOp.SUB, VectorOp.MAX)), (op_conv, conv_ops),
         ]
         bound = Signal(signed(33))          # -2**(31 - max(shift, 0))
+        left_shift = Signal(5)              # max(shift, 0)
         with m.If(self.cmd.valid & self.cmd.ready):
             shift = self.cmd.payload.shift
             m.d.sync += [
                 ins.eq(self.cmd.payload),
+                left_shift.eq(Mux(shift > 0, shift[:5], 0)),
                 is_softmax.eq(self.cmd.payload.op == VectorOp.SOFTMAX),
                 *[flag.eq(Cat(self.cmd.payload.op == code for code in codes).any())
                   for flag, codes in decoded],
@@ -582,8 +585,8 @@ class VectorUnit(wiring.Component):
             flags = [Signal(name=f"max_s{stage}_f{i}") for i in range(len(values) // 2)]
             alive = [Signal(name=f"max_s{stage}_ok{i}") for i in range(len(values) // 2)]
             for i in range(len(values) // 2):
-                left, right = values[2 * i], values[2 * i + 1]
-                m.d.sync += [flags[i].eq(~valid[2 * i + 1] | (left >= right)),
+                first_value, second_value = values[2 * i], values[2 * i + 1]
+                m.d.sync += [flags[i].eq(~valid[2 * i + 1] | (first_value >= second_value)),
                              alive[i].eq(valid[2 * i] | valid[2 * i + 1])]
             m.d.sync += [reg.eq(value) for reg, value in zip(kept, values)]
             values = [Mux(flags[i], kept[2 * i], kept[2 * i + 1]) for i in range(len(flags))]
@@ -618,14 +621,20 @@ class VectorUnit(wiring.Component):
         low_cut = Signal(signed(34))
         m.d.sync += [subtrahend.eq(Mux(is_softmax, row_max, 0)),
                      low_cut.eq(Mux(is_softmax, row_max, 0) + bound)]
-        # s2 → s3: the comparison and the difference; s3 → s4: the selection.
+        # The multiplier's left shift by k = max(shift, 0) is done here, on x and m apart
+        # ((x - m) << k = (x << k) - (m << k) modulo 2**32): s2 → s3 the comparison and
+        # x << k; s3 → s4 the difference and the selection (bound << k is INT32_MIN:
+        # the bound is -2**(31 - k)).
         below = Signal(cols)
-        diff = Signal(lanes32)
+        x_shifted = Signal(data.ArrayLayout(unsigned(32), cols))
+        m_shifted = Signal(32)
+        m.d.sync += m_shifted.eq(shift_left_wrapped(subtrahend, left_shift))
         d = Signal(lanes32)
-        m.submodules.mbqm = mbqm = QuantizedMultiplier(cols, offset_bits=8)
+        m.submodules.mbqm = mbqm = QuantizedMultiplier(cols, offset_bits=8, left_shift=False)
         for j in range(cols):
-            m.d.sync += [below[j].eq(x[j] < low_cut), diff[j].eq((x[j] - subtrahend)[:32]),
-                         d[j].eq(Mux(below[j], bound, diff[j])[:32])]
+            m.d.sync += [below[j].eq(x[j] < low_cut),
+                         x_shifted[j].eq(shift_left_wrapped(x[j], left_shift)),
+                         d[j].eq(Mux(below[j], _INT32_MIN, (x_shifted[j] - m_shifted)[:32]))]
             m.d.comb += [
                 mbqm.x[j].eq(d[j]),
                 mbqm.multiplier[j].eq(ins.multiplier),

@@ -652,6 +652,53 @@ def test_quantized_multiplier_component():
         assert trace[t + MBQM_LATENCY] == want, (t, row)
 
 
+def test_quantized_multiplier_without_left_shift():
+    """With ``left_shift=False`` the caller's ``x << max(shift, 0)`` (wrapped, from
+    ``shift_left_wrapped``) gives the golden result: the vector unit's use."""
+    from npugen.hw.requantizer import shift_left_wrapped
+
+    seed = 0x7EC_0092
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    lanes = 2
+    dut = QuantizedMultiplier(lanes, left_shift=False)
+    inputs = [[(rng.choice([rng.randint(INT32_MIN, INT32_MAX), *EXTREMES]),
+                rng.choice([rng.randint(0, INT32_MAX), INT32_MIN, INT32_MAX]),
+                rng.randint(-31, 30)) for _ in range(lanes)] for _ in range(40)]
+
+    def shifted(x, s):
+        m = Module()
+        value, amount, out = Signal(32), Signal(5), Signal(32)
+        m.d.comb += out.eq(shift_left_wrapped(value, amount))
+        got = []
+
+        async def bench(ctx):
+            ctx.set(value, x & 0xFFFF_FFFF)
+            ctx.set(amount, max(s, 0))
+            got.append(ctx.get(out))
+
+        sim = Simulator(m)
+        sim.add_testbench(bench)
+        sim.run()
+        assert got[0] == (x << max(s, 0)) & 0xFFFF_FFFF
+        return got[0] - (1 << 32) if got[0] >> 31 else got[0]
+
+    cycles = [{"x": [shifted(x, sh) for x, _, sh in row], "multiplier": [v[1] for v in row],
+               "shift": [v[2] for v in row]} for row in inputs]
+    cycles += [{"x": [0] * lanes, "multiplier": [0] * lanes, "shift": [0] * lanes}] * 8
+
+    def read(ctx):
+        result = ctx.get(dut.result)
+        return [result[i] for i in range(lanes)]
+
+    trace = run_cycles(dut, cycles, read)
+    for t, row in enumerate(inputs):
+        want = [int(multiply_by_quantized_multiplier(x, m, s)) for x, m, s in row]
+        assert trace[t + MBQM_LATENCY] == want, (t, row)
+    with pytest.raises(TypeError, match=r"^left_shift must be a bool, not 1$"):
+        QuantizedMultiplier(lanes, left_shift=1)
+
+
 @pytest.mark.parametrize("lanes, exc, message", [
     (0, ValueError, r"^lanes must be a positive integer, not 0$"),
     (2.0, TypeError, r"^lanes must be a positive integer, not 2\.0$"),
