@@ -142,9 +142,10 @@ def tree_levels(cols):
 
 
 def stage_max(cols):
-    """Stage at which the row maximum is updated with a word's maximum (the tree's
-    levels, then the word's maximum registered)."""
-    return STAGE_READ + tree_levels(cols) + 1
+    """Stage at which the row maximum is updated with a word's maximum (the tree's first
+    level, a selection and a comparison stage for each further level, then the word's
+    maximum selected into a register)."""
+    return STAGE_READ + 2 * tree_levels(cols)
 
 
 def stage_rowmax(cols):
@@ -177,8 +178,8 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
 
     ``op`` is a :class:`~npugen.golden.isa.VectorOp` or its code; the other arguments
     are the instruction's fields.  CLAMP, PACK_INT4, PACK_BINARY ``c·n + 9``, REQUANT
-    ``c·n + 18``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 9``, ROWMAX ``c·v + L + 10``,
-    SOFTMAX ``c·(v + 2·n + 2·L + 48) + 11`` (``c = count``, ``n = n_words``,
+    ``c·n + 18``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 9``, ROWMAX ``c·v + 2·L + 9``,
+    SOFTMAX ``c·(v + 2·n + 3·L + 47) + 11`` (``c = count``, ``n = n_words``,
     ``v = ceil(n_valid / cols)``, ``L = ceil(log2(cols))``: 3 for 8 lanes).
     """
     from .config import NPUConfig

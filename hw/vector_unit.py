@@ -10,10 +10,11 @@ pipeline whose results enter a write FIFO at a stage that depends on the operati
 
     sequencer ─► OUT read ─► s1 ─► s2 (word registered) ─► s3 ─► … ─► s16 ─► …
       CLAMP, ADD, SUB, MAX, PACK, TO_BF16 write at s4; SOFTMAX normalize at s6;
-      ROWMAX at s(5 + L); REQUANT at s13; SOFTMAX exp at s16 ──► write FIFO ─► OUT write
+      ROWMAX at s(2·L + 4); REQUANT at s13; SOFTMAX exp at s16 ──► write FIFO ─► OUT write
 
-(``L = ceil(log2(cols))``: the levels of the word's maximum and sum trees, one stage
-each.)  No stage holds more than one carry chain or comparison of the word's width:
+(``L = ceil(log2(cols))``: the levels of the word's maximum and sum trees; the sum's
+take one stage each, the maximum's two from the second on: a selection, then a
+comparison.)  No stage holds more than one carry chain or comparison of the word's width:
 element-wise ops compute their flags and sums at s3 and select at s4; the softmax bound
 is compared as ``x < m + bound`` (the sum registered once ``m`` is known) beside the
 multiplier's left shift of ``x`` at s3 (done here: ``QuantizedMultiplier`` built with
@@ -35,9 +36,9 @@ always high (:func:`vector_cycles`; ``c = count``, ``n = n_words``,
   read, and at the end of each row); ADD, SUB, MAX ``2·c·n + 9`` (two reads per word
   on the one read port); TO_BF16, TO_BF16_RELU ``2·c·n + 9`` (each word is read twice,
   each read converts all lanes and writes one half of the bytes); ROWMAX
-  ``c·v + L + 10`` (only the words holding valid elements are read).
-* SOFTMAX ``c·(v + 2·n + 2·L + 48) + 11``: per row, pass 1 (max) reads ``v`` words,
-  ``L + 4`` cycles for the maximum to settle, pass 2 (exp, sum, ``e`` written to
+  ``c·v + 2·L + 9`` (only the words holding valid elements are read).
+* SOFTMAX ``c·(v + 2·n + 3·L + 47) + 11``: per row, pass 1 (max) reads ``v`` words,
+  ``2·L + 3`` cycles for the maximum to settle, pass 2 (exp, sum, ``e`` written to
   ``dst``) reads ``n`` words, ``L + 44`` cycles for the sum to settle (``L + 17``) and
   the non-restoring divider ``R = floor(2**48 / sum)`` (26 steps + 1), then pass 3
   (normalize ``dst`` in place) reads ``n`` words; the next row's pass 1 overlaps the
@@ -570,20 +571,28 @@ class VectorUnit(wiring.Component):
             ]
 
         # MAX (SOFTMAX pass 1, ROWMAX): the maximum of the word's valid lanes, a pairwise
-        # tree of one level per stage, each stage a selection (by the flags of the level
-        # before) then a comparison into a flag register: no logic between a comparison
-        # and its register but the lanes' validity.  Invalid lanes (a suffix of the
-        # word) lose every comparison.
+        # tree: the first level compares the word's lanes into flag registers; every
+        # further level is a selection stage (by the flags, into registers) then a
+        # comparison stage (into flag registers), so no logic stands between a register
+        # and a comparator.  Invalid lanes (a suffix of the word) lose every comparison.
         values = [x[j] for j in range(cols)]
         valid = [tag.lanes[j] for j in range(cols)]
         stage = rd
         while len(values) > 1:
-            stage += 1
+            if stage > rd:                          # the selection stage
+                stage += 1
+                picked = [Signal(signed(32), name=f"max_s{stage}_v{i}")
+                          for i in range(len(values))]
+                delayed = [Signal(name=f"max_s{stage}_ok{i}") for i in range(len(values))]
+                m.d.sync += [reg.eq(value) for reg, value in zip(picked, values)]
+                m.d.sync += [reg.eq(flag) for reg, flag in zip(delayed, valid)]
+                values, valid = picked, delayed
+            stage += 1                              # the comparison stage
             if len(values) % 2:
                 values, valid = values + [values[-1]], valid + [Const(0, 1)]
-            kept = [Signal(signed(32), name=f"max_s{stage}_v{i}") for i in range(len(values))]
+            kept = [Signal(signed(32), name=f"max_s{stage}_k{i}") for i in range(len(values))]
             flags = [Signal(name=f"max_s{stage}_f{i}") for i in range(len(values) // 2)]
-            alive = [Signal(name=f"max_s{stage}_ok{i}") for i in range(len(values) // 2)]
+            alive = [Signal(name=f"max_s{stage}_a{i}") for i in range(len(values) // 2)]
             for i in range(len(values) // 2):
                 first_value, second_value = values[2 * i], values[2 * i + 1]
                 m.d.sync += [flags[i].eq(~valid[2 * i + 1] | (first_value >= second_value)),
@@ -594,9 +603,9 @@ class VectorUnit(wiring.Component):
         word_max = Signal(signed(32))
         m.d.sync += word_max.eq(values[0])
         stage += 1
-        # The row maximum: at stage_max ``cur`` (the maximum before the word) is kept,
-        # the word's maximum becomes the candidate and ``take`` records whether it wins;
-        # row_max = take ? candidate : kept, a selection of registers.
+        # The row maximum: at stage_max ``kept`` takes the maximum before the word, the
+        # word's maximum becomes the candidate and ``take`` records whether it wins
+        # (compared with both registers, then chosen); row_max = take ? candidate : kept.
         s_max = _stage_max(cols)
         assert stage == s_max
         kept_max = Signal(signed(32))
@@ -605,7 +614,8 @@ class VectorUnit(wiring.Component):
         m.d.comb += row_max.eq(Mux(take, candidate, kept_max))
         with m.If(at(s_max, _Kind.MAX)):
             m.d.sync += [kept_max.eq(row_max), candidate.eq(word_max),
-                         take.eq(tags[s_max].first | (word_max > row_max))]
+                         take.eq(tags[s_max].first | Mux(take, word_max > candidate,
+                                                         word_max > kept_max))]
             with m.If(tags[s_max].last):
                 m.d.sync += max_done.eq(1)
         v_rowmax = Signal(signed(32))

@@ -462,13 +462,13 @@ def test_back_to_back_and_cycle_counts():
         assert accepted[i] not in busy and done[i] not in busy
         if i + 1 < len(commands):
             assert accepted[i + 1] == done[i]
-    # Streaming ops run one word per cycle; SOFTMAX rows (8 lanes) cost 3·n_words + 54
+    # Streaming ops run one word per cycle; SOFTMAX rows (8 lanes) cost 3·n_words + 56
     # at most.
     assert vector_cycles(config, VectorOp.CLAMP, count=3, n_words=3, n_valid=1) == 9 + 9
     assert vector_cycles(config, VectorOp.REQUANT, count=3, n_words=3, n_valid=1) == 9 + 18
-    assert vector_cycles(config, VectorOp.ROWMAX, count=3, n_words=3, n_valid=9) == 6 + 13
+    assert vector_cycles(config, VectorOp.ROWMAX, count=3, n_words=3, n_valid=9) == 6 + 15
     assert vector_cycles(config, VectorOp.SOFTMAX, count=2, n_words=4,
-                         n_valid=32) == 2 * (3 * 4 + 54) + 11
+                         n_valid=32) == 2 * (3 * 4 + 56) + 11
     assert DIVIDER_STEPS == 26
 
 
