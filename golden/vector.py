@@ -73,9 +73,9 @@ __all__ = [
     "SOFTMAX_POLY_C", "SOFTMAX_Z_LIMIT", "SOFTMAX_RECIP_BITS", "SOFTMAX_RECIP_NUMERATOR",
     "SOFTMAX_OUT_SHIFT", "SOFTMAX_OUT_MAX", "N_VALID_MAX",
     "softmax_multiplier", "integer_softmax", "softmax_exp", "row_max", "vector_op",
-    "MBQM_LATENCY", "DIVIDER_STEPS", "STAGE_ELEMENTWISE", "STAGE_NORM", "STAGE_MAX",
-    "STAGE_MBQM_IN", "STAGE_REQUANT", "STAGE_EXP", "STAGE_SUM", "DONE_AFTER_WRITE",
-    "MAX_TURN", "SUM_TURN", "vector_cycles", "PACK_BITS", "pack_group", "pack_words",
+    "MBQM_LATENCY", "DIVIDER_STEPS", "STAGE_READ", "STAGE_ELEMENTWISE", "STAGE_NORM",
+    "STAGE_MBQM_IN", "STAGE_REQUANT", "STAGE_EXP", "DONE_AFTER_WRITE", "tree_levels",
+    "stage_max", "stage_rowmax", "stage_sum", "max_turn", "sum_turn", "vector_cycles", "PACK_BITS", "pack_group", "pack_words",
     "TO_BF16_OPS", "to_bf16_bytes",
 ]
 
@@ -120,22 +120,56 @@ MBQM_LATENCY = 7
 SUM_MIN_LOG2 = 22
 #: Cycles of the restoring divider (one quotient bit per cycle).
 DIVIDER_STEPS = SOFTMAX_RECIP_BITS - SUM_MIN_LOG2
-#: Pipeline stages at which each kind of word is written (its result enters the FIFO).
-STAGE_ELEMENTWISE = 2                       # CLAMP, ADD/SUB
-STAGE_NORM = 3                              # SOFTMAX pass 3, ROWMAX
-STAGE_MAX = 2                               # the row maximum is updated
-STAGE_MBQM_IN = 2                           # d (or a for REQUANT) enters the multiplier
-STAGE_REQUANT = STAGE_MBQM_IN + MBQM_LATENCY + 2         # 11: + zero point, clamp
-STAGE_EXP = STAGE_MBQM_IN + MBQM_LATENCY + 4             # 13: -t; z, p; l; e
-STAGE_SUM = STAGE_EXP + 1                                # 14: row sum updated
-#: Cycles from a result entering the write FIFO to ``done`` when it is the last one.
-DONE_AFTER_WRITE = 4
-#: Cycles without a read between pass 1 and pass 2 of a SOFTMAX row: the maximum is
-#: updated at STAGE_MAX and seen by the sequencer one cycle later.
-MAX_TURN = STAGE_MAX + 1
-#: Cycles without a read between pass 2 and pass 3: the sum is updated at STAGE_SUM and
-#: seen one cycle later, then the divider's steps and its hand-over cycle.
-SUM_TURN = STAGE_SUM + 1 + DIVIDER_STEPS + 1
+#: Pipeline stages (the cycle, counted from the read's issue, in which a word's value is
+#: in a stage's register; the word read is registered at STAGE_READ) at which each kind
+#: of word is written (its result enters the FIFO).  Every stage holds at most one carry
+#: chain or comparison of the word's width.
+STAGE_READ = 2                              # the word read is registered
+STAGE_ELEMENTWISE = 4                       # CLAMP, ADD/SUB/MAX, PACK, TO_BF16: flags, select
+STAGE_NORM = 6                              # SOFTMAX pass 3: e · R, then three adder stages
+STAGE_MBQM_IN = 4                           # d (or a for REQUANT) enters the multiplier
+STAGE_REQUANT = STAGE_MBQM_IN + MBQM_LATENCY + 2         # 13: clamp decision, select
+STAGE_EXP = STAGE_MBQM_IN + MBQM_LATENCY + 5             # 16: -t; z, p; u²; l; e
+#: Cycles from a result at its stage to ``done`` when it is the last one: the write
+#: register, the FIFO, its output register, the write taken, ``done``.
+DONE_AFTER_WRITE = 5
+
+
+def tree_levels(cols):
+    """Levels of the pairwise trees over a word's ``cols`` lanes (the word's maximum and
+    the word's sum of ``e``), one pipeline stage each."""
+    return (cols - 1).bit_length()
+
+
+def stage_max(cols):
+    """Stage at which the row maximum is updated with a word's maximum (the tree's first
+    level, a selection and a comparison stage for each further level, then the word's
+    maximum selected into a register)."""
+    return STAGE_READ + 2 * tree_levels(cols)
+
+
+def stage_rowmax(cols):
+    """Stage at which ROWMAX writes the row maximum (updated at :func:`stage_max`, a
+    selection of registers, registered)."""
+    return stage_max(cols) + 2
+
+
+def stage_sum(cols):
+    """Stage at which the row sum is updated with a word's sum of ``e``."""
+    return STAGE_EXP + tree_levels(cols)
+
+
+def max_turn(cols):
+    """Cycles without a read between pass 1 and pass 2 of a SOFTMAX row: the maximum is
+    updated at :func:`stage_max` and seen by the sequencer one cycle later."""
+    return stage_max(cols) + 1
+
+
+def sum_turn(cols):
+    """Cycles without a read between pass 2 and pass 3: the sum is updated at
+    :func:`stage_sum` and seen one cycle later, then the divider's steps and its
+    hand-over cycle."""
+    return stage_sum(cols) + 1 + DIVIDER_STEPS + 1
 
 
 def vector_cycles(config, op, *, count, n_words, n_valid):
@@ -143,10 +177,10 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
     with the OUT write port always ready (exact for ``hw/vector_unit.py``).
 
     ``op`` is a :class:`~npugen.golden.isa.VectorOp` or its code; the other arguments
-    are the instruction's fields.  CLAMP, PACK_INT4, PACK_BINARY ``c·n + 6``, REQUANT
-    ``c·n + 15``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 6``, ROWMAX ``c·v + 7``, SOFTMAX
-    ``c·(v + 2·n + 45) + 7`` (``c = count``, ``n = n_words``,
-    ``v = ceil(n_valid / cols)``).
+    are the instruction's fields.  CLAMP, PACK_INT4, PACK_BINARY ``c·n + 9``, REQUANT
+    ``c·n + 18``, ADD/SUB/MAX/TO_BF16/TO_BF16_RELU ``2·c·n + 9``, ROWMAX ``c·v + 2·L + 9``,
+    SOFTMAX ``c·(v + 2·n + 3·L + 47) + 11`` (``c = count``, ``n = n_words``,
+    ``v = ceil(n_valid / cols)``, ``L = ceil(log2(cols))``: 3 for 8 lanes).
     """
     from .config import NPUConfig
     from .isa import VectorOp
@@ -166,10 +200,11 @@ def vector_cycles(config, op, *, count, n_words, n_valid):
             raise ValueError(f"{name} must be a positive integer, not {value!r}")
     valid_words = -(-n_valid // config.cols)
     if op is VectorOp.SOFTMAX:
-        row = valid_words + MAX_TURN + n_words + SUM_TURN + n_words
+        row = (valid_words + max_turn(config.cols) + n_words + sum_turn(config.cols)
+               + n_words)
         return count * row + STAGE_NORM + DONE_AFTER_WRITE
     if op is VectorOp.ROWMAX:
-        return count * valid_words + STAGE_NORM + DONE_AFTER_WRITE
+        return count * valid_words + stage_rowmax(config.cols) + DONE_AFTER_WRITE
     if op in (VectorOp.ADD, VectorOp.SUB, VectorOp.MAX, VectorOp.TO_BF16,
               VectorOp.TO_BF16_RELU):
         return 2 * count * n_words + STAGE_ELEMENTWISE + DONE_AFTER_WRITE

@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 from .fp_pipeline import less_than
 from .layouts import QPARAM_BITS, SHIFT_BITS, quant_params_layout
 
-__all__ = ["Requantizer", "LATENCY", "QuantizedMultiplier", "MBQM_LATENCY"]
+__all__ = ["Requantizer", "LATENCY", "QuantizedMultiplier", "MBQM_LATENCY", "shift_left_wrapped"]
 
 #: Cycles from a row presented to its result.
 LATENCY = 11
@@ -40,6 +40,18 @@ _SPLIT = 15
 
 _INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
+
+
+def shift_left_wrapped(value, amount):
+    """``value << amount`` modulo ``2**32`` (``value`` 32 bits, ``amount`` 5 bits,
+    unsigned result), combinational: a rotation masked by a thermometer code of the
+    amount.  The zeros come from an AND, not from multiplexers with a constant input,
+    which synthesis would turn into a different synchronous reset for every bit."""
+    rotated = Value.cast(value).as_unsigned()
+    for k in range(5):
+        rotated = Mux(amount[k], rotated.rotate_left(1 << k), rotated)
+    keep = Cat(less_than(amount, i + 1) for i in range(32))
+    return rotated & keep
 
 
 class QuantizedMultiplier(wiring.Component):
@@ -70,15 +82,22 @@ class QuantizedMultiplier(wiring.Component):
     ``MultiplyByQuantizedMultiplier(...) + offset`` exactly, ``max(32, offset_bits) + 1``
     bits wide (the requantizer's output zero point).
 
+    With ``left_shift=False`` stage 1 only registers ``x``: the caller has already
+    shifted it left by ``max(shift, 0)`` (wrapped to 32 bits, e.g. with
+    :func:`shift_left_wrapped` in a stage of its own), and only the right shift by
+    ``max(-shift, 0)`` is applied.
+
     Parameters
     ----------
     lanes : int
         Lanes processed in parallel, each with its own multiplier and shift.
     offset_bits : int
         Width of the ``offset`` input (0: no offset, ``result`` is int32).
+    left_shift : bool
+        Whether stage 1 shifts ``x`` left by ``max(shift, 0)``.
     """
 
-    def __init__(self, lanes, *, offset_bits=0):
+    def __init__(self, lanes, *, offset_bits=0, left_shift=True):
         if isinstance(lanes, bool) or not isinstance(lanes, int):
             raise TypeError(f"lanes must be a positive integer, not {lanes!r}")
         if lanes < 1:
@@ -87,8 +106,11 @@ class QuantizedMultiplier(wiring.Component):
             raise TypeError(f"offset_bits must be an integer in 0..32, not {offset_bits!r}")
         if not 0 <= offset_bits <= 32:
             raise ValueError(f"offset_bits must be an integer in 0..32, not {offset_bits!r}")
+        if not isinstance(left_shift, bool):
+            raise TypeError(f"left_shift must be a bool, not {left_shift!r}")
         self._lanes = lanes
         self._offset_bits = offset_bits
+        self._left_shift = left_shift
         result_bits = max(32, offset_bits) + 1 if offset_bits else 32
         members = {
             "x": In(data.ArrayLayout(signed(32), lanes)),
@@ -119,17 +141,13 @@ class QuantizedMultiplier(wiring.Component):
         x = reg(signed(32), "x")
         multiplier = reg(signed(32), "multiplier")
         negative = shift_in[-1]
-        left = Mux(negative, 0, shift_in[:5])
-        # x << left as a rotation masked by a thermometer code of the amount: the zeros
-        # come from an AND, not from multiplexers with a constant input, which synthesis
-        # would turn into a different synchronous reset for every bit of x.
-        rotated = self.x[lane].as_unsigned()
-        for k in range(5):
-            rotated = Mux(left[k], rotated.rotate_left(1 << k), rotated)
-        keep = Cat(less_than(left, i + 1) for i in range(32))
+        if self._left_shift:
+            shifted = shift_left_wrapped(self.x[lane], Mux(negative, 0, shift_in[:5]))
+        else:
+            shifted = self.x[lane]
         right = [reg(range(32), f"right_s{i}") for i in range(1, 6)]
         m.d.sync += [
-            x.eq((rotated & keep).as_signed()),
+            x.eq(shifted.as_signed()),
             multiplier.eq(self.multiplier[lane]),
             right[0].eq(Mux(negative, (-shift_in)[:5], 0)),
         ]

@@ -205,7 +205,7 @@ def test_vector_unit_timing_is_the_hardware_one():
     from npugen.golden import vector
     assert vector.MBQM_LATENCY == requantizer.MBQM_LATENCY
     assert vector_unit.vector_cycles is vector.vector_cycles
-    assert vector_unit.FIFO_DEPTH == vector.STAGE_EXP + 5
+    assert vector_unit.FIFO_DEPTH == vector.STAGE_EXP + 6
 
 
 # -- errors --------------------------------------------------------------------------------

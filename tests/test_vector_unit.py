@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module, Signal, unsigned
 from amaranth.lib.memory import Memory
+from amaranth.sim import Simulator
 
 import cycle_sim
 from cycle_sim import run_cycles
 from npugen.golden.config import NPUConfig, PRESETS
 from npugen.golden.quant import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
-from npugen.golden.vector import (VECTOR_OPS, pack_words, softmax_exp, softmax_multiplier,
-                                  vector_op)
+from npugen.golden.vector import (VECTOR_OPS, max_turn, pack_words, softmax_exp,
+                                  softmax_multiplier, stage_sum, vector_op)
 from npugen.hw.isa import Opcode, VectorOp
 from npugen.hw.requantizer import MBQM_LATENCY, QuantizedMultiplier
 from npugen.hw.vector_unit import DIVIDER_STEPS, VectorUnit, vector_cycles
@@ -461,10 +462,13 @@ def test_back_to_back_and_cycle_counts():
         assert accepted[i] not in busy and done[i] not in busy
         if i + 1 < len(commands):
             assert accepted[i + 1] == done[i]
-    # Streaming ops run one word per cycle; SOFTMAX rows cost 3·n_words + 45 at most.
-    assert vector_cycles(config, VectorOp.CLAMP, count=3, n_words=3, n_valid=1) == 9 + 6
+    # Streaming ops run one word per cycle; SOFTMAX rows (8 lanes) cost 3·n_words + 56
+    # at most.
+    assert vector_cycles(config, VectorOp.CLAMP, count=3, n_words=3, n_valid=1) == 9 + 9
+    assert vector_cycles(config, VectorOp.REQUANT, count=3, n_words=3, n_valid=1) == 9 + 18
+    assert vector_cycles(config, VectorOp.ROWMAX, count=3, n_words=3, n_valid=9) == 6 + 15
     assert vector_cycles(config, VectorOp.SOFTMAX, count=2, n_words=4,
-                         n_valid=32) == 2 * (3 * 4 + 45) + 7
+                         n_valid=32) == 2 * (3 * 4 + 56) + 11
     assert DIVIDER_STEPS == 26
 
 
@@ -599,9 +603,10 @@ def test_softmax_exp_pass(config):
     n_words, n_valid = 3, 3 * cols - 1
     cmd = command("softmax", count=2, src=0, dst=8, n_words=n_words, n_valid=n_valid,
                   multiplier=multiplier, shift=shift, cols=cols)
-    # Row 0: pass-1 reads in cycles 1…v, pass-2 reads end v + 3 + n_words, then the
-    # sum settles (15 cycles) and the divider runs: stop in its middle.
-    stop = 1 + n_words + 3 + n_words + 15 + DIVIDER_STEPS // 2
+    # Row 0: pass-1 reads in cycles 1…v, pass-2 reads end v + max_turn + n_words, then
+    # the sum settles (stage_sum + 1 cycles) and the divider runs: stop in its middle.
+    stop = (1 + n_words + max_turn(cols) + n_words + stage_sum(cols) + 1
+            + DIVIDER_STEPS // 2)
     stopped = simulate(config, init, [cmd], seed=seed, abort_at=[stop])
     assert stopped["done"] == []
     got = sum(stopped["memory"][8:8 + n_words], [])
@@ -647,6 +652,53 @@ def test_quantized_multiplier_component():
         assert trace[t + MBQM_LATENCY] == want, (t, row)
 
 
+def test_quantized_multiplier_without_left_shift():
+    """With ``left_shift=False`` the caller's ``x << max(shift, 0)`` (wrapped, from
+    ``shift_left_wrapped``) gives the golden result: the vector unit's use."""
+    from npugen.hw.requantizer import shift_left_wrapped
+
+    seed = 0x7EC_0092
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    lanes = 2
+    dut = QuantizedMultiplier(lanes, left_shift=False)
+    inputs = [[(rng.choice([rng.randint(INT32_MIN, INT32_MAX), *EXTREMES]),
+                rng.choice([rng.randint(0, INT32_MAX), INT32_MIN, INT32_MAX]),
+                rng.randint(-31, 30)) for _ in range(lanes)] for _ in range(40)]
+
+    def shifted(x, s):
+        m = Module()
+        value, amount, out = Signal(32), Signal(5), Signal(32)
+        m.d.comb += out.eq(shift_left_wrapped(value, amount))
+        got = []
+
+        async def bench(ctx):
+            ctx.set(value, x & 0xFFFF_FFFF)
+            ctx.set(amount, max(s, 0))
+            got.append(ctx.get(out))
+
+        sim = Simulator(m)
+        sim.add_testbench(bench)
+        sim.run()
+        assert got[0] == (x << max(s, 0)) & 0xFFFF_FFFF
+        return got[0] - (1 << 32) if got[0] >> 31 else got[0]
+
+    cycles = [{"x": [shifted(x, sh) for x, _, sh in row], "multiplier": [v[1] for v in row],
+               "shift": [v[2] for v in row]} for row in inputs]
+    cycles += [{"x": [0] * lanes, "multiplier": [0] * lanes, "shift": [0] * lanes}] * 8
+
+    def read(ctx):
+        result = ctx.get(dut.result)
+        return [result[i] for i in range(lanes)]
+
+    trace = run_cycles(dut, cycles, read)
+    for t, row in enumerate(inputs):
+        want = [int(multiply_by_quantized_multiplier(x, m, s)) for x, m, s in row]
+        assert trace[t + MBQM_LATENCY] == want, (t, row)
+    with pytest.raises(TypeError, match=r"^left_shift must be a bool, not 1$"):
+        QuantizedMultiplier(lanes, left_shift=1)
+
+
 @pytest.mark.parametrize("lanes, exc, message", [
     (0, ValueError, r"^lanes must be a positive integer, not 0$"),
     (2.0, TypeError, r"^lanes must be a positive integer, not 2\.0$"),
@@ -657,30 +709,36 @@ def test_quantized_multiplier_bad_lanes(lanes, exc, message):
         QuantizedMultiplier(lanes)
 
 
-def test_norm_product_is_the_exact_product():
-    """The NORM product (low bits on a DSP, high bits in LUTs) equals e · R for random and
-    extreme operands."""
-    from amaranth.sim import Simulator
-
-    from npugen.hw.vector_unit import _E_BITS, _norm_product
+def test_norm_stages_are_the_exact_output():
+    """The NORM stages (low bits of e on a DSP, high bits in LUTs, four cycles) give
+    min(127, (e · R) >> 41) for random and extreme operands, one pair per cycle."""
+    from npugen.hw.vector_unit import _E_BITS, _norm_stages
 
     seed = random.randrange(1 << 32)
     print(f"seed {seed}")
     rng = random.Random(seed)
     e, recip = Signal(_E_BITS), Signal(DIVIDER_STEPS)
-    product = Signal(_E_BITS + DIVIDER_STEPS)
     m = Module()
-    m.d.comb += product.eq(_norm_product(e, recip))
+    out = _norm_stages(m, e, recip, "norm")
     top_e, top_r = (1 << _E_BITS) - 1, (1 << DIVIDER_STEPS) - 1
-    cases = [(0, 0), (top_e, top_r), (top_e, 1), (1, top_r), (1 << 18, top_r), ((1 << 18) - 1, top_r)]
+    cases = [(0, 0), (top_e, top_r), (top_e, 1), (1, top_r), (1 << 18, top_r),
+             ((1 << 18) - 1, top_r), (1 << 22, 1 << 19), ((1 << 22) - 1, 1 << 19)]
     cases += [(rng.getrandbits(_E_BITS), rng.getrandbits(DIVIDER_STEPS)) for _ in range(200)]
+    cases += [(rng.getrandbits(_E_BITS), rng.getrandbits(rng.randint(18, DIVIDER_STEPS)))
+              for _ in range(200)]
     sim = Simulator(m)
+    sim.add_clock(1e-6)
+    got = []
 
     async def bench(ctx):
-        for a, b in cases:
+        for a, b in cases + [(0, 0)] * 4:
             ctx.set(e, a)
             ctx.set(recip, b)
-            assert ctx.get(product) == a * b, (a, b)
+            await ctx.tick()
+            got.append(ctx.get(out))
 
     sim.add_testbench(bench)
     sim.run()
+    want = [min(127, (a * b) >> 41) for a, b in cases]
+    assert got[3:3 + len(cases)] == want
+    assert len(set(want)) > 20                   # the cases reach many outputs
