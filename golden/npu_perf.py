@@ -94,7 +94,7 @@ class Timing:
     #: A hazard's range released (``done``/``reads_done``) → the waiting instruction issues.
     hazard_delay: int = 2
     #: LOAD accepted → its first word planned.
-    load_setup: int = 2
+    load_setup: int = 3
     #: STORE accepted → its first word planned.
     store_setup: int = 1
     #: Beats and byte segments of one burst at most.

@@ -6,10 +6,10 @@ consumed in order.  Read ID 0 fetches instructions, ID 1 loads data (:class:`Rea
 
 :class:`LoadEngine` executes LOAD (``docs/ISA.md``) as a pipeline::
 
-    cmd ─► word sequencer ─► BurstPlanner ─► AR register ─► bus.ar
-           (exact host        │  descriptor FIFO
-            addresses,        ▼
-            window, align) ── R consumer (a piece = one beat × one segment a cycle) ─► wr_*
+    cmd ─► word sequencer ─► register stage ─► BurstPlanner ─► AR register ─► bus.ar
+           (exact host                          │  descriptor FIFO
+            addresses,                          ▼
+            window, align) ──────────────────── R consumer (a piece = one beat × one segment a cycle) ─► wr_*
 
 * The **sequencer** walks the words ``(o, i)`` with exact (50-bit) host addresses.  A
   word outside the windows is a pad word (nothing is read).  A read word is checked
@@ -17,7 +17,8 @@ consumed in order.  Read ID 0 fetches instructions, ID 1 loads data (:class:`Rea
   (else BAD_HOST_ADDRESS), and for PARAM every lane 4-aligned (else MISALIGNED; the
   window is checked first).  A word becomes byte *segments*: one when the lanes are
   contiguous (``lane_stride`` = lane bytes, or one lane) or broadcast (``lane_stride``
-  0: lane 0 is read once and copied), one per lane for a gather.
+  0: lane 0 is read once and copied), one per lane for a gather.  Segments pass a two-entry
+  register stage (:func:`skid_stage`) to the planner: one a cycle, a cycle of latency.
 * The **planner** joins segments into bursts: a segment whose first beat is the last
   beat of the open burst shares it (*shared*), one starting at the next beat extends
   the burst; a long segment spans several bursts.  A burst is closed (issued) when a
@@ -38,7 +39,7 @@ outstanding beats and goes idle.  ``abort`` drops everything not yet on the bus,
 an AR handshake already offered, drains the outstanding beats and goes idle.
 """
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -51,7 +52,7 @@ from .dma_common import (ADDR_BITS, DESC_DEPTH, HOST_BITS, ID_BITS, MAX_BURST_BE
 from .isa import INSTRUCTION_BITS, LoadTarget, NPUError, load_layout
 
 __all__ = ["ReadPortSignature", "ReadMux", "BurstPlanner", "InstructionFetch", "LoadEngine",
-           "segment_queue", "offer_segment", "fetch_item_layout", "load_word_bits",
+           "segment_queue", "skid_stage", "offer_segment", "fetch_item_layout", "load_word_bits",
            "MAX_BURST_BEATS", "MAX_OUTSTANDING", "FETCH_DEPTH", "FETCH_ID", "LOAD_ID",
            "HOST_BITS"]
 
@@ -281,6 +282,36 @@ def segment_queue(m, data_bytes, desc_layout, *, reset):
     descriptors = SyncFIFO(width=desc_layout.size, depth=DESC_DEPTH)
     m.submodules.descriptors = ResetInserter(reset)(descriptors)
     return planner, descriptors
+
+
+def skid_stage(m, *, valid, fields, taken, flush):
+    """A two-entry register stage (skid buffer) from a producer to a consumer, so that
+    no combinational path joins them.  ``fields`` are ``(source, destination)`` pairs:
+    each destination holds the stage's head; ``valid`` offers the sources; ``taken``
+    is the consumer taking the head.  Returns ``(ready, head_valid)``; ``ready`` is a
+    register (the stage takes ``valid``).  One item per cycle, one cycle of latency;
+    ``flush`` empties it."""
+    packed = Cat(*[Value.cast(src) for src, _ in fields])
+    head = Signal(len(packed))
+    skid = Signal(len(packed))
+    head_valid = Signal()
+    skid_valid = Signal()
+    accept = valid & ~skid_valid
+    with m.If(flush):
+        m.d.sync += [head_valid.eq(0), skid_valid.eq(0)]
+    with m.Elif(~head_valid | taken):
+        with m.If(skid_valid):
+            m.d.sync += [head_valid.eq(1), head.eq(skid), skid_valid.eq(0)]
+        with m.Else():
+            m.d.sync += [head_valid.eq(accept), head.eq(packed)]
+    with m.Elif(accept):
+        m.d.sync += [skid_valid.eq(1), skid.eq(packed)]
+    at = 0
+    for src, dst in fields:
+        width = len(Value.cast(src))
+        m.d.comb += Value.cast(dst).eq(head[at:at + width])
+        at += width
+    return ~skid_valid, head_valid
 
 
 def offer_segment(m, planner, descriptors, *, valid, data, start, length, close, desc, flush):
@@ -517,8 +548,22 @@ class LoadEngine(wiring.Component):
         seg_code = Signal(8)
         seg_valid = Signal()
         desc = Signal(desc_layout)
-        take = offer_segment(m, planner, desc_fifo, valid=seg_valid, data=seg_kind == _SEG,
-                             start=seg_start, length=seg_len, close=0, desc=desc, flush=flush)
+        # A register stage between the sequencer and the planner (its address, window
+        # and alignment logic never meets the planner's in one cycle).
+        st_data = Signal()
+        st_start = Signal(32)
+        st_len = Signal(9)
+        st_desc = Signal(desc_layout)
+        st_take = Signal()
+        st_ready, st_valid = skid_stage(
+            m, valid=seg_valid,
+            fields=[(seg_kind == _SEG, st_data), (seg_start, st_start), (seg_len, st_len),
+                    (desc, st_desc)],
+            taken=st_take, flush=flush)
+        take = seg_valid & st_ready
+        m.d.comb += st_take.eq(offer_segment(
+            m, planner, desc_fifo, valid=st_valid, data=st_data, start=st_start,
+            length=st_len, close=0, desc=st_desc, flush=flush))
 
         # On abort or error (flush) the sequencer stops where it is.
         with m.FSM():
