@@ -96,14 +96,14 @@ class Timing:
     #: LOAD accepted → its first word planned.
     load_setup: int = 3
     #: STORE accepted → its first word planned.
-    store_setup: int = 1
+    store_setup: int = 2
     #: Beats and byte segments of one burst at most.
     burst_beats: int = 16
     burst_segments: int = 16
     #: LOAD: last word written → ``done``.
     load_tail: int = 2
     #: STORE accepted → its first W beat at the earliest.
-    store_first_w: int = 5
+    store_first_w: int = 6
     #: Last W beat of a burst → its write response.
     write_response: int = 2
     #: STORE: last write response → ``done``.

@@ -2,17 +2,19 @@
 
 :class:`StoreEngine` executes STORE (``docs/ISA.md``) as a pipeline::
 
-    cmd ─► word sequencer ─► BurstPlanner ─► AW register ─► bus.aw
-           (exact host        │ descriptor FIFO   └─► burst lengths, done flags
-            addresses,        ▼
-            window, align) ── OUT read ─► word FIFO ─► beat assembler ─► bus.w
+    cmd ─► word sequencer ─► register stage ─► BurstPlanner ─► AW register ─► bus.aw
+           (exact host                          │ descriptor FIFO   └─► burst lengths, done flags
+            addresses,                          ▼
+            window, align) ──────────────────── OUT read ─► word FIFO ─► beat assembler ─► bus.w
                                                                         bus.b ─► done
 
 * The **sequencer** walks the words ``(o, i)`` with exact (50-bit) host addresses and
   checks each word before anything of it is written: all its ``lanes·elem_bytes``
   bytes inside ``[write_base, write_limit)`` (else BAD_HOST_ADDRESS), and for int32 the
   address 4-aligned (else MISALIGNED; the window is checked first).  A good word is one
-  byte segment (lanes are contiguous in host memory).
+  byte segment (lanes are contiguous in host memory).  Segments pass a two-entry
+  register stage (:func:`~npugen.hw.dma_read.skid_stage`) to the planner: one a cycle,
+  a cycle of latency.
 * The **planner** (:class:`~npugen.hw.dma_read.BurstPlanner`) joins consecutive
   segments into INCR bursts (≤ 16 beats, never across 4 KB); two words that meet inside
   a beat share it.  Bursts never span two instructions.
@@ -43,7 +45,7 @@ from .axi import RESP_OKAY
 from .dma_common import (ADDR_BITS, ID_BITS, MAX_OUTSTANDING, AddressChannel,
                          BusPortSignature, WordWalk, check_config, issue_bursts, log2,
                          report_errors, stop_on, track_busy)
-from .dma_read import offer_segment, segment_queue
+from .dma_read import offer_segment, segment_queue, skid_stage
 from .isa import NPUError, store_layout
 
 __all__ = ["WritePortSignature", "StoreEngine", "WRITE_ID"]
@@ -142,9 +144,22 @@ class StoreEngine(wiring.Component):
         seg_code = Signal(8)
         seg_last = (seg_kind == _SEG) & walk.last_i & walk.last_o
         desc = Signal(desc_layout)
-        take = offer_segment(m, planner, desc_fifo, valid=seg_valid, data=seg_kind == _SEG,
-                             start=addr[:32], length=nbytes_word, close=seg_last, desc=desc,
-                             flush=flush)
+        # A register stage between the sequencer and the planner (timing).
+        st_data = Signal()
+        st_start = Signal(32)
+        st_len = Signal(9)
+        st_close = Signal()
+        st_desc = Signal(desc_layout)
+        st_take = Signal()
+        st_ready, st_valid = skid_stage(
+            m, valid=seg_valid,
+            fields=[(seg_kind == _SEG, st_data), (addr[:32], st_start), (nbytes_word, st_len),
+                    (seg_last, st_close), (desc, st_desc)],
+            taken=st_take, flush=flush)
+        take = seg_valid & st_ready
+        m.d.comb += st_take.eq(offer_segment(
+            m, planner, desc_fifo, valid=st_valid, data=st_data, start=st_start,
+            length=st_len, close=st_close, desc=st_desc, flush=flush))
 
         # On abort or error (flush) the sequencer stops where it is.
         with m.FSM():
