@@ -117,6 +117,15 @@ def _npu(config):
     return top_component(config, top="npu")
 
 
+def _npu_block(module, cls_name):
+    """A factory of one block of the NPU top (``npugen.hw.<module>.<cls_name>(config)``),
+    synthesized alone to find which block limits the top's Fmax."""
+    def factory(config):
+        import importlib
+        return getattr(importlib.import_module(f"npugen.hw.{module}"), cls_name)(config)
+    return factory
+
+
 def _float_unit(kind, fmt_name, **kwargs):
     """A factory of an FP multiplier or adder behind plain ports.
 
@@ -186,6 +195,22 @@ UNITS: dict[str, Unit] = {
     "fp32_add": Unit(_float_unit("add", "FLOAT32"), 0, "FP32 adder (accumulation)"),
     "gemm_core": Unit(_gemm_core, _peak_macs, "GEMM core: controller, array, accumulator, "
                                               "requantizer, result FIFO"),
+    "registers": Unit(_npu_block("registers", "RegisterFile"), 0,
+                      "NPU block: AXI4-Lite register file"),
+    "controller": Unit(_npu_block("controller", "Controller"), 0,
+                       "NPU block: instruction decode, dependency tracking, dispatch"),
+    "fetch": Unit(_npu_block("dma_read", "InstructionFetch"), 0,
+                  "NPU block: instruction fetch (AXI4 reads, ID 0)"),
+    "load_engine": Unit(_npu_block("dma_read", "LoadEngine"), 0,
+                        "NPU block: LOAD DMA (AXI4 reads → scratchpads)"),
+    "store_engine": Unit(_npu_block("dma_write", "StoreEngine"), 0,
+                         "NPU block: STORE DMA (OUT scratchpad → AXI4 writes)"),
+    "vector_unit": Unit(_npu_block("vector_unit", "VectorUnit"), 0,
+                        "NPU block: vector unit (requantize, element-wise, softmax)"),
+    "compute_unit": Unit(_npu_block("compute_unit", "ComputeUnit"), _peak_macs,
+                         "NPU block: GEMM core and sparse engine behind scratchpad ports"),
+    "scratchpads": Unit(_npu_block("scratchpad", "Scratchpads"), 0,
+                        "NPU block: ACT, WGT, WIDX, PARAM and OUT scratchpads"),
     NPU_TOP: Unit(_npu, _peak_macs, "the NPU top: registers, controller, DMA, scratchpads, "
                                     "vector and compute units (AXI host interface)"),
 }

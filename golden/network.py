@@ -114,16 +114,11 @@ class _Layer:
             self.macs = batch * self.k * self.n
             self.out_shape = (batch, self.n)
         else:
-            kh, kw, cin, cout = w.shape
-            _, h, wd, c = in_shape
-            if c != cin:
-                raise ValueError(f"layer {spec.name}: input has {c} channels, the kernel {cin}")
+            kh, kw, cin, cout, h, wd = self._conv_shape(spec, w.shape, in_shape, batch)
             if (cin * BITS[self.mode]) % 8:
                 raise ValueError(f"layer {spec.name}: {cin} channels do not pack into whole "
                                  f"bytes in {self.mode} mode")
-            self.kh, self.kw, self.cin, self.h, self.w = kh, kw, cin, h, wd
             self.pixel_bytes = cin * BITS[self.mode] // 8
-            self.taps = kh * kw
             # The network input with few channels: taps of one kernel row share a K tile
             # (lanes = consecutive pixels of the zero-point-padded input, no windows).
             self.row_taps = (index == 0 and self.mode == "int8" and not self.sparse
@@ -138,12 +133,6 @@ class _Layer:
                 self.chunks = -(-cin // self.kpt)
                 self.k_tiles = self.taps * self.chunks
                 self.k_valid_last = cin - (self.chunks - 1) * self.kpt
-            self.s = 2 if spec.pool else 1
-            if h % self.s or wd % self.s:
-                raise ValueError(f"layer {spec.name}: pooling needs an even height and width, "
-                                 f"not {h}×{wd}")
-            self.hp, self.wp = h // self.s, wd // self.s
-            self.phases = [(dy, dx) for dy in range(self.s) for dx in range(self.s)]
             pad_w = -1 if self.mode == "binary" else 0
             if self.row_taps:
                 # tile (ky, group): row j·cin + c = tap kx = group·per_tile + j, channel c
@@ -160,18 +149,13 @@ class _Layer:
                 # Padding bits counted by the array: act bit 0 (−1) · weight bit 0 (−1).
                 counted = (self.k_tiles - 1) * self.kpt + self.k_valid_last
                 bias = bias - (counted - self.taps * cin)
-            self.m = batch * h * wd
             if self.row_taps:      # the input stored with a border of zero-point pixels
                 self.in_bytes = batch * (h + 2) * (wd + 2) * self.pixel_bytes
                 self.headroom = 0
             else:
                 self.in_bytes = batch * h * wd * self.pixel_bytes
                 self.headroom = (wd + 1) * self.pixel_bytes      # padding 1 above and left
-            self.macs = batch * h * wd * self.taps * cin * cout
-            self.out_shape = (batch, self.hp, self.wp, cout)
-        if self.k_tiles * R > config.wgt_sp_depth or self.k_tiles > _U16:
-            raise ValueError(f"layer {spec.name} needs {self.k_tiles * R} weight words per "
-                             f"output tile, more than wgt_sp_depth={config.wgt_sp_depth}")
+        self._check_weight_words(config)
         # Weight rows (bytes), tile by tile.
         if self.sparse:
             packed = NMMatrix.from_dense(_pad_cols(w_rows, self.n_tiles * C))
@@ -202,6 +186,33 @@ class _Layer:
                            a_zero_point=0 if self.mode == "binary" else self.in_zp,
                            out_zero_point=int(layer.output.zero_point),
                            out_min=int(layer.out_min), out_max=int(layer.out_max))
+
+    def _conv_shape(self, spec, w_shape, in_shape, batch):
+        """Kernel, input and (pooled) output shapes of a conv layer, checked; returns
+        ``(kh, kw, cin, cout, h, w)``."""
+        kh, kw, cin, cout = w_shape
+        _, h, wd, c = in_shape
+        if c != cin:
+            raise ValueError(f"layer {spec.name}: input has {c} channels, the kernel {cin}")
+        self.kh, self.kw, self.cin, self.h, self.w = kh, kw, cin, h, wd
+        self.taps = kh * kw
+        self.s = 2 if spec.pool else 1
+        if h % self.s or wd % self.s:
+            raise ValueError(f"layer {spec.name}: pooling needs an even height and width, "
+                             f"not {h}×{wd}")
+        self.hp, self.wp = h // self.s, wd // self.s
+        self.phases = [(dy, dx) for dy in range(self.s) for dx in range(self.s)]
+        self.m = batch * h * wd
+        self.macs = batch * h * wd * self.taps * cin * cout
+        self.out_shape = (batch, self.hp, self.wp, cout)
+        return kh, kw, cin, cout, h, wd
+
+    def _check_weight_words(self, config):
+        """The layer's weight tiles must fit WGT (and the 16-bit ``k_tiles`` field)."""
+        if self.k_tiles * config.rows > config.wgt_sp_depth or self.k_tiles > _U16:
+            raise ValueError(f"layer {self.spec.name} needs {self.k_tiles * config.rows} weight "
+                             f"words per output tile, more than "
+                             f"wgt_sp_depth={config.wgt_sp_depth}")
 
     def _row_bytes(self, k):
         return -(-k * BITS[self.mode] // 8)
@@ -251,33 +262,17 @@ class _BF16Layer(_Layer):
             self.macs = batch * self.k * self.n
             self.out_shape = (batch, self.n)
         else:
-            kh, kw, cin, cout = w_bits.shape
-            _, h, wd, c = in_shape
-            if c != cin:
-                raise ValueError(f"layer {spec.name}: input has {c} channels, the kernel {cin}")
-            self.kh, self.kw, self.cin, self.h, self.w = kh, kw, cin, h, wd
+            kh, kw, cin, cout, h, wd = self._conv_shape(spec, w_bits.shape, in_shape, batch)
             self.pixel_bytes = 2 * cin
-            self.taps = kh * kw
             self.chunks = -(-cin // self.kpt)
             _, w_rows = bf16_conv_operands(np.zeros((1, 1, 1, cin), np.uint16), w_bits,
                                            b_bits, self.kpt)
-            self.s = 2 if spec.pool else 1
-            if h % self.s or wd % self.s:
-                raise ValueError(f"layer {spec.name}: pooling needs an even height and width, "
-                                 f"not {h}×{wd}")
-            self.hp, self.wp = h // self.s, wd // self.s
-            self.phases = [(dy, dx) for dy in range(self.s) for dx in range(self.s)]
-            self.m = batch * h * wd
             self.in_bytes = batch * h * wd * self.pixel_bytes
             self.headroom = (wd + 1) * self.pixel_bytes
-            self.macs = batch * h * wd * self.taps * cin * cout
-            self.out_shape = (batch, self.hp, self.wp, cout)
         # K tiles: the data tiles, then the bias tile (activation 1.0 in its first element).
         self.k_tiles = len(w_rows) // self.kpt
         self.k_valid_last = 1
-        if self.k_tiles * R > config.wgt_sp_depth or self.k_tiles > _U16:
-            raise ValueError(f"layer {spec.name} needs {self.k_tiles * R} weight words per "
-                             f"output tile, more than wgt_sp_depth={config.wgt_sp_depth}")
+        self._check_weight_words(config)
         columns = [(nt * C, C) for nt in range(self.n_tiles)]
         self.tile_bytes = self.k_tiles * R * C
         self.w_data = _tiles(_pad_cols(split_bytes(w_rows, 0), self.n_tiles * C), columns,

@@ -41,8 +41,7 @@ import numpy as np
 from .config import NPUConfig
 from .isa import (INSTRUCTION_BYTES, CoreError, End, Fence, IllegalInstruction, Load,
                   LoadTarget, Matmul, NPUError, Opcode, Store, Vector, VectorOp, decode)
-from .bf16_gemm import bf16_tile_sum, join_bytes
-from .floating import fp32_to_bits
+from .bf16_gemm import bf16_gemm, join_bytes
 from .precision import MODES, SPARSE_K_FACTOR, k_per_rows
 from .quant import _mbqm
 from .vector import TO_BF16_OPS, VECTOR_OPS, pack_words, vector_op
@@ -514,22 +513,17 @@ class NPUModel:
         self.sp["OUT"][instr.out_addr:instr.out_addr + m] = result
 
     def _matmul_bf16(self, instr, bias):
-        """bf16 MATMUL: FP32 tile sums in k order, accumulated tile by tile (ISA.md)."""
+        """bf16 MATMUL: the fixed-order GEMM of ``golden.bf16_gemm`` on the tiles' real
+        elements (K = k_tiles − 1 whole tiles plus ``k_valid_last``), then ``+ bias`` as
+        an integer on the FP32 bit patterns (ISA.md)."""
         cfg = self.config
-        R, m = cfg.rows, instr.m_rows
+        R, m, kt = cfg.rows, instr.m_rows, instr.k_tiles
         kpt = R // 2
-        acc = None
-        for kt in range(instr.k_tiles):
-            a_rows = self.sp["ACT"][instr.act_addr + kt * m:instr.act_addr + (kt + 1) * m, :R]
-            w_rows = self.sp["WGT"][instr.wgt_addr + kt * R:instr.wgt_addr + (kt + 1) * R]
-            k_valid = instr.k_valid_last if kt == instr.k_tiles - 1 else kpt
-            s = bf16_tile_sum(join_bytes(a_rows, 1), join_bytes(w_rows, 0), k_valid)
-            if acc is None:
-                acc = s
-            else:
-                with np.errstate(all="ignore"):
-                    acc = (acc + s).astype(np.float32)
-        bits = fp32_to_bits(acc).astype(np.int64)
+        k = (kt - 1) * kpt + instr.k_valid_last
+        a_rows = self.sp["ACT"][instr.act_addr:instr.act_addr + kt * m, :R]
+        a_bits = join_bytes(a_rows.reshape(kt, m, R).swapaxes(0, 1).reshape(m, kt * R), 1)
+        w_bits = join_bytes(self.sp["WGT"][instr.wgt_addr:instr.wgt_addr + kt * R], 0)
+        bits = bf16_gemm(a_bits[:, :k], w_bits[:k], kpt).astype(np.int64)
         result = _wrap(bits + bias[None, :], cfg.acc_bits)
         self.sp["OUT"][instr.out_addr:instr.out_addr + m] = result
 

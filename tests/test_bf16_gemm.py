@@ -90,6 +90,7 @@ def test_special_results():
 
 
 def test_byte_layout_round_trip():
+    print(f"seed={SEED}")
     rng = np.random.default_rng(SEED)
     bits = random_bf16(rng, (3, 5), specials=0.3)
     lanes = split_bytes(bits, 1)
