@@ -45,7 +45,7 @@ from .axi import RESP_OKAY
 from .dma_common import (ADDR_BITS, ID_BITS, MAX_OUTSTANDING, AddressChannel,
                          BusPortSignature, WordWalk, check_config, issue_bursts, log2,
                          report_errors, stop_on, track_busy)
-from .dma_read import offer_segment, segment_queue, skid_stage
+from .dma_read import planner_stage, segment_queue
 from .isa import NPUError, store_layout
 
 __all__ = ["WritePortSignature", "StoreEngine", "WRITE_ID"]
@@ -136,8 +136,7 @@ class StoreEngine(wiring.Component):
         sp, addr = walk.sp, walk.addr
         int32 = Signal()
         nbytes_word = Signal(9)
-        fault = walk.fault(self.write_base, self.write_limit, nbytes_word,
-                           aligned=~int32 | (addr[:2] == 0))
+        fault = walk.fault(aligned=~int32 | (addr[:2] == 0))
 
         seg_valid = Signal()
         seg_kind = Signal()
@@ -145,21 +144,10 @@ class StoreEngine(wiring.Component):
         seg_last = (seg_kind == _SEG) & walk.last_i & walk.last_o
         desc = Signal(desc_layout)
         # A register stage between the sequencer and the planner (timing).
-        st_data = Signal()
-        st_start = Signal(32)
-        st_len = Signal(9)
-        st_close = Signal()
-        st_desc = Signal(desc_layout)
-        st_take = Signal()
-        st_ready, st_valid = skid_stage(
-            m, valid=seg_valid,
-            fields=[(seg_kind == _SEG, st_data), (addr[:32], st_start), (nbytes_word, st_len),
-                    (seg_last, st_close), (desc, st_desc)],
-            taken=st_take, flush=flush)
+        st_ready = planner_stage(m, planner, desc_fifo, valid=seg_valid,
+                                 data=seg_kind == _SEG, start=addr[:32], length=nbytes_word,
+                                 close=seg_last, desc=desc, flush=flush)
         take = seg_valid & st_ready
-        m.d.comb += st_take.eq(offer_segment(
-            m, planner, desc_fifo, valid=st_valid, data=st_data, start=st_start,
-            length=st_len, close=st_close, desc=st_desc, flush=flush))
 
         # On abort or error (flush) the sequencer stops where it is.
         with m.FSM():
@@ -167,8 +155,9 @@ class StoreEngine(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
                 with m.If(self.cmd.valid & self.cmd.ready):
                     p = self.cmd.payload
-                    m.d.sync += [*walk.start(p), int32.eq(p.elem_bytes == 4),
-                                 nbytes_word.eq(Mux(p.elem_bytes == 4, p.lanes << 2, p.lanes))]
+                    size = Mux(p.elem_bytes == 4, p.lanes << 2, p.lanes)
+                    m.d.sync += [*walk.start(p, self.write_base, self.write_limit, size),
+                                 int32.eq(p.elem_bytes == 4), nbytes_word.eq(size)]
                     m.next = "WORD"
             with m.State("WORD"):
                 m.d.comb += seg_valid.eq(1)
