@@ -386,19 +386,14 @@ def planner_stage(m, planner, descriptors, *, valid, data, start, length, close,
     raw = [Value.cast(data), Value.cast(start), Value.cast(length), Value.cast(close),
            Value.cast(desc)]
     packed = Cat(*raw)
+    prev_b1 = Signal(ADDR_BITS - log2(planner.data_bytes))   # of the last data segment
+    seg = describe_segment(m, planner.data_bytes, planner.len_bits, start, length, prev_b1)
     skid = Signal(len(packed))
+    skid_seg = Signal.like(seg)
     skid_valid = Signal()
     head = Signal(len(packed))
-    head_valid = Signal()
-    sel = Mux(skid_valid, skid, packed)
-    sel_fields, at = [], 0
-    for value in raw:
-        sel_fields.append(sel[at:at + len(value)])
-        at += len(value)
-    prev_b1 = Signal(ADDR_BITS - log2(planner.data_bytes))   # of the last data segment
-    seg = describe_segment(m, planner.data_bytes, planner.len_bits, sel_fields[1],
-                           sel_fields[2], prev_b1)
     head_seg = Signal.like(seg)
+    head_valid = Signal()
     fields, at = [], 0
     for value in raw:
         fields.append(head[at:at + len(value)])
@@ -407,15 +402,16 @@ def planner_stage(m, planner, descriptors, *, valid, data, start, length, close,
 
     accept = valid & ~skid_valid
     taken = head_valid & planner.seg_ready
+    with m.If(accept & Value.cast(data)):
+        m.d.sync += prev_b1.eq(seg.b1)
     with m.If(flush):
         m.d.sync += [head_valid.eq(0), skid_valid.eq(0)]
     with m.Elif(~head_valid | taken):
-        m.d.sync += [head_valid.eq(skid_valid | accept), head.eq(sel), head_seg.eq(seg),
-                     skid_valid.eq(0)]
-        with m.If((skid_valid | accept) & sel_fields[0]):
-            m.d.sync += prev_b1.eq(seg.b1)
+        m.d.sync += [head_valid.eq(skid_valid | accept), skid_valid.eq(0),
+                     head.eq(Mux(skid_valid, skid, packed)),
+                     head_seg.eq(Mux(skid_valid, skid_seg, seg))]
     with m.Elif(accept):
-        m.d.sync += [skid_valid.eq(1), skid.eq(packed)]
+        m.d.sync += [skid_valid.eq(1), skid.eq(packed), skid_seg.eq(seg)]
 
     out_desc = Signal.like(desc)
     m.d.comb += [
@@ -498,7 +494,11 @@ class InstructionFetch(wiring.Component):
         m.d.comb += to_limit.eq(self.read_limit - pc_req)
         page_room = Mux(pc_req[5 + pb:12].all(), per_burst - pc_req[5:5 + pb], per_burst)
         window_room = Mux(to_limit[5 + pb:].any(), per_burst, to_limit[5:5 + pb])
+        page_tail = Signal()                    # the burst may reach the page end:
+        tail_room = Signal(pb + 1)              # with this many instructions
         m.d.sync += [
+            page_tail.eq(pc_req[5 + pb:12].all()),
+            tail_room.eq(per_burst - pc_req[5:5 + pb]),
             in_window.eq((pc_req >= self.read_base) & ~to_limit[-1] & to_limit[5:].any()),
             to_window.eq(min_(page_room, window_room)),
             stale.eq(issued | self.start),
@@ -508,7 +508,7 @@ class InstructionFetch(wiring.Component):
         space = Signal(range(FETCH_DEPTH + 1), init=FETCH_DEPTH)
         count = Signal(range(per_burst + 1))
         m.d.comb += count.eq(min_(to_window, space))
-        in_page = Signal(8)
+        in_page = Signal(7)
         m.d.comb += in_page.eq(pc_req[5:12] + count)
         can_issue = running & ~stale & ~fault_pending & ar.free & ~self.flush & ~self.start
         with m.If(can_issue):
@@ -518,9 +518,9 @@ class InstructionFetch(wiring.Component):
                 m.d.comb += issued.eq(1)
                 m.d.sync += [ar.valid.eq(1), ar.addr.eq(pc_req[:32]),
                              ar.len.eq(count * per_instr - 1),
-                             pc_req[5:12].eq(in_page[:7])]
+                             pc_req[5:12].eq(in_page)]
                 # A burst ends at the page end at the latest: the page number only steps.
-                with m.If(in_page[7]):
+                with m.If(page_tail & (count == tail_room)):
                     m.d.sync += [pc_req[12:].eq(next_page), next_page.eq(next_page + 1)]
 
         # R beats: assemble instructions, little-endian, first beat at bit 0.
@@ -670,6 +670,7 @@ class LoadEngine(wiring.Component):
         lane_misaligned = Signal()
         j = Signal(8)
         lane_addr = Signal(32)
+        in_lanes = Signal()                    # the FSM is in LANES
 
         lane_e = Mux(lane_bytes4, 4, 1)
         # Whether i and o are inside the windows: registers kept with the walk.
@@ -729,10 +730,7 @@ class LoadEngine(wiring.Component):
                 m.next = "WORD"
                 stop_on(m, flush)
             with m.State("WORD"):
-                m.d.comb += [seg_valid.eq(1), seg_start.eq(addr[:32]), seg_pos0.eq(0),
-                             seg_last_word.eq(1)]
-                # The segment's bytes do not depend on its kind (timing).
-                m.d.comb += seg_len.eq(Mux(bcast | gather, lane_e, extent))
+                m.d.comb += [seg_valid.eq(1), seg_last_word.eq(1)]
                 with m.If(~in_windows):
                     m.d.comb += seg_kind.eq(_PAD)
                 with m.Elif(fault != NPUError.NONE.value):
@@ -743,26 +741,34 @@ class LoadEngine(wiring.Component):
                     with m.If(seg_kind == _FAULT):
                         m.next = "FAULTED"
                     with m.Elif((seg_kind == _SEG) & gather):
-                        m.d.sync += [j.eq(1), lane_addr.eq(addr[:32] + stride)]
+                        m.d.sync += [j.eq(1), lane_addr.eq(addr[:32] + stride),
+                                     in_lanes.eq(1)]
                         m.next = "LANES"
                     with m.Else():
                         step()
                 stop_on(m, flush)
             with m.State("LANES"):
                 last_lane = j == lanes - 1
-                m.d.comb += [seg_valid.eq(1), seg_kind.eq(_SEG), seg_start.eq(lane_addr),
-                             seg_len.eq(lane_e),
-                             seg_pos0.eq(Mux(lane_bytes4, j << 2, j)),
-                             seg_last_word.eq(last_lane)]
+                m.d.comb += [seg_valid.eq(1), seg_kind.eq(_SEG), seg_last_word.eq(last_lane)]
                 with m.If(take):
                     m.d.sync += [j.eq(j + 1), lane_addr.eq(lane_addr + stride)]
                     with m.If(last_lane):
+                        m.d.sync += in_lanes.eq(0)
                         m.next = "WORD"
                         step()
                 stop_on(m, flush)
             with m.State("FAULTED"):
                 stop_on(m, flush)
 
+        with m.If(flush):
+            m.d.sync += in_lanes.eq(0)
+        # The segment's bytes depend on registers only (not on the FSM state or the
+        # word's checks): a gather word's lanes, or the word.
+        m.d.comb += [
+            seg_start.eq(Mux(in_lanes, lane_addr, addr[:32])),
+            seg_len.eq(Mux(in_lanes | bcast | gather, lane_e, extent)),
+            seg_pos0.eq(Mux(in_lanes, Mux(lane_bytes4, j << 2, j), 0)),
+        ]
         m.d.comb += [
             desc.kind.eq(seg_kind), desc.pos0.eq(seg_pos0), desc.end.eq(seg_pos0 + seg_len),
             desc.rot.eq(seg_pos0 - seg_start[:lb]),
@@ -859,7 +865,8 @@ class LoadEngine(wiring.Component):
         m.d.comb += [kill.eq(self.abort | read_error), flush.eq(kill | fault_seen)]
         with m.If(flush):
             m.d.sync += [draining.eq(1), first.eq(1)]
-        with m.Elif(draining & (beats - r_fire == 0) & ~planner.close):
+        # While draining every R beat is taken: the last one is in when beats == rvalid.
+        with m.Elif(draining & Mux(bus.rvalid, beats == 1, beats == 0) & ~planner.close):
             m.d.sync += draining.eq(0)
         track_busy(m, self, clear=flush, draining=draining)
         return m

@@ -96,7 +96,9 @@ class StoreEngine(wiring.Component):
     @staticmethod
     def _desc_layout(lb):
         return data.StructLayout({
-            "kind": unsigned(1), "sp": unsigned(16), "off": unsigned(lb), "len": unsigned(9),
+            "kind": unsigned(1), "sp": unsigned(16), "off": unsigned(lb), "end": unsigned(10),
+            "strb0": unsigned(1 << lb), "strb1": unsigned(1 << lb), "last0": unsigned(1),
+            "last1": unsigned(1),
             "shared": unsigned(1), "int32": unsigned(1), "last_instr": unsigned(1),
             "code": unsigned(8),
         })
@@ -139,6 +141,8 @@ class StoreEngine(wiring.Component):
         fault = walk.fault(aligned=~int32 | (addr[:2] == 0))
 
         seg_valid = Signal()
+        seg_end = Signal(10)        # the word's end, in bytes from its first beat's start
+        m.d.comb += seg_end.eq(addr[:lb] + nbytes_word)
         seg_kind = Signal()
         seg_code = Signal(8)
         seg_last = (seg_kind == _SEG) & walk.last_i & walk.last_o
@@ -174,7 +178,10 @@ class StoreEngine(wiring.Component):
 
         m.d.comb += [
             desc.kind.eq(seg_kind), desc.sp.eq(sp), desc.off.eq(addr[:lb]),
-            desc.len.eq(nbytes_word), desc.int32.eq(int32), desc.last_instr.eq(seg_last),
+            desc.end.eq(seg_end), desc.int32.eq(int32), desc.last_instr.eq(seg_last),
+            desc.strb0.eq(Cat(*((addr[:lb] <= q) & (seg_end > q) for q in range(nbytes)))),
+            desc.strb1.eq(Cat(*(seg_end > q + nbytes for q in range(nbytes)))),
+            desc.last0.eq(seg_end <= nbytes), desc.last1.eq(seg_end <= 2 * nbytes),
             desc.code.eq(seg_code),
         ]
 
@@ -223,12 +230,15 @@ class StoreEngine(wiring.Component):
                      prev.eq(Mux(k == 0, 0, Array([chunks[0]] + chunks[:-1])[k])),
                      window.eq((Cat(prev, cur) >> ((nbytes - d.off).as_unsigned() << 3))
                                [:8 * nbytes])]
+        # The strobes of the beat and whether it ends the segment: precomputed in the
+        # descriptor for its first two beats, in registers from the third one.
+        rest_strb = Signal(nbytes)
+        rest_last = Signal()
         rem = Signal(10)           # segment end, in bytes from this beat's start
-        m.d.comb += rem.eq(Mux(first, d.off + d.len, remaining))
-        lo = Mux(first, d.off, 0)
+        m.d.comb += rem.eq(Mux(first, d.end, remaining))
         strb = Signal(nbytes)
-        m.d.comb += strb.eq(Cat(*((lo <= q) & (rem > q) for q in range(nbytes))))
-        piece_last = rem <= nbytes
+        m.d.comb += strb.eq(Mux(first, d.strb0, rest_strb))
+        piece_last = Mux(first, d.last0, rest_last)
 
         # A buffered beat that ends its segment is final unless the next segment (in the
         # word FIFO, the OUT read or the descriptor FIFO) merges into it; with no next
@@ -264,7 +274,10 @@ class StoreEngine(wiring.Component):
                 m.d.comb += word_fifo.r_en.eq(1)
                 m.d.sync += [first.eq(1), k.eq(0)]
             with m.Else():
-                m.d.sync += [first.eq(0), k.eq(k + 1), remaining.eq(rem - nbytes)]
+                m.d.sync += [first.eq(0), k.eq(k + 1), remaining.eq(rem - nbytes),
+                             rest_strb.eq(Mux(first, d.strb1, Cat(*(remaining > q + nbytes
+                                                                   for q in range(nbytes))))),
+                             rest_last.eq(Mux(first, d.last1, remaining <= 2 * nbytes))]
 
         # A fault descriptor is reported once everything before it is acknowledged.
         fault_seen = Signal()
