@@ -11,20 +11,25 @@ consumed in order.  Read ID 0 fetches instructions, ID 1 loads data (:class:`Rea
             addresses,                          ▼
             window, align) ──────────────────── R consumer (a piece = one beat × one segment a cycle) ─► wr_*
 
-* The **sequencer** walks the words ``(o, i)`` with exact (50-bit) host addresses.  A
-  word outside the windows is a pad word (nothing is read).  A read word is checked
+* The **sequencer** walks the words ``(o, i)`` with their host addresses and the exact
+  (51-bit) distances to the read window's ends (:class:`~npugen.hw.dma_common.WordWalk`:
+  the window check is two sign bits).  A word outside the windows (registered flags)
+  is a pad word (nothing is read).  A read word is checked
   before anything of it is requested: every lane inside ``[read_base, read_limit)``
   (else BAD_HOST_ADDRESS), and for PARAM every lane 4-aligned (else MISALIGNED; the
   window is checked first).  A word becomes byte *segments*: one when the lanes are
   contiguous (``lane_stride`` = lane bytes, or one lane) or broadcast (``lane_stride``
-  0: lane 0 is read once and copied), one per lane for a gather.  Segments pass a two-entry
-  register stage (:func:`skid_stage`) to the planner: one a cycle, a cycle of latency.
+  0: lane 0 is read once and copied), one per lane for a gather.  Segments pass a
+  two-entry register stage (:func:`planner_stage`, which also precomputes their beats,
+  burst room and limits) to the planner: one a cycle, a cycle of latency.
 * The **planner** joins segments into bursts: a segment whose first beat is the last
   beat of the open burst shares it (*shared*), one starting at the next beat extends
   the burst; a long segment spans several bursts.  A burst is closed (issued) when a
   segment does not fit, in a cycle that adds nothing to it, or at 16 beats / 4 KB.
 * The **consumer** takes one beat per segment piece, rotates it to the segment's place
-  in the word and writes the word (lanes ≥ ``lanes`` and pad words get ``pad``).
+  in the word and writes the word (lanes ≥ ``lanes`` and pad words get ``pad``).  Its
+  descriptor FIFO has a registered output and holds byte masks derived from each
+  descriptor, so a piece is consumed 2 cycles after it is planned at the earliest.
 
 Throughput: aligned contiguous words whose size is a multiple of the bus width (or
 divides it) stream at one beat per cycle (one word per cycle for words smaller than a
@@ -508,8 +513,13 @@ class InstructionFetch(wiring.Component):
         space = Signal(range(FETCH_DEPTH + 1), init=FETCH_DEPTH)
         count = Signal(range(per_burst + 1))
         m.d.comb += count.eq(min_(to_window, space))
+        # pc_req[5:12] + count and count == tail_room, with both choices of the minimum
+        # computed beside its comparison (timing).
+        window_first = to_window < space
         in_page = Signal(7)
-        m.d.comb += in_page.eq(pc_req[5:12] + count)
+        m.d.comb += in_page.eq(Mux(window_first, pc_req[5:12] + to_window,
+                                   pc_req[5:12] + space))
+        to_page_end = page_tail & Mux(window_first, to_window == tail_room, space == tail_room)
         can_issue = running & ~stale & ~fault_pending & ar.free & ~self.flush & ~self.start
         with m.If(can_issue):
             with m.If(~in_window):
@@ -520,7 +530,7 @@ class InstructionFetch(wiring.Component):
                              ar.len.eq(count * per_instr - 1),
                              pc_req[5:12].eq(in_page)]
                 # A burst ends at the page end at the latest: the page number only steps.
-                with m.If(page_tail & (count == tail_room)):
+                with m.If(to_page_end):
                     m.d.sync += [pc_req[12:].eq(next_page), next_page.eq(next_page + 1)]
 
         # R beats: assemble instructions, little-endian, first beat at bit 0.
@@ -543,7 +553,8 @@ class InstructionFetch(wiring.Component):
                 m.d.sync += [beat.eq(beat + 1), bad.eq(bad | bad_beat)]
             if per_instr > 1:
                 m.d.sync += assembled.eq(Cat(assembled[8 * nbytes:], bus.rdata))
-        with m.Elif(fault_pending & (inflight == 0) & ~discard & fifo.w_rdy):
+        # (With nothing in flight, space != 0 is the buffer's w_rdy, from a register.)
+        with m.Elif(fault_pending & (inflight == 0) & ~discard & (space != 0)):
             m.d.comb += [push.eq(1), item.pc.eq(pc_req[:32]),
                          item.fault.eq(NPUError.BAD_HOST_ADDRESS)]
             m.d.sync += [fault_pending.eq(0), running.eq(0)]

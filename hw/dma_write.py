@@ -8,13 +8,14 @@
             window, align) ──────────────────── OUT read ─► word FIFO ─► beat assembler ─► bus.w
                                                                         bus.b ─► done
 
-* The **sequencer** walks the words ``(o, i)`` with exact (50-bit) host addresses and
+* The **sequencer** walks the words ``(o, i)`` with their host addresses and the exact
+  distances to the write window's ends (:class:`~npugen.hw.dma_common.WordWalk`) and
   checks each word before anything of it is written: all its ``lanes·elem_bytes``
   bytes inside ``[write_base, write_limit)`` (else BAD_HOST_ADDRESS), and for int32 the
   address 4-aligned (else MISALIGNED; the window is checked first).  A good word is one
   byte segment (lanes are contiguous in host memory).  Segments pass a two-entry
-  register stage (:func:`~npugen.hw.dma_read.skid_stage`) to the planner: one a cycle,
-  a cycle of latency.
+  register stage (:func:`~npugen.hw.dma_read.planner_stage`) to the planner: one a
+  cycle, a cycle of latency.
 * The **planner** (:class:`~npugen.hw.dma_read.BurstPlanner`) joins consecutive
   segments into INCR bursts (≤ 16 beats, never across 4 KB); two words that meet inside
   a beat share it.  Bursts never span two instructions.
