@@ -206,11 +206,13 @@ def report_errors(m, engine, *, fault, code, bus_error, bus_code):
         m.d.sync += [engine.error_valid.eq(1), engine.error.eq(bus_code)]
 
 
-def track_busy(m, engine, *, clear, draining):
+def track_busy(m, engine, *, clear, draining, offered=None):
     """Drives ``engine.busy``: an instruction was accepted on ``engine.cmd`` and its
-    ``done`` has not pulsed, or the engine is ``draining``; ``clear`` forgets them all."""
+    ``done`` has not pulsed, or the engine is ``draining``; ``clear`` forgets them all.
+    ``offered``, if given, is ``engine.cmd.valid & engine.cmd.ready`` except in cycles
+    with ``clear`` (a shorter path when ``ready`` depends on ``clear``)."""
     instrs = Signal(range(4 * DESC_DEPTH), name="instrs")
-    accepted = engine.cmd.valid & engine.cmd.ready
+    accepted = engine.cmd.valid & engine.cmd.ready if offered is None else offered
     with m.If(clear):
         m.d.sync += instrs.eq(0)
     with m.Else():

@@ -524,7 +524,7 @@ class InstructionFetch(wiring.Component):
         with m.If(can_issue):
             with m.If(~in_window):
                 m.d.sync += fault_pending.eq(1)
-            with m.Elif(count != 0):
+            with m.Elif((to_window != 0) & (space != 0)):       # count != 0
                 m.d.comb += issued.eq(1)
                 m.d.sync += [ar.valid.eq(1), ar.addr.eq(pc_req[:32]),
                              ar.len.eq(count * per_instr - 1),
@@ -708,15 +708,19 @@ class LoadEngine(wiring.Component):
         seg_code = Signal(8)
         seg_valid = Signal()
         desc = Signal(desc_layout)
+        seq_flush = Signal()                   # flush, a cycle later
+        m.d.sync += seq_flush.eq(flush)
         # A register stage between the sequencer and the planner (its address, window
         # and alignment logic never meets the planner's in one cycle).
         st_ready = planner_stage(m, planner, desc_fifo, valid=seg_valid,
                                  data=seg_kind == _SEG, start=seg_start, length=seg_len,
-                                 close=0, desc=desc, flush=flush, extra=masks)
+                                 close=0, desc=desc, flush=flush | seq_flush, extra=masks)
         take = seg_valid & st_ready
 
-        # On abort or error (flush) the sequencer stops where it is.
-        with m.FSM():
+        # On abort or error (flush) the sequencer stops where it is, a cycle later
+        # (seq_flush, a register: no path from the consumer to the walk); the stage
+        # drops what it takes in that cycle too.
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
                 with m.If(self.cmd.valid & self.cmd.ready):
@@ -739,7 +743,7 @@ class LoadEngine(wiring.Component):
                     lane_misaligned.eq(lane_bytes4 & (lanes != 1) & (stride[:2] != 0)),
                 ]
                 m.next = "WORD"
-                stop_on(m, flush)
+                stop_on(m, seq_flush)
             with m.State("WORD"):
                 m.d.comb += [seg_valid.eq(1), seg_last_word.eq(1)]
                 with m.If(~in_windows):
@@ -757,7 +761,7 @@ class LoadEngine(wiring.Component):
                         m.next = "LANES"
                     with m.Else():
                         step()
-                stop_on(m, flush)
+                stop_on(m, seq_flush)
             with m.State("LANES"):
                 last_lane = j == lanes - 1
                 m.d.comb += [seg_valid.eq(1), seg_kind.eq(_SEG), seg_last_word.eq(last_lane)]
@@ -767,11 +771,11 @@ class LoadEngine(wiring.Component):
                         m.d.sync += in_lanes.eq(0)
                         m.next = "WORD"
                         step()
-                stop_on(m, flush)
+                stop_on(m, seq_flush)
             with m.State("FAULTED"):
-                stop_on(m, flush)
+                stop_on(m, seq_flush)
 
-        with m.If(flush):
+        with m.If(seq_flush):
             m.d.sync += in_lanes.eq(0)
         # The segment's bytes depend on registers only (not on the FSM state or the
         # word's checks): a gather word's lanes, or the word.
@@ -879,5 +883,7 @@ class LoadEngine(wiring.Component):
         # While draining every R beat is taken: the last one is in when beats == rvalid.
         with m.Elif(draining & Mux(bus.rvalid, beats == 1, beats == 0) & ~planner.close):
             m.d.sync += draining.eq(0)
-        track_busy(m, self, clear=flush, draining=draining)
+        # cmd.ready is ~draining & ~flush in IDLE; without flush (it clears the count).
+        track_busy(m, self, clear=flush, draining=draining,
+                   offered=self.cmd.valid & ~draining & fsm.ongoing("IDLE"))
         return m

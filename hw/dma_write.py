@@ -155,7 +155,7 @@ class StoreEngine(wiring.Component):
         take = seg_valid & st_ready
 
         # On abort or error (flush) the sequencer stops where it is.
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
                 with m.If(self.cmd.valid & self.cmd.ready):
@@ -303,5 +303,7 @@ class StoreEngine(wiring.Component):
             m.d.sync += draining.eq(0)
         with m.If(clear | fault_seen):
             m.d.sync += [first.eq(1), k.eq(0), buf_valid.eq(0), sent.eq(0)]
-        track_busy(m, self, clear=flush | clear, draining=draining)
+        # cmd.ready is ~draining & ~flush in IDLE; without flush (it clears the count).
+        track_busy(m, self, clear=flush | clear, draining=draining,
+                   offered=self.cmd.valid & ~draining & fsm.ongoing("IDLE"))
         return m
