@@ -682,6 +682,7 @@ class LoadEngine(wiring.Component):
         j = Signal(8)
         lane_addr = Signal(32)
         in_lanes = Signal()                    # the FSM is in LANES
+        last_lane = Signal()                   # j == lanes - 1
 
         lane_e = Mux(lane_bytes4, 4, 1)
         # Whether i and o are inside the windows: registers kept with the walk.
@@ -757,16 +758,16 @@ class LoadEngine(wiring.Component):
                         m.next = "FAULTED"
                     with m.Elif((seg_kind == _SEG) & gather):
                         m.d.sync += [j.eq(1), lane_addr.eq(addr[:32] + stride),
-                                     in_lanes.eq(1)]
+                                     in_lanes.eq(1), last_lane.eq(lanes == 2)]
                         m.next = "LANES"
                     with m.Else():
                         step()
                 stop_on(m, seq_flush)
             with m.State("LANES"):
-                last_lane = j == lanes - 1
                 m.d.comb += [seg_valid.eq(1), seg_kind.eq(_SEG), seg_last_word.eq(last_lane)]
                 with m.If(take):
-                    m.d.sync += [j.eq(j + 1), lane_addr.eq(lane_addr + stride)]
+                    m.d.sync += [j.eq(j + 1), lane_addr.eq(lane_addr + stride),
+                                 last_lane.eq(j + 2 == lanes)]
                     with m.If(last_lane):
                         m.d.sync += in_lanes.eq(0)
                         m.next = "WORD"
