@@ -646,20 +646,23 @@ class LoadEngine(wiring.Component):
         # (see the R consumer).
         mask_layout = data.StructLayout({"seg": unsigned(word_bytes),
                                          "window": unsigned(nbytes + word_bytes),
-                                         "lanes": unsigned(word_bytes)})
+                                         "lanes": unsigned(word_bytes),
+                                         "one": unsigned(1), "two": unsigned(1)})
         entry_layout = data.StructLayout({"desc": desc_layout, "masks": mask_layout})
         planner, desc_fifo = segment_queue(m, nbytes, entry_layout, reset=flush,
                                            buffered=True)
 
         def masks(d):
             """A segment's word bytes [pos0, end), the word bytes of its first beat
-            [rot, rot + nbytes) (from -nbytes) and the lanes < lanes (none for a pad)."""
+            [rot, rot + nbytes) (from -nbytes), the lanes < lanes (none for a pad) and
+            whether it has one or two pieces."""
             d = desc_layout(d)
             return Cat(Cat(*((d.pos0 <= p) & (d.end > p) for p in range(word_bytes))),
                        Cat(*((d.rot <= p) & (d.rot > p - nbytes)
                              for p in range(-nbytes, word_bytes))),
                        Cat(*((d.kind != _PAD) & (d.lanes > lane)
-                             for lane in range(word_bytes))))
+                             for lane in range(word_bytes))),
+                       d.pieces == 0, d.pieces == 1)
 
         # ---- bursts committed to the bus -------------------------------------------
         bus = self.bus
@@ -802,6 +805,7 @@ class LoadEngine(wiring.Component):
         have = desc_fifo.r_rdy & ~draining
         first = Signal(init=1)
         k = Signal(9)              # the piece (beat) of the segment after the first
+        k_last = Signal()          # after the first piece: piece k is the segment's last
         window = Signal(nbytes + word_bytes)     # word bytes -nbytes .. word_bytes - 1
         beat_reg = Signal(8 * nbytes)
         word = Signal(8 * word_bytes)
@@ -829,7 +833,9 @@ class LoadEngine(wiring.Component):
                 Mux(en[p], rotated[8 * q:8 * q + 8], word[8 * p:8 * p + 8]))
 
         piece = have & (head.kind == _SEG) & (reuse | bus.rvalid)
-        seg_done = Mux(first, head.pieces == 0, k == head.pieces)
+        # Whether this piece is the segment's last, from registers (the FIFO's output
+        # flag for the first piece, k_last, set a piece ahead, for the others).
+        seg_done = Mux(first, entry.masks.one, k_last)
         emit = Signal()
         fault_seen = Signal()
         read_error = Signal()
@@ -844,6 +850,7 @@ class LoadEngine(wiring.Component):
                 m.d.sync += first.eq(1)
             with m.Else():
                 m.d.sync += [first.eq(0), k.eq(Mux(first, 1, k + 1)),
+                             k_last.eq(Mux(first, entry.masks.two, k + 1 == head.pieces)),
                              window.eq(cur_window << nbytes)]
         with m.Elif(have & (head.kind == _PAD)):
             m.d.comb += [desc_fifo.r_en.eq(1), emit.eq(1)]
