@@ -22,7 +22,9 @@
 * The **OUT read** fetches each word once (``rd_en``, data the next cycle) into a small
   FIFO; the **beat assembler** cuts the word's bytes (the low byte of each lane for
   int8) into beats with their strobes, merging the shared beat of two words, and sends
-  a beat only once its burst is closed (its length, and so ``wlast``, is known).
+  a beat only once its burst is closed (its length, and so ``wlast``, is known; the
+  oldest unsent burst's length and its "last beat next" flag are registers in front of
+  the length FIFO, loaded in the cycle after the burst closes, as the FIFO would be).
   Only the instruction's bytes have their strobe set.
 * B responses arrive in order; the last burst of an instruction pulses ``done``.
 
@@ -130,7 +132,7 @@ class StoreEngine(wiring.Component):
         aw = AddressChannel(m, bus, "aw", axi_id=WRITE_ID, size=lb)
         bursts = issue_bursts(m, planner, aw, finished=b_fire, drop=flush)  # B not received
         m.d.comb += [
-            burst_fifo.w_en.eq(planner.close), burst_fifo.w_data.eq(planner.close_len),
+            burst_fifo.w_data.eq(planner.close_len),
             flag_fifo.w_en.eq(planner.close), flag_fifo.w_data.eq(planner.close_final),
         ]
 
@@ -244,8 +246,16 @@ class StoreEngine(wiring.Component):
         # A buffered beat that ends its segment is final unless the next segment (in the
         # word FIFO, the OUT read or the descriptor FIFO) merges into it; with no next
         # segment anywhere, once it is the last beat of its (closed) burst.
-        burst_known = burst_fifo.r_rdy
-        is_last = burst_known & (sent == burst_fifo.r_data)
+        # The length of the oldest burst not fully sent is a register in front of the
+        # length FIFO (h_valid, h_len) with h_last = (sent == h_len) kept a beat ahead,
+        # so wlast and the send decision read no FIFO and compare nothing.  When the
+        # head is (or becomes) free it takes the FIFO's first entry, or a burst closing
+        # in the same cycle when the FIFO is empty (no added latency).
+        h_valid = Signal()
+        h_len = Signal(8)
+        h_last = Signal()
+        burst_known = h_valid
+        is_last = h_valid & h_last
         next_desc = Signal(desc_layout)
         m.d.comb += next_desc.eq(Mux(word_fifo.r_rdy, d.as_value(),
                                      Mux(in_flight, flight_desc.as_value(), head_desc.as_value())))
@@ -257,13 +267,24 @@ class StoreEngine(wiring.Component):
         go = seg_piece & Mux(merge, buf_valid & ~send, ~buf_valid | fire)
         m.d.comb += [bus.wvalid.eq(send), bus.wdata.eq(buf_data), bus.wstrb.eq(buf_strb),
                      bus.wlast.eq(is_last)]
+        head_free = ~h_valid | (fire & h_last)
+        m.d.comb += burst_fifo.w_en.eq(planner.close & (burst_fifo.r_rdy | ~head_free))
+        with m.If(head_free):
+            with m.If(burst_fifo.r_rdy):
+                m.d.comb += burst_fifo.r_en.eq(1)
+                m.d.sync += [h_valid.eq(1), h_len.eq(burst_fifo.r_data),
+                             h_last.eq(burst_fifo.r_data == 0)]
+            with m.Elif(planner.close):
+                m.d.sync += [h_valid.eq(1), h_len.eq(planner.close_len),
+                             h_last.eq(planner.close_len == 0)]
+            with m.Else():
+                m.d.sync += h_valid.eq(0)
         with m.If(fire):
             m.d.sync += buf_valid.eq(0)
             with m.If(is_last):
-                m.d.comb += burst_fifo.r_en.eq(1)
                 m.d.sync += sent.eq(0)
             with m.Else():
-                m.d.sync += sent.eq(sent + 1)
+                m.d.sync += [sent.eq(sent + 1), h_last.eq(sent + 1 == h_len)]
         with m.If(go):
             new_data = Cat(*(Mux(strb[q], window[8 * q:8 * q + 8],
                                  Mux(merge, buf_data[8 * q:8 * q + 8], 0))
@@ -298,11 +319,13 @@ class StoreEngine(wiring.Component):
         m.d.comb += flush.eq(self.abort | write_error | fault_seen)
         with m.If(flush & ~fault_seen):
             m.d.sync += draining.eq(1)
-        with m.If(draining & ~burst_fifo.r_rdy & (bursts == 0)):
+        with m.If(draining & ~burst_fifo.r_rdy & ~h_valid & (bursts == 0)):
             m.d.comb += clear.eq(1)
             m.d.sync += draining.eq(0)
         with m.If(clear | fault_seen):
             m.d.sync += [first.eq(1), k.eq(0), buf_valid.eq(0), sent.eq(0)]
+        with m.If(clear):
+            m.d.sync += h_valid.eq(0)
         # cmd.ready is ~draining & ~flush in IDLE; without flush (it clears the count).
         track_busy(m, self, clear=flush | clear, draining=draining,
                    offered=self.cmd.valid & ~draining & fsm.ongoing("IDLE"))
