@@ -94,16 +94,18 @@ class Timing:
     #: A hazard's range released (``done``/``reads_done``) → the waiting instruction issues.
     hazard_delay: int = 2
     #: LOAD accepted → its first word planned.
-    load_setup: int = 2
+    load_setup: int = 3
+    #: A LOAD piece planned → consumed at the earliest (the descriptor FIFO's latency).
+    load_desc: int = 2
     #: STORE accepted → its first word planned.
-    store_setup: int = 1
+    store_setup: int = 2
     #: Beats and byte segments of one burst at most.
     burst_beats: int = 16
     burst_segments: int = 16
     #: LOAD: last word written → ``done``.
     load_tail: int = 2
     #: STORE accepted → its first W beat at the earliest.
-    store_first_w: int = 5
+    store_first_w: int = 6
     #: Last W beat of a burst → its write response.
     write_response: int = 2
     #: STORE: last write response → ``done``.
@@ -449,7 +451,7 @@ class _Machine:
         ar = u                                    # the AR register: one request at a time
         fetch_wait = -1                           # no fetch request before this cycle
         for planned, b in pieces:
-            c = consumer + 1 if consumer >= planned else planned + 1
+            c = max(consumer + 1, planned + t.load_desc)
             if b >= 0:
                 if b != cur:                      # the first beat of the next burst
                     while served <= b:

@@ -5,7 +5,7 @@
 * :class:`AddressChannel`: an AR or AW channel driven from registers; :func:`issue_bursts`
   feeds it the bursts a :class:`~npugen.hw.dma_read.BurstPlanner` closes.
 * :class:`WordWalk`: the word sequencer's walk over the words ``(o, i)`` of a LOAD or
-  STORE with exact host addresses, and the window check of a word.
+  STORE with their host addresses, and the window check of a word.
 * :func:`report_errors` and :func:`track_busy`: an engine's ``error``/``error_valid`` and
   ``busy`` outputs.
 
@@ -29,7 +29,8 @@ __all__ = ["MAX_BURST_BEATS", "MAX_OUTSTANDING", "HOST_BITS", "ADDR_BITS", "ID_B
 MAX_BURST_BEATS = 16
 #: Bursts a read or write engine keeps outstanding at most.
 MAX_OUTSTANDING = 8
-#: Bits of the exact (signed) host address arithmetic: 32-bit base + two 16×32-bit terms.
+#: Bits of the exact (signed) host address arithmetic: 32-bit base + two 16×32-bit terms
+#: (the window distances of :class:`WordWalk` take one more).
 HOST_BITS = 50
 #: AXI address and ID bits of the DMA ports.
 ADDR_BITS = 32
@@ -119,24 +120,45 @@ def issue_bursts(m, planner, channel, *, finished, drop):
 
 class WordWalk:
     """The words ``(o, i)`` of the LOAD or STORE in ``cmd`` (a register of ``layout``),
-    in order: scratchpad word ``sp``, exact host address ``addr`` (:data:`HOST_BITS`,
-    signed; ``row`` is the address of word ``(o, 0)``)."""
+    in order: scratchpad word ``sp``, host address ``addr`` (modulo 2**32; ``row`` is
+    the address of word ``(o, 0)``) and the exact signed distances (:data:`HOST_BITS`
+    + 1 bits) ``lo`` = ``addr − base`` and ``hi`` = ``limit − extent − addr`` from the
+    word to the ends of the window ``[base, limit)``: the window check of a word is two
+    sign bits.  They are kept like the address (one addition per word), so the check
+    costs no wide arithmetic in the cycle that uses it."""
 
     def __init__(self, layout):
         self.cmd = Signal(layout, name="cmd")
         self.o = Signal(16, name="o")
         self.i = Signal(16, name="i")
         self.sp = Signal(16, name="sp")
-        self.row = Signal(signed(HOST_BITS), name="row")
-        self.addr = Signal(signed(HOST_BITS), name="addr")
-        self.last_i = self.i == self.cmd.inner_count - 1
-        self.last_o = self.o == self.cmd.outer_count - 1
+        self.row = Signal(ADDR_BITS, name="row")
+        self.addr = Signal(ADDR_BITS, name="addr")
+        self.lo_row = Signal(signed(HOST_BITS + 1), name="lo_row")
+        self.lo = Signal(signed(HOST_BITS + 1), name="lo")
+        self.hi_row = Signal(signed(HOST_BITS + 1), name="hi_row")
+        self.hi = Signal(signed(HOST_BITS + 1), name="hi")
+        # i == inner_count - 1 and o == outer_count - 1 (the counts are ≥ 1), registers.
+        self.last_i = Signal(name="last_i")
+        self.last_o = Signal(name="last_o")
 
-    def start(self, payload):
-        """The statements that begin the instruction ``payload`` at its first word."""
+    def start(self, payload, base, limit, extent=0):
+        """The statements that begin the instruction ``payload`` at its first word, in
+        the window ``[base, limit)`` for words of ``extent`` bytes (or see
+        :meth:`set_extent`)."""
+        lo = payload.addr - base
+        hi = limit - extent - payload.addr
         return [self.cmd.eq(payload), self.o.eq(0), self.i.eq(0),
+                self.last_i.eq(payload.inner_count == 1),
+                self.last_o.eq(payload.outer_count == 1),
                 self.sp.eq(payload.sp_addr), self.row.eq(payload.addr),
-                self.addr.eq(payload.addr)]
+                self.addr.eq(payload.addr), self.lo_row.eq(lo), self.lo.eq(lo),
+                self.hi_row.eq(hi), self.hi.eq(hi)]
+
+    def set_extent(self, extent):
+        """The statements that give the words ``extent`` bytes (after a :meth:`start`
+        without an extent, before the first word)."""
+        return [self.hi_row.eq(self.hi_row - extent), self.hi.eq(self.hi - extent)]
 
     def advance(self, m):
         """Moves to the next word; after the last one the FSM goes to ``IDLE``."""
@@ -144,17 +166,26 @@ class WordWalk:
         m.d.sync += self.sp.eq(self.sp + 1)
         with m.If(self.last_i):
             m.d.sync += [self.o.eq(self.o + 1), self.i.eq(0),
+                         self.last_i.eq(cmd.inner_count == 1),
+                         self.last_o.eq(self.o + 2 == cmd.outer_count),
                          self.row.eq(self.row + cmd.outer_stride),
-                         self.addr.eq(self.row + cmd.outer_stride)]
+                         self.addr.eq(self.row + cmd.outer_stride),
+                         self.lo_row.eq(self.lo_row + cmd.outer_stride),
+                         self.lo.eq(self.lo_row + cmd.outer_stride),
+                         self.hi_row.eq(self.hi_row - cmd.outer_stride),
+                         self.hi.eq(self.hi_row - cmd.outer_stride)]
             with m.If(self.last_o):
                 m.next = "IDLE"
         with m.Else():
-            m.d.sync += [self.i.eq(self.i + 1), self.addr.eq(self.addr + cmd.inner_stride)]
+            m.d.sync += [self.i.eq(self.i + 1), self.addr.eq(self.addr + cmd.inner_stride),
+                         self.last_i.eq(self.i + 2 == cmd.inner_count),
+                         self.lo.eq(self.lo + cmd.inner_stride),
+                         self.hi.eq(self.hi - cmd.inner_stride)]
 
-    def fault(self, base, limit, extent, aligned):
-        """The NPUError code of the current word: BAD_HOST_ADDRESS unless its ``extent``
-        bytes are inside ``[base, limit)``, else MISALIGNED unless ``aligned``, else NONE."""
-        window_ok = (self.addr >= base) & (self.addr + extent <= limit)
+    def fault(self, aligned):
+        """The NPUError code of the current word: BAD_HOST_ADDRESS unless its bytes are
+        inside the window, else MISALIGNED unless ``aligned``, else NONE."""
+        window_ok = ~self.lo[-1] & ~self.hi[-1]
         return Mux(~window_ok, NPUError.BAD_HOST_ADDRESS.value,
                    Mux(~aligned, NPUError.MISALIGNED.value, NPUError.NONE.value))
 
@@ -175,11 +206,13 @@ def report_errors(m, engine, *, fault, code, bus_error, bus_code):
         m.d.sync += [engine.error_valid.eq(1), engine.error.eq(bus_code)]
 
 
-def track_busy(m, engine, *, clear, draining):
+def track_busy(m, engine, *, clear, draining, offered=None):
     """Drives ``engine.busy``: an instruction was accepted on ``engine.cmd`` and its
-    ``done`` has not pulsed, or the engine is ``draining``; ``clear`` forgets them all."""
+    ``done`` has not pulsed, or the engine is ``draining``; ``clear`` forgets them all.
+    ``offered``, if given, is ``engine.cmd.valid & engine.cmd.ready`` except in cycles
+    with ``clear`` (a shorter path when ``ready`` depends on ``clear``)."""
     instrs = Signal(range(4 * DESC_DEPTH), name="instrs")
-    accepted = engine.cmd.valid & engine.cmd.ready
+    accepted = engine.cmd.valid & engine.cmd.ready if offered is None else offered
     with m.If(clear):
         m.d.sync += instrs.eq(0)
     with m.Else():

@@ -6,24 +6,30 @@ consumed in order.  Read ID 0 fetches instructions, ID 1 loads data (:class:`Rea
 
 :class:`LoadEngine` executes LOAD (``docs/ISA.md``) as a pipeline::
 
-    cmd ─► word sequencer ─► BurstPlanner ─► AR register ─► bus.ar
-           (exact host        │  descriptor FIFO
-            addresses,        ▼
-            window, align) ── R consumer (a piece = one beat × one segment a cycle) ─► wr_*
+    cmd ─► word sequencer ─► register stage ─► BurstPlanner ─► AR register ─► bus.ar
+           (exact host                          │  descriptor FIFO
+            addresses,                          ▼
+            window, align) ──────────────────── R consumer (a piece = one beat × one segment a cycle) ─► wr_*
 
-* The **sequencer** walks the words ``(o, i)`` with exact (50-bit) host addresses.  A
-  word outside the windows is a pad word (nothing is read).  A read word is checked
+* The **sequencer** walks the words ``(o, i)`` with their host addresses and the exact
+  (51-bit) distances to the read window's ends (:class:`~npugen.hw.dma_common.WordWalk`:
+  the window check is two sign bits).  A word outside the windows (registered flags)
+  is a pad word (nothing is read).  A read word is checked
   before anything of it is requested: every lane inside ``[read_base, read_limit)``
   (else BAD_HOST_ADDRESS), and for PARAM every lane 4-aligned (else MISALIGNED; the
   window is checked first).  A word becomes byte *segments*: one when the lanes are
   contiguous (``lane_stride`` = lane bytes, or one lane) or broadcast (``lane_stride``
-  0: lane 0 is read once and copied), one per lane for a gather.
+  0: lane 0 is read once and copied), one per lane for a gather.  Segments pass a
+  two-entry register stage (:func:`planner_stage`, which also precomputes their beats,
+  burst room and limits) to the planner: one a cycle, a cycle of latency.
 * The **planner** joins segments into bursts: a segment whose first beat is the last
   beat of the open burst shares it (*shared*), one starting at the next beat extends
   the burst; a long segment spans several bursts.  A burst is closed (issued) when a
   segment does not fit, in a cycle that adds nothing to it, or at 16 beats / 4 KB.
 * The **consumer** takes one beat per segment piece, rotates it to the segment's place
-  in the word and writes the word (lanes ≥ ``lanes`` and pad words get ``pad``).
+  in the word and writes the word (lanes ≥ ``lanes`` and pad words get ``pad``).  Its
+  descriptor FIFO has a registered output and holds byte masks derived from each
+  descriptor, so a piece is consumed 2 cycles after it is planned at the earliest.
 
 Throughput: aligned contiguous words whose size is a multiple of the bus width (or
 divides it) stream at one beat per cycle (one word per cycle for words smaller than a
@@ -38,9 +44,9 @@ outstanding beats and goes idle.  ``abort`` drops everything not yet on the bus,
 an AR handshake already offered, drains the outstanding beats and goes idle.
 """
 
-from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .axi import RESP_OKAY
@@ -51,7 +57,8 @@ from .dma_common import (ADDR_BITS, DESC_DEPTH, HOST_BITS, ID_BITS, MAX_BURST_BE
 from .isa import INSTRUCTION_BITS, LoadTarget, NPUError, load_layout
 
 __all__ = ["ReadPortSignature", "ReadMux", "BurstPlanner", "InstructionFetch", "LoadEngine",
-           "segment_queue", "offer_segment", "fetch_item_layout", "load_word_bits",
+           "segment_queue", "planner_stage", "segment_layout", "describe_segment",
+           "fetch_item_layout", "load_word_bits",
            "MAX_BURST_BEATS", "MAX_OUTSTANDING", "FETCH_DEPTH", "FETCH_ID", "LOAD_ID",
            "HOST_BITS"]
 
@@ -155,11 +162,66 @@ class ReadMux(wiring.Component):
         return m
 
 
+def segment_layout(data_bytes, len_bits):
+    """A byte segment as :class:`BurstPlanner` takes it (see :func:`describe_segment`):
+    ``start`` (its first byte), its first beat ``b0`` = ``start[lb:]`` and ``b0p1``,
+    ``b0m1`` (``b0 ± 1``), its last beat ``b1``, ``nb`` = ``b1 - b0``, and for a burst
+    opened at ``b0`` (``b0 + 1``) its room ``room0`` (``room1``: beats up to 16 and to the
+    4 KB page end) and its last beat ``lim0`` (``lim1``)."""
+    beat_bits = ADDR_BITS - log2(data_bytes)
+    # ``beats`` = ``nb + 1``; ``fits0``: the segment fits a burst opened at ``b0``,
+    # ``fits1``: its beats after ``b0`` fit a burst opened at ``b0 + 1``; ``same``
+    # (``next``): ``b0`` is (follows) the last beat of the previous segment.
+    return data.StructLayout({
+        "start": unsigned(ADDR_BITS), "b0p1": unsigned(beat_bits),
+        "same": unsigned(1), "next": unsigned(1),
+        "b1": unsigned(beat_bits), "nb": unsigned(len_bits + 1),
+        "beats": unsigned(len_bits + 1), "room0": unsigned(5), "room1": unsigned(5),
+        "fits0": unsigned(1), "fits1": unsigned(1),
+        "lim0": unsigned(beat_bits), "lim1": unsigned(beat_bits),
+    })
+
+
+def _room_after(beat, page_bits):
+    """``(room, limit)`` of a burst that starts after beat ``beat``: its beats (≤ 16, up
+    to the page end) and its last beat."""
+    r = ~beat[:page_bits]                        # beats left in the page after ``beat``
+    is16 = r[4:].any() | (r == 0)
+    page_end = Cat(Const((1 << page_bits) - 1, page_bits), beat[page_bits:])
+    return (Mux(is16, MAX_BURST_BEATS, r[:4]),
+            Mux(is16, beat + MAX_BURST_BEATS, page_end)[:len(beat)])
+
+
+def describe_segment(m, data_bytes, len_bits, start, length, prev_b1):
+    """The :func:`segment_layout` value of the segment ``[start, start + length)``
+    (``length`` ≥ 1), computed in ``m`` (no registers); ``prev_b1`` is the last beat of
+    the data segment before it."""
+    lb = log2(data_bytes)
+    page_bits = log2(_PAGE_BYTES // data_bytes)
+    seg = Signal(segment_layout(data_bytes, len_bits))
+    b0 = Value.cast(start)[lb:ADDR_BITS]
+    nb = ((Value.cast(start)[:lb] + length - 1) >> lb)[:len_bits + 1]
+    low = b0[:page_bits]
+    is16 = ~(low[4:].all() & low[:4].any())      # b0 at most 16 beats before the page end
+    page_end = Cat(Const((1 << page_bits) - 1, page_bits), b0[page_bits:])
+    room1, lim1 = _room_after(b0, page_bits)
+    room0 = Mux(is16, MAX_BURST_BEATS, MAX_BURST_BEATS - low[:4])
+    m.d.comb += [
+        seg.start.eq(start), seg.b0p1.eq(b0 + 1), seg.same.eq(b0 == prev_b1),
+        seg.next.eq(b0 == (prev_b1 + 1)[:len(b0)]), seg.b1.eq(b0 + nb),
+        seg.nb.eq(nb), seg.beats.eq(nb + 1),
+        seg.room0.eq(room0), seg.fits0.eq(nb < room0),
+        seg.lim0.eq(Mux(is16, b0 + (MAX_BURST_BEATS - 1), page_end)),
+        seg.room1.eq(room1), seg.fits1.eq(nb <= room1), seg.lim1.eq(lim1),
+    ]
+    return seg
+
+
 class BurstPlanner(wiring.Component):
     """Groups byte segments, offered in order, into INCR bursts of ``data_bytes`` beats.
 
-    An item (``seg_valid``/``seg_ready``) is a segment ``[seg_start, seg_start +
-    seg_len)`` (``seg_data``) or a marker without bytes that only keeps its place in the
+    An item (``seg_valid``/``seg_ready``) is a segment ``seg`` (a :func:`segment_layout`
+    value, ``seg_data``) or a marker without bytes that only keeps its place in the
     order.  When an item is accepted, ``shared`` tells whether its first beat is the last
     beat of the previous segment in the same burst (the consumer reuses that beat).  A
     segment with ``seg_close`` ends its burst.  ``close`` pulses with ``close_addr`` (the
@@ -170,7 +232,10 @@ class BurstPlanner(wiring.Component):
     At most ``max_segments`` segments join one burst, so that a consumer holding twice
     as many descriptors always has the next burst requested while it works on one.
     One item per cycle; a segment longer than the room of its burst takes a cycle per
-    further burst.
+    further burst.  The segment arrives precomputed (:func:`describe_segment`, done in
+    a register stage by :func:`planner_stage`) and the open burst is kept as its last
+    beat, its limit and its room, so that a cycle only compares registers and adds
+    narrow beat counts.
     """
 
     def __init__(self, data_bytes, len_bits, max_segments=16):
@@ -183,54 +248,67 @@ class BurstPlanner(wiring.Component):
                 what = "a power of two" if name == "data_bytes" else "an integer"
                 raise ValueError(f"{name} must be {what} in {lo}..{hi}, not {value!r}")
         self._bytes = data_bytes
+        self._len_bits = len_bits
         self._max_segments = max_segments
         super().__init__({
             "seg_valid": In(1), "seg_ready": Out(1), "seg_data": In(1),
-            "seg_start": In(ADDR_BITS), "seg_len": In(len_bits), "seg_close": In(1),
+            "seg": In(segment_layout(data_bytes, len_bits)), "seg_close": In(1),
             "shared": Out(1), "desc_ok": In(1),
             "close": Out(1), "close_ok": In(1), "close_addr": Out(ADDR_BITS),
             "close_len": Out(8), "close_final": Out(1), "drop": In(1),
         })
 
+    @property
+    def data_bytes(self):
+        return self._bytes
+
+    @property
+    def len_bits(self):
+        return self._len_bits
+
     def elaborate(self, platform):
         m = Module()
         lb = log2(self._bytes)
-        page_beats = _PAGE_BYTES // self._bytes
+        page_bits = log2(_PAGE_BYTES // self._bytes)
         beat_bits = ADDR_BITS - lb
-
-        def limit(x):
-            """Last beat a burst starting at beat ``x`` may reach."""
-            room_ok = x[:log2(page_beats)] <= page_beats - MAX_BURST_BEATS
-            return Mux(room_ok, x + (MAX_BURST_BEATS - 1), x | (page_beats - 1))[:beat_bits]
+        count_bits = self._len_bits + 1
+        seg = self.seg
+        max_segs = self._max_segments
 
         is_open = Signal()
+        joinable = Signal()                    # is_open, not forced, not max_segments
         force = Signal()                       # the open burst takes nothing more
-        bstart = Signal(beat_bits)
-        blast = Signal(beat_bits)
-        blim = Signal(beat_bits)
+        blast = Signal(beat_bits)              # the open burst's last beat,
+        blim = Signal(beat_bits)               # the last beat it may reach,
+        broom = Signal(5)                      # blim - blast,
+        bcount = Signal(5)                     # its beats,
+        bfull = Signal(5)                      # bcount + broom
         baddr = Signal(ADDR_BITS)
-        cont = Signal()                        # a segment continues into a new burst
-        cur = Signal(beat_bits)
-        cend = Signal(beat_bits)
+        cont = Signal()                        # a segment continues into a new burst:
+        left = Signal(count_bits)              # its beats after blim,
+        cend = Signal(beat_bits)               # its last beat
         cforce = Signal()
-        segments = Signal(range(self._max_segments + 1))   # segments in the open burst
-        full = segments == self._max_segments
+        segments = Signal(range(max_segs + 1))   # segments in the open burst
+        one_more = segments != max_segs - 1      # room for another after this one
 
-        b0 = self.seg_start[lb:]
-        b1 = (self.seg_start + self.seg_len - 1)[lb:ADDR_BITS]
-        new_item = self.seg_valid & ~cont & self.desc_ok
+        # A continuation opens the next burst at blim + 1 (it never joins the open one).
+        room_c, lim_c = _room_after(blim, page_bits)
+
+        # While the burst can take a segment, blast is the last beat of the previous
+        # segment: ``same``/``next`` (precomputed) compare the segment with it.
         shared = Signal()
-        m.d.comb += shared.eq(is_open & ~force & ~full & (b0 == blast))
-        frm = Mux(cont, cur, b0 + shared)[:beat_bits]
-        last = Mux(cont, cend, b1)
-        active = cont | (new_item & self.seg_data)
-        covered = ~cont & shared & (b1 == b0)
-        can_append = is_open & ~force & (cont | ~full) & (frm == (blast + 1)[:beat_bits]) & \
-            (frm <= blim)
-        app_end = min_(last, blim)
-        new_lim = limit(frm)
-        new_end = min_(last, new_lim)
+        m.d.comb += shared.eq(joinable & seg.same)
+        adjacent = seg.next
+        active = cont | (self.seg_valid & self.desc_ok & self.seg_data)
+        covered = ~cont & shared & (seg.nb == 0)
+        can_append = ~cont & joinable & (shared | adjacent) & (broom != 0)
+        need = Mux(cont, left, Mux(shared, seg.nb, seg.beats))
+        room = Mux(cont, room_c, Mux(shared, seg.room1, seg.room0))
+        lim = Mux(cont, lim_c, Mux(shared, seg.lim1, seg.lim0))
+        last = Mux(cont, cend, seg.b1)
         item_close = Mux(cont, cforce, self.seg_close)
+        app_fits = Mux(shared, seg.nb <= broom, seg.beats <= broom)
+        new_fits = Mux(cont, left <= room_c, Mux(shared, seg.fits1, seg.fits0))
 
         merged = Signal()
         opened = Signal()
@@ -241,61 +319,115 @@ class BurstPlanner(wiring.Component):
             self.shared.eq(shared & self.seg_data),
             self.close.eq(closing),
             self.close_addr.eq(baddr),
-            self.close_len.eq(blast - bstart),
+            self.close_len.eq(bcount - 1),
             self.close_final.eq(force),
         ]
         with m.If(self.drop):
-            m.d.sync += [is_open.eq(0), cont.eq(0), force.eq(0)]
+            m.d.sync += [is_open.eq(0), joinable.eq(0), cont.eq(0), force.eq(0)]
         with m.Else():
             with m.If(active):
                 with m.If(covered):
                     m.d.comb += merged.eq(1)
-                    m.d.sync += [force.eq(force | item_close), segments.eq(segments + 1)]
+                    m.d.sync += [force.eq(item_close), segments.eq(segments + 1),
+                                 joinable.eq(~item_close & one_more)]
                 with m.Elif(can_append):
                     m.d.comb += merged.eq(1)
-                    m.d.sync += [segments.eq(segments + ~cont), blast.eq(app_end),
-                                 cont.eq(app_end != last), cur.eq(app_end + 1), cend.eq(last),
-                                 cforce.eq(item_close),
-                                 force.eq(force | ((app_end == last) & item_close))]
+                    m.d.sync += [segments.eq(segments + 1), cend.eq(last),
+                                 cforce.eq(item_close), cont.eq(~app_fits),
+                                 left.eq(need - broom),
+                                 force.eq(app_fits & item_close),
+                                 joinable.eq(~(app_fits & item_close) & one_more)]
+                    with m.If(app_fits):
+                        m.d.sync += [blast.eq(last), broom.eq(broom - need),
+                                     bcount.eq(bcount + need)]
+                    with m.Else():
+                        m.d.sync += [blast.eq(blim), broom.eq(0), bcount.eq(bfull)]
                 with m.Elif(~is_open | self.close_ok):
                     m.d.comb += [opened.eq(1), closing.eq(is_open)]
-                    m.d.sync += [is_open.eq(1), segments.eq(1), bstart.eq(frm),
-                                 blast.eq(new_end),
-                                 blim.eq(new_lim),
-                                 baddr.eq(Mux(~cont & ~shared, self.seg_start, frm << lb)),
-                                 cont.eq(new_end != last), cur.eq(new_end + 1),
-                                 cend.eq(last), cforce.eq(item_close),
-                                 force.eq((new_end == last) & item_close)]
+                    m.d.sync += [is_open.eq(1), segments.eq(1), blim.eq(lim), bfull.eq(room),
+                                 baddr.eq(Mux(cont, Cat(Const(0, lb), blim + 1),
+                                              Mux(shared, Cat(Const(0, lb), seg.b0p1),
+                                                  seg.start))),
+                                 cont.eq(~new_fits), left.eq(need - room), cend.eq(last),
+                                 cforce.eq(item_close),
+                                 force.eq(new_fits & item_close),
+                                 joinable.eq(~(new_fits & item_close) & Const(max_segs > 1))]
+                    with m.If(new_fits):
+                        m.d.sync += [blast.eq(last), broom.eq(room - need),
+                                     bcount.eq(need)]
+                    with m.Else():
+                        m.d.sync += [blast.eq(lim), broom.eq(0), bcount.eq(room)]
             with m.If(is_open & ~merged & ~opened & self.close_ok):
                 m.d.comb += closing.eq(1)
-                m.d.sync += [is_open.eq(0), force.eq(0)]
+                m.d.sync += [is_open.eq(0), joinable.eq(0), force.eq(0)]
         return m
 
 
-def segment_queue(m, data_bytes, desc_layout, *, reset):
+def segment_queue(m, data_bytes, desc_layout, *, reset, buffered=False):
     """An engine's :class:`BurstPlanner` (``data_bytes`` beats) and its descriptor FIFO
     (:data:`~npugen.hw.dma_common.DESC_DEPTH` entries of ``desc_layout``, reset by
     ``reset``), added to ``m`` as ``planner`` and ``descriptors``.  A burst joins at most
-    half as many segments as the FIFO holds (see :class:`BurstPlanner`)."""
+    half as many segments as the FIFO holds (see :class:`BurstPlanner`).  A ``buffered``
+    FIFO has a registered output (a descriptor is readable a cycle later)."""
     m.submodules.planner = planner = BurstPlanner(data_bytes, 9, DESC_DEPTH // 2)
-    descriptors = SyncFIFO(width=desc_layout.size, depth=DESC_DEPTH)
+    fifo = SyncFIFOBuffered if buffered else SyncFIFO
+    descriptors = fifo(width=desc_layout.size, depth=DESC_DEPTH)
     m.submodules.descriptors = ResetInserter(reset)(descriptors)
     return planner, descriptors
 
 
-def offer_segment(m, planner, descriptors, *, valid, data, start, length, close, desc, flush):
+def planner_stage(m, planner, descriptors, *, valid, data, start, length, close, desc, flush,
+                  extra=None):
     """Offers a segment ``[start, start + length)`` (a marker without bytes unless
     ``data``; ``close`` ends its burst) to ``planner`` and its descriptor ``desc`` to the
-    FIFO ``descriptors``: both take it in the same cycle, nothing is taken during
-    ``flush``.  Sets ``desc.shared`` from the planner; returns the condition "taken"."""
-    take = valid & planner.seg_ready
+    FIFO ``descriptors`` through a two-entry register stage (a skid buffer: no
+    combinational path joins the producer and the planner) that also precomputes the
+    segment (:func:`describe_segment`).  The planner and the FIFO take the stage's head
+    in the same cycle; ``desc.shared`` is set from the planner on the way.  Returns
+    ``ready``, a register: the stage takes the item when ``valid & ready``.  One item a
+    cycle, a cycle of latency; ``flush`` empties the stage and nothing is taken during
+    it.  ``extra(desc)``, if given, is written to the FIFO above the descriptor (figures
+    derived from it, so that the reader has them in a register)."""
+    raw = [Value.cast(data), Value.cast(start), Value.cast(length), Value.cast(close),
+           Value.cast(desc)]
+    packed = Cat(*raw)
+    prev_b1 = Signal(ADDR_BITS - log2(planner.data_bytes))   # of the last data segment
+    seg = describe_segment(m, planner.data_bytes, planner.len_bits, start, length, prev_b1)
+    skid = Signal(len(packed))
+    skid_seg = Signal.like(seg)
+    skid_valid = Signal()
+    head = Signal(len(packed))
+    head_seg = Signal.like(seg)
+    head_valid = Signal()
+    fields, at = [], 0
+    for value in raw:
+        fields.append(head[at:at + len(value)])
+        at += len(value)
+    h_data, _, _, h_close, h_desc = fields
+
+    accept = valid & ~skid_valid
+    taken = head_valid & planner.seg_ready
+    with m.If(accept & Value.cast(data)):
+        m.d.sync += prev_b1.eq(seg.b1)
+    with m.If(flush):
+        m.d.sync += [head_valid.eq(0), skid_valid.eq(0)]
+    with m.Elif(~head_valid | taken):
+        m.d.sync += [head_valid.eq(skid_valid | accept), skid_valid.eq(0),
+                     head.eq(Mux(skid_valid, skid, packed)),
+                     head_seg.eq(Mux(skid_valid, skid_seg, seg))]
+    with m.Elif(accept):
+        m.d.sync += [skid_valid.eq(1), skid.eq(packed), skid_seg.eq(seg)]
+
+    out_desc = Signal.like(desc)
     m.d.comb += [
-        planner.seg_valid.eq(valid & ~flush), planner.seg_data.eq(data),
-        planner.seg_start.eq(start), planner.seg_len.eq(length), planner.seg_close.eq(close),
-        planner.desc_ok.eq(descriptors.w_rdy), desc.shared.eq(planner.shared),
-        descriptors.w_data.eq(desc), descriptors.w_en.eq(take & ~flush),
+        planner.seg_valid.eq(head_valid & ~flush), planner.seg_data.eq(h_data),
+        planner.seg.eq(head_seg), planner.seg_close.eq(h_close),
+        planner.desc_ok.eq(descriptors.w_rdy),
+        out_desc.eq(h_desc), out_desc.shared.eq(planner.shared),
+        descriptors.w_data.eq(Cat(out_desc, extra(out_desc)) if extra else out_desc),
+        descriptors.w_en.eq(taken & ~flush),
     ]
-    return take
+    return ~skid_valid
 
 
 class InstructionFetch(wiring.Component):
@@ -341,6 +473,7 @@ class InstructionFetch(wiring.Component):
         discard = Signal()          # R beats are dropped
         fault_pending = Signal()    # the next pc is outside the window
         pc_req = Signal(33)         # next instruction to request
+        next_page = Signal(21)      # pc_req[12:] + 1
         pc_out = Signal(32)         # next instruction to deliver
         inflight = Signal(range(FETCH_DEPTH + 1))          # requested, not delivered
         outstanding = Signal(range(FETCH_DEPTH * per_instr + 1))   # beats not received
@@ -354,30 +487,51 @@ class InstructionFetch(wiring.Component):
         # Issue: a burst of n instructions at pc_req.  The window check and the burst
         # length the page and the window allow are registered from pc_req (timing: the
         # 34-bit window arithmetic stays out of the issue logic); they are a cycle old
-        # after each issue, so no burst is issued in the cycle after one.
+        # after each issue, so no burst is issued in the cycle after one.  Both figures
+        # are clamped to ``per_burst`` (a power of two) with narrow logic: one subtraction
+        # ``read_limit - pc_req`` gives the window check and the window's room.
         issued = Signal()
         stale = Signal()
         in_window = Signal()
         to_window = Signal(range(per_burst + 1))
+        pb = log2(per_burst)
+        to_limit = Signal(signed(34))           # bytes from pc_req to read_limit
+        m.d.comb += to_limit.eq(self.read_limit - pc_req)
+        page_room = Mux(pc_req[5 + pb:12].all(), per_burst - pc_req[5:5 + pb], per_burst)
+        window_room = Mux(to_limit[5 + pb:].any(), per_burst, to_limit[5:5 + pb])
+        page_tail = Signal()                    # the burst may reach the page end:
+        tail_room = Signal(pb + 1)              # with this many instructions
         m.d.sync += [
-            in_window.eq((pc_req >= self.read_base) &
-                         (pc_req + _INSTR_BYTES <= self.read_limit)),
-            to_window.eq(min_(min_((_PAGE_BYTES - pc_req[:12]) >> 5,
-                                   (self.read_limit - pc_req)[5:]), per_burst)),
+            page_tail.eq(pc_req[5 + pb:12].all()),
+            tail_room.eq(per_burst - pc_req[5:5 + pb]),
+            in_window.eq((pc_req >= self.read_base) & ~to_limit[-1] & to_limit[5:].any()),
+            to_window.eq(min_(page_room, window_room)),
             stale.eq(issued | self.start),
         ]
-        space = FETCH_DEPTH - fifo.level - inflight
+        # Buffer slots neither filled nor requested (FETCH_DEPTH - level - inflight), kept
+        # as a register so that the burst length is a narrow minimum of two registers.
+        space = Signal(range(FETCH_DEPTH + 1), init=FETCH_DEPTH)
         count = Signal(range(per_burst + 1))
         m.d.comb += count.eq(min_(to_window, space))
+        # pc_req[5:12] + count and count == tail_room, with both choices of the minimum
+        # computed beside its comparison (timing).
+        window_first = to_window < space
+        in_page = Signal(7)
+        m.d.comb += in_page.eq(Mux(window_first, pc_req[5:12] + to_window,
+                                   pc_req[5:12] + space))
+        to_page_end = page_tail & Mux(window_first, to_window == tail_room, space == tail_room)
         can_issue = running & ~stale & ~fault_pending & ar.free & ~self.flush & ~self.start
         with m.If(can_issue):
             with m.If(~in_window):
                 m.d.sync += fault_pending.eq(1)
-            with m.Elif(count != 0):
+            with m.Elif((to_window != 0) & (space != 0)):       # count != 0
                 m.d.comb += issued.eq(1)
                 m.d.sync += [ar.valid.eq(1), ar.addr.eq(pc_req[:32]),
                              ar.len.eq(count * per_instr - 1),
-                             pc_req.eq(pc_req + (count << 5))]
+                             pc_req[5:12].eq(in_page)]
+                # A burst ends at the page end at the latest: the page number only steps.
+                with m.If(to_page_end):
+                    m.d.sync += [pc_req[12:].eq(next_page), next_page.eq(next_page + 1)]
 
         # R beats: assemble instructions, little-endian, first beat at bit 0.
         m.d.comb += bus.rready.eq(1)
@@ -399,7 +553,8 @@ class InstructionFetch(wiring.Component):
                 m.d.sync += [beat.eq(beat + 1), bad.eq(bad | bad_beat)]
             if per_instr > 1:
                 m.d.sync += assembled.eq(Cat(assembled[8 * nbytes:], bus.rdata))
-        with m.Elif(fault_pending & (inflight == 0) & ~discard & fifo.w_rdy):
+        # (With nothing in flight, space != 0 is the buffer's w_rdy, from a register.)
+        with m.Elif(fault_pending & (inflight == 0) & ~discard & (space != 0)):
             m.d.comb += [push.eq(1), item.pc.eq(pc_req[:32]),
                          item.fault.eq(NPUError.BAD_HOST_ADDRESS)]
             m.d.sync += [fault_pending.eq(0), running.eq(0)]
@@ -407,6 +562,11 @@ class InstructionFetch(wiring.Component):
         with m.If(pushed_fault):
             m.d.sync += [running.eq(0), discard.eq(1)]
 
+        with m.If(clear):
+            m.d.sync += space.eq(FETCH_DEPTH)
+        with m.Else():
+            m.d.sync += space.eq(space - Mux(issued, count, 0) - (push & ~delivered) +
+                                 (fifo.r_en & fifo.r_rdy))
         m.d.sync += [
             inflight.eq(inflight + Mux(issued, count, 0) - delivered),
             outstanding.eq(outstanding + Mux(issued, count * per_instr, 0) - got),
@@ -419,7 +579,8 @@ class InstructionFetch(wiring.Component):
             m.d.sync += [running.eq(0), fault_pending.eq(0), discard.eq(1), beat.eq(0),
                          bad.eq(0), inflight.eq(0), pending.eq(self.start)]
             with m.If(self.start):
-                m.d.sync += [pc_req.eq(self.start_addr), pc_out.eq(self.start_addr)]
+                m.d.sync += [pc_req.eq(self.start_addr), pc_out.eq(self.start_addr),
+                             next_page.eq(self.start_addr[12:] + 1)]
         with m.Elif(discard & (outstanding - got == 0) & ~ar.valid):
             m.d.sync += discard.eq(0)
             with m.If(pending):
@@ -463,8 +624,9 @@ class LoadEngine(wiring.Component):
     @staticmethod
     def _desc_layout(lb):
         return data.StructLayout({
-            "kind": unsigned(2), "off": unsigned(lb), "len": unsigned(9),
-            "pos0": unsigned(8), "shared": unsigned(1), "last_word": unsigned(1),
+            "kind": unsigned(2), "pos0": unsigned(8), "end": unsigned(10),
+            "rot": signed(10), "pieces": unsigned(9), "shared": unsigned(1),
+            "last_word": unsigned(1),
             "last_instr": unsigned(1), "sp": unsigned(16), "target": unsigned(2),
             "lanes": unsigned(8), "bcast": unsigned(1), "pad": unsigned(8),
             "code": unsigned(8),
@@ -480,7 +642,27 @@ class LoadEngine(wiring.Component):
 
         draining = Signal()
         flush = Signal()
-        planner, desc_fifo = segment_queue(m, nbytes, desc_layout, reset=flush)
+        # The FIFO also holds masks of word bytes and lanes derived from each descriptor
+        # (see the R consumer).
+        mask_layout = data.StructLayout({"seg": unsigned(word_bytes),
+                                         "window": unsigned(nbytes + word_bytes),
+                                         "lanes": unsigned(word_bytes),
+                                         "one": unsigned(1), "two": unsigned(1)})
+        entry_layout = data.StructLayout({"desc": desc_layout, "masks": mask_layout})
+        planner, desc_fifo = segment_queue(m, nbytes, entry_layout, reset=flush,
+                                           buffered=True)
+
+        def masks(d):
+            """A segment's word bytes [pos0, end), the word bytes of its first beat
+            [rot, rot + nbytes) (from -nbytes), the lanes < lanes (none for a pad) and
+            whether it has one or two pieces."""
+            d = desc_layout(d)
+            return Cat(Cat(*((d.pos0 <= p) & (d.end > p) for p in range(word_bytes))),
+                       Cat(*((d.rot <= p) & (d.rot > p - nbytes)
+                             for p in range(-nbytes, word_bytes))),
+                       Cat(*((d.kind != _PAD) & (d.lanes > lane)
+                             for lane in range(word_bytes))),
+                       d.pieces == 0, d.pieces == 1)
 
         # ---- bursts committed to the bus -------------------------------------------
         bus = self.bus
@@ -502,12 +684,25 @@ class LoadEngine(wiring.Component):
         lane_misaligned = Signal()
         j = Signal(8)
         lane_addr = Signal(32)
+        in_lanes = Signal()                    # the FSM is in LANES
+        last_lane = Signal()                   # j == lanes - 1
 
         lane_e = Mux(lane_bytes4, 4, 1)
-        in_windows = ((i >= cmd.inner_lo) & (i < cmd.inner_hi) &
-                      (o >= cmd.outer_lo) & (o < cmd.outer_hi))
-        fault = walk.fault(self.read_base, self.read_limit, extent,
-                           aligned=~lane_bytes4 | ((addr[:2] == 0) & ~lane_misaligned))
+        # Whether i and o are inside the windows: registers kept with the walk.
+        i_in = Signal()
+        o_in = Signal()
+        in_windows = i_in & o_in
+
+        def step():
+            """The walk moves to the next word."""
+            walk.advance(m)
+            i_next, o_next = i + 1, o + 1
+            with m.If(walk.last_i):
+                m.d.sync += [i_in.eq((cmd.inner_lo == 0) & (cmd.inner_hi != 0)),
+                             o_in.eq((o_next >= cmd.outer_lo) & (o_next < cmd.outer_hi))]
+            with m.Else():
+                m.d.sync += i_in.eq((i_next >= cmd.inner_lo) & (i_next < cmd.inner_hi))
+        fault = walk.fault(aligned=~lane_bytes4 | ((addr[:2] == 0) & ~lane_misaligned))
 
         seg_kind = Signal(2)
         seg_start = Signal(32)
@@ -517,18 +712,30 @@ class LoadEngine(wiring.Component):
         seg_code = Signal(8)
         seg_valid = Signal()
         desc = Signal(desc_layout)
-        take = offer_segment(m, planner, desc_fifo, valid=seg_valid, data=seg_kind == _SEG,
-                             start=seg_start, length=seg_len, close=0, desc=desc, flush=flush)
+        seq_flush = Signal()                   # flush, a cycle later
+        m.d.sync += seq_flush.eq(flush)
+        # A register stage between the sequencer and the planner (its address, window
+        # and alignment logic never meets the planner's in one cycle).
+        st_ready = planner_stage(m, planner, desc_fifo, valid=seg_valid,
+                                 data=seg_kind == _SEG, start=seg_start, length=seg_len,
+                                 close=0, desc=desc, flush=flush | seq_flush, extra=masks)
+        take = seg_valid & st_ready
 
-        # On abort or error (flush) the sequencer stops where it is.
-        with m.FSM():
+        # On abort or error (flush) the sequencer stops where it is, a cycle later
+        # (seq_flush, a register: no path from the consumer to the walk); the stage
+        # drops what it takes in that cycle too.
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
                 with m.If(self.cmd.valid & self.cmd.ready):
                     p = self.cmd.payload
-                    m.d.sync += [*walk.start(p),
-                                 lane_bytes4.eq(p.target == LoadTarget.PARAM),
-                                 lanes.eq(p.lanes), stride.eq(p.lane_stride)]
+                    param = p.target == LoadTarget.PARAM
+                    m.d.sync += [*walk.start(p, self.read_base, self.read_limit),
+                                 i_in.eq((p.inner_lo == 0) & (p.inner_hi != 0)),
+                                 o_in.eq((p.outer_lo == 0) & (p.outer_hi != 0)),
+                                 lane_bytes4.eq(param),
+                                 lanes.eq(p.lanes), stride.eq(p.lane_stride),
+                                 extent.eq((p.lanes - 1) * p.lane_stride + Mux(param, 4, 1))]
                     m.next = "SETUP"
             with m.State("SETUP"):
                 e = lane_e
@@ -536,92 +743,100 @@ class LoadEngine(wiring.Component):
                 m.d.sync += [
                     bcast.eq((stride == 0) & (lanes != 1)),
                     gather.eq(~contiguous & (stride != 0)),
-                    extent.eq((lanes - 1) * stride + e),
+                    *walk.set_extent(extent),
                     lane_misaligned.eq(lane_bytes4 & (lanes != 1) & (stride[:2] != 0)),
                 ]
                 m.next = "WORD"
-                stop_on(m, flush)
+                stop_on(m, seq_flush)
             with m.State("WORD"):
-                m.d.comb += [seg_valid.eq(1), seg_start.eq(addr[:32]), seg_pos0.eq(0),
-                             seg_last_word.eq(1)]
+                m.d.comb += [seg_valid.eq(1), seg_last_word.eq(1)]
                 with m.If(~in_windows):
                     m.d.comb += seg_kind.eq(_PAD)
                 with m.Elif(fault != NPUError.NONE.value):
                     m.d.comb += [seg_kind.eq(_FAULT), seg_code.eq(fault)]
                 with m.Else():
-                    m.d.comb += [seg_kind.eq(_SEG),
-                                 seg_len.eq(Mux(bcast, lane_e, Mux(gather, lane_e, extent))),
-                                 seg_last_word.eq(~gather)]
+                    m.d.comb += [seg_kind.eq(_SEG), seg_last_word.eq(~gather)]
                 with m.If(take):
                     with m.If(seg_kind == _FAULT):
                         m.next = "FAULTED"
                     with m.Elif((seg_kind == _SEG) & gather):
-                        m.d.sync += [j.eq(1), lane_addr.eq(addr[:32] + stride)]
+                        m.d.sync += [j.eq(1), lane_addr.eq(addr[:32] + stride),
+                                     in_lanes.eq(1), last_lane.eq(lanes == 2)]
                         m.next = "LANES"
                     with m.Else():
-                        walk.advance(m)
-                stop_on(m, flush)
+                        step()
+                stop_on(m, seq_flush)
             with m.State("LANES"):
-                last_lane = j == lanes - 1
-                m.d.comb += [seg_valid.eq(1), seg_kind.eq(_SEG), seg_start.eq(lane_addr),
-                             seg_len.eq(lane_e),
-                             seg_pos0.eq(Mux(lane_bytes4, j << 2, j)),
-                             seg_last_word.eq(last_lane)]
+                m.d.comb += [seg_valid.eq(1), seg_kind.eq(_SEG), seg_last_word.eq(last_lane)]
                 with m.If(take):
-                    m.d.sync += [j.eq(j + 1), lane_addr.eq(lane_addr + stride)]
+                    m.d.sync += [j.eq(j + 1), lane_addr.eq(lane_addr + stride),
+                                 last_lane.eq(j + 2 == lanes)]
                     with m.If(last_lane):
+                        m.d.sync += in_lanes.eq(0)
                         m.next = "WORD"
-                        walk.advance(m)
-                stop_on(m, flush)
+                        step()
+                stop_on(m, seq_flush)
             with m.State("FAULTED"):
-                stop_on(m, flush)
+                stop_on(m, seq_flush)
 
+        with m.If(seq_flush):
+            m.d.sync += in_lanes.eq(0)
+        # The segment's bytes depend on registers only (not on the FSM state or the
+        # word's checks): a gather word's lanes, or the word.
         m.d.comb += [
-            desc.kind.eq(seg_kind), desc.off.eq(seg_start[:lb]), desc.len.eq(seg_len),
-            desc.pos0.eq(seg_pos0), desc.last_word.eq(seg_last_word),
+            seg_start.eq(Mux(in_lanes, lane_addr, addr[:32])),
+            seg_len.eq(Mux(in_lanes | bcast | gather, lane_e, extent)),
+            seg_pos0.eq(Mux(in_lanes, Mux(lane_bytes4, j << 2, j), 0)),
+        ]
+        m.d.comb += [
+            desc.kind.eq(seg_kind), desc.pos0.eq(seg_pos0), desc.end.eq(seg_pos0 + seg_len),
+            desc.rot.eq(seg_pos0 - seg_start[:lb]),
+            desc.pieces.eq((seg_start[:lb] + seg_len - 1) >> lb),
+            desc.last_word.eq(seg_last_word),
             desc.last_instr.eq(seg_last_word & walk.last_i & walk.last_o),
             desc.sp.eq(sp), desc.target.eq(cmd.target), desc.lanes.eq(lanes),
             desc.bcast.eq(bcast), desc.pad.eq(cmd.pad), desc.code.eq(seg_code),
         ]
 
         # ---- R consumer ----------------------------------------------------------------
-        head = Signal(desc_layout)
-        m.d.comb += head.eq(desc_fifo.r_data)
+        entry = Signal(entry_layout)
+        m.d.comb += entry.eq(desc_fifo.r_data)
+        head = entry.desc
         have = desc_fifo.r_rdy & ~draining
         first = Signal(init=1)
-        cursor = Signal(9)
-        remaining = Signal(9)
+        k = Signal(9)              # the piece (beat) of the segment after the first
+        k_last = Signal()          # after the first piece: piece k is the segment's last
+        window = Signal(nbytes + word_bytes)     # word bytes -nbytes .. word_bytes - 1
         beat_reg = Signal(8 * nbytes)
         word = Signal(8 * word_bytes)
 
-        pos = Signal(9)            # word byte of the piece's first byte
-        rem = Signal(9)            # bytes of the segment still to place
-        n = Signal(9)              # bytes this piece places
-        end = Signal(10)
+        # A segment's beat k covers word bytes [rot + k·nbytes, rot + (k+1)·nbytes) (rot
+        # may be negative); its piece writes those inside the segment [pos0, end).  The
+        # masks come from the FIFO (its output is a register): no arithmetic here.
+        seg_mask = entry.masks.seg
+        first_window = entry.masks.window
+        cur_window = Mux(first, first_window, window)
+        en = Signal(word_bytes)
         reuse = Signal()           # the piece's beat is the one already taken
         beat = Signal(8 * nbytes)
         rotated = Signal(8 * nbytes)
-        room = Mux(first, nbytes - head.off, nbytes)
         m.d.comb += [
-            pos.eq(Mux(first, head.pos0, cursor)),
-            rem.eq(Mux(first, head.len, remaining)),
-            n.eq(min_(rem, room)),
-            end.eq(pos + n),
+            en.eq(cur_window[nbytes:] & seg_mask),
             reuse.eq(first & head.shared),
             beat.eq(Mux(reuse, beat_reg, bus.rdata)),
-            rotated.eq(rotate_left_bytes(beat, (head.pos0 - head.off)[:lb], nbytes)),
+            rotated.eq(rotate_left_bytes(beat, head.rot[:lb], nbytes)),
         ]
         merged = Signal(8 * word_bytes)
         for p in range(word_bytes):
-            en = (pos <= p) & (end > p)
             q = p % nbytes
             m.d.comb += merged[8 * p:8 * p + 8].eq(
-                Mux(en, rotated[8 * q:8 * q + 8], word[8 * p:8 * p + 8]))
+                Mux(en[p], rotated[8 * q:8 * q + 8], word[8 * p:8 * p + 8]))
 
         piece = have & (head.kind == _SEG) & (reuse | bus.rvalid)
-        seg_done = n == rem
+        # Whether this piece is the segment's last, from registers (the FIFO's output
+        # flag for the first piece, k_last, set a piece ahead, for the others).
+        seg_done = Mux(first, entry.masks.one, k_last)
         emit = Signal()
-        emit_pad = Signal()
         fault_seen = Signal()
         read_error = Signal()
         with m.If(piece):
@@ -634,9 +849,11 @@ class LoadEngine(wiring.Component):
                 m.d.comb += [desc_fifo.r_en.eq(~read_error), emit.eq(head.last_word & ~read_error)]
                 m.d.sync += first.eq(1)
             with m.Else():
-                m.d.sync += [first.eq(0), cursor.eq(pos + n), remaining.eq(rem - n)]
+                m.d.sync += [first.eq(0), k.eq(Mux(first, 1, k + 1)),
+                             k_last.eq(Mux(first, entry.masks.two, k + 1 == head.pieces)),
+                             window.eq(cur_window << nbytes)]
         with m.Elif(have & (head.kind == _PAD)):
-            m.d.comb += [desc_fifo.r_en.eq(1), emit.eq(1), emit_pad.eq(1)]
+            m.d.comb += [desc_fifo.r_en.eq(1), emit.eq(1)]
         with m.Elif(have & (head.kind == _FAULT) & ~self.wr_en):
             # Reported once the last word before it is written and its done is out.
             m.d.comb += [desc_fifo.r_en.eq(1), fault_seen.eq(1)]
@@ -644,17 +861,17 @@ class LoadEngine(wiring.Component):
             m.d.comb += bus.rready.eq(1)
 
         # Word formatting: lanes < lanes from the word (lane 0 for a broadcast), the rest pad.
-        count = Mux(emit_pad, 0, head.lanes)
+        lane_on = entry.masks.lanes            # lane < lanes, none for a pad word
         byte_word = Signal(8 * word_bytes)
         for lane in range(word_bytes):
             value = Mux(head.bcast, merged[:8], merged[8 * lane:8 * lane + 8])
-            m.d.comb += byte_word[8 * lane:8 * lane + 8].eq(Mux(count > lane, value, head.pad))
+            m.d.comb += byte_word[8 * lane:8 * lane + 8].eq(Mux(lane_on[lane], value, head.pad))
         param_word = Signal(32 * cfg.cols)
         pad32 = head.pad.as_signed()
         for lane in range(cfg.cols):
             value = Mux(head.bcast, merged[:32], merged[32 * lane:32 * lane + 32])
             m.d.comb += param_word[32 * lane:32 * lane + 32].eq(
-                Mux(count > lane, value, pad32))
+                Mux(lane_on[lane], value, pad32))
         kill = Signal()            # abort or read error: no more writes or done pulses
         write = emit & ~kill
         wr_last = Signal()
@@ -671,7 +888,10 @@ class LoadEngine(wiring.Component):
         m.d.comb += [kill.eq(self.abort | read_error), flush.eq(kill | fault_seen)]
         with m.If(flush):
             m.d.sync += [draining.eq(1), first.eq(1)]
-        with m.Elif(draining & (beats - r_fire == 0) & ~planner.close):
+        # While draining every R beat is taken: the last one is in when beats == rvalid.
+        with m.Elif(draining & Mux(bus.rvalid, beats == 1, beats == 0) & ~planner.close):
             m.d.sync += draining.eq(0)
-        track_busy(m, self, clear=flush, draining=draining)
+        # cmd.ready is ~draining & ~flush in IDLE; without flush (it clears the count).
+        track_busy(m, self, clear=flush, draining=draining,
+                   offered=self.cmd.valid & ~draining & fsm.ongoing("IDLE"))
         return m

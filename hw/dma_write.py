@@ -2,24 +2,29 @@
 
 :class:`StoreEngine` executes STORE (``docs/ISA.md``) as a pipeline::
 
-    cmd ─► word sequencer ─► BurstPlanner ─► AW register ─► bus.aw
-           (exact host        │ descriptor FIFO   └─► burst lengths, done flags
-            addresses,        ▼
-            window, align) ── OUT read ─► word FIFO ─► beat assembler ─► bus.w
+    cmd ─► word sequencer ─► register stage ─► BurstPlanner ─► AW register ─► bus.aw
+           (exact host                          │ descriptor FIFO   └─► burst lengths, done flags
+            addresses,                          ▼
+            window, align) ──────────────────── OUT read ─► word FIFO ─► beat assembler ─► bus.w
                                                                         bus.b ─► done
 
-* The **sequencer** walks the words ``(o, i)`` with exact (50-bit) host addresses and
+* The **sequencer** walks the words ``(o, i)`` with their host addresses and the exact
+  distances to the write window's ends (:class:`~npugen.hw.dma_common.WordWalk`) and
   checks each word before anything of it is written: all its ``lanes·elem_bytes``
   bytes inside ``[write_base, write_limit)`` (else BAD_HOST_ADDRESS), and for int32 the
   address 4-aligned (else MISALIGNED; the window is checked first).  A good word is one
-  byte segment (lanes are contiguous in host memory).
+  byte segment (lanes are contiguous in host memory).  Segments pass a two-entry
+  register stage (:func:`~npugen.hw.dma_read.planner_stage`) to the planner: one a
+  cycle, a cycle of latency.
 * The **planner** (:class:`~npugen.hw.dma_read.BurstPlanner`) joins consecutive
   segments into INCR bursts (≤ 16 beats, never across 4 KB); two words that meet inside
   a beat share it.  Bursts never span two instructions.
 * The **OUT read** fetches each word once (``rd_en``, data the next cycle) into a small
   FIFO; the **beat assembler** cuts the word's bytes (the low byte of each lane for
   int8) into beats with their strobes, merging the shared beat of two words, and sends
-  a beat only once its burst is closed (its length, and so ``wlast``, is known).
+  a beat only once its burst is closed (its length, and so ``wlast``, is known; the
+  oldest unsent burst's length and its "last beat next" flag are registers in front of
+  the length FIFO, loaded in the cycle after the burst closes, as the FIFO would be).
   Only the instruction's bytes have their strobe set.
 * B responses arrive in order; the last burst of an instruction pulses ``done``.
 
@@ -43,7 +48,7 @@ from .axi import RESP_OKAY
 from .dma_common import (ADDR_BITS, ID_BITS, MAX_OUTSTANDING, AddressChannel,
                          BusPortSignature, WordWalk, check_config, issue_bursts, log2,
                          report_errors, stop_on, track_busy)
-from .dma_read import offer_segment, segment_queue
+from .dma_read import planner_stage, segment_queue
 from .isa import NPUError, store_layout
 
 __all__ = ["WritePortSignature", "StoreEngine", "WRITE_ID"]
@@ -94,7 +99,9 @@ class StoreEngine(wiring.Component):
     @staticmethod
     def _desc_layout(lb):
         return data.StructLayout({
-            "kind": unsigned(1), "sp": unsigned(16), "off": unsigned(lb), "len": unsigned(9),
+            "kind": unsigned(1), "sp": unsigned(16), "off": unsigned(lb), "end": unsigned(10),
+            "strb0": unsigned(1 << lb), "strb1": unsigned(1 << lb), "last0": unsigned(1),
+            "last1": unsigned(1),
             "shared": unsigned(1), "int32": unsigned(1), "last_instr": unsigned(1),
             "code": unsigned(8),
         })
@@ -125,7 +132,7 @@ class StoreEngine(wiring.Component):
         aw = AddressChannel(m, bus, "aw", axi_id=WRITE_ID, size=lb)
         bursts = issue_bursts(m, planner, aw, finished=b_fire, drop=flush)  # B not received
         m.d.comb += [
-            burst_fifo.w_en.eq(planner.close), burst_fifo.w_data.eq(planner.close_len),
+            burst_fifo.w_data.eq(planner.close_len),
             flag_fifo.w_en.eq(planner.close), flag_fifo.w_data.eq(planner.close_final),
         ]
 
@@ -134,26 +141,30 @@ class StoreEngine(wiring.Component):
         sp, addr = walk.sp, walk.addr
         int32 = Signal()
         nbytes_word = Signal(9)
-        fault = walk.fault(self.write_base, self.write_limit, nbytes_word,
-                           aligned=~int32 | (addr[:2] == 0))
+        fault = walk.fault(aligned=~int32 | (addr[:2] == 0))
 
         seg_valid = Signal()
+        seg_end = Signal(10)        # the word's end, in bytes from its first beat's start
+        m.d.comb += seg_end.eq(addr[:lb] + nbytes_word)
         seg_kind = Signal()
         seg_code = Signal(8)
         seg_last = (seg_kind == _SEG) & walk.last_i & walk.last_o
         desc = Signal(desc_layout)
-        take = offer_segment(m, planner, desc_fifo, valid=seg_valid, data=seg_kind == _SEG,
-                             start=addr[:32], length=nbytes_word, close=seg_last, desc=desc,
-                             flush=flush)
+        # A register stage between the sequencer and the planner (timing).
+        st_ready = planner_stage(m, planner, desc_fifo, valid=seg_valid,
+                                 data=seg_kind == _SEG, start=addr[:32], length=nbytes_word,
+                                 close=seg_last, desc=desc, flush=flush)
+        take = seg_valid & st_ready
 
         # On abort or error (flush) the sequencer stops where it is.
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
                 with m.If(self.cmd.valid & self.cmd.ready):
                     p = self.cmd.payload
-                    m.d.sync += [*walk.start(p), int32.eq(p.elem_bytes == 4),
-                                 nbytes_word.eq(Mux(p.elem_bytes == 4, p.lanes << 2, p.lanes))]
+                    size = Mux(p.elem_bytes == 4, p.lanes << 2, p.lanes)
+                    m.d.sync += [*walk.start(p, self.write_base, self.write_limit, size),
+                                 int32.eq(p.elem_bytes == 4), nbytes_word.eq(size)]
                     m.next = "WORD"
             with m.State("WORD"):
                 m.d.comb += seg_valid.eq(1)
@@ -170,7 +181,10 @@ class StoreEngine(wiring.Component):
 
         m.d.comb += [
             desc.kind.eq(seg_kind), desc.sp.eq(sp), desc.off.eq(addr[:lb]),
-            desc.len.eq(nbytes_word), desc.int32.eq(int32), desc.last_instr.eq(seg_last),
+            desc.end.eq(seg_end), desc.int32.eq(int32), desc.last_instr.eq(seg_last),
+            desc.strb0.eq(Cat(*((addr[:lb] <= q) & (seg_end > q) for q in range(nbytes)))),
+            desc.strb1.eq(Cat(*(seg_end > q + nbytes for q in range(nbytes)))),
+            desc.last0.eq(seg_end <= nbytes), desc.last1.eq(seg_end <= 2 * nbytes),
             desc.code.eq(seg_code),
         ]
 
@@ -219,18 +233,29 @@ class StoreEngine(wiring.Component):
                      prev.eq(Mux(k == 0, 0, Array([chunks[0]] + chunks[:-1])[k])),
                      window.eq((Cat(prev, cur) >> ((nbytes - d.off).as_unsigned() << 3))
                                [:8 * nbytes])]
+        # The strobes of the beat and whether it ends the segment: precomputed in the
+        # descriptor for its first two beats, in registers from the third one.
+        rest_strb = Signal(nbytes)
+        rest_last = Signal()
         rem = Signal(10)           # segment end, in bytes from this beat's start
-        m.d.comb += rem.eq(Mux(first, d.off + d.len, remaining))
-        lo = Mux(first, d.off, 0)
+        m.d.comb += rem.eq(Mux(first, d.end, remaining))
         strb = Signal(nbytes)
-        m.d.comb += strb.eq(Cat(*((lo <= q) & (rem > q) for q in range(nbytes))))
-        piece_last = rem <= nbytes
+        m.d.comb += strb.eq(Mux(first, d.strb0, rest_strb))
+        piece_last = Mux(first, d.last0, rest_last)
 
         # A buffered beat that ends its segment is final unless the next segment (in the
         # word FIFO, the OUT read or the descriptor FIFO) merges into it; with no next
         # segment anywhere, once it is the last beat of its (closed) burst.
-        burst_known = burst_fifo.r_rdy
-        is_last = burst_known & (sent == burst_fifo.r_data)
+        # The length of the oldest burst not fully sent is a register in front of the
+        # length FIFO (h_valid, h_len) with h_last = (sent == h_len) kept a beat ahead,
+        # so wlast and the send decision read no FIFO and compare nothing.  When the
+        # head is (or becomes) free it takes the FIFO's first entry, or a burst closing
+        # in the same cycle when the FIFO is empty (no added latency).
+        h_valid = Signal()
+        h_len = Signal(8)
+        h_last = Signal()
+        burst_known = h_valid
+        is_last = h_valid & h_last
         next_desc = Signal(desc_layout)
         m.d.comb += next_desc.eq(Mux(word_fifo.r_rdy, d.as_value(),
                                      Mux(in_flight, flight_desc.as_value(), head_desc.as_value())))
@@ -242,13 +267,24 @@ class StoreEngine(wiring.Component):
         go = seg_piece & Mux(merge, buf_valid & ~send, ~buf_valid | fire)
         m.d.comb += [bus.wvalid.eq(send), bus.wdata.eq(buf_data), bus.wstrb.eq(buf_strb),
                      bus.wlast.eq(is_last)]
+        head_free = ~h_valid | (fire & h_last)
+        m.d.comb += burst_fifo.w_en.eq(planner.close & (burst_fifo.r_rdy | ~head_free))
+        with m.If(head_free):
+            with m.If(burst_fifo.r_rdy):
+                m.d.comb += burst_fifo.r_en.eq(1)
+                m.d.sync += [h_valid.eq(1), h_len.eq(burst_fifo.r_data),
+                             h_last.eq(burst_fifo.r_data == 0)]
+            with m.Elif(planner.close):
+                m.d.sync += [h_valid.eq(1), h_len.eq(planner.close_len),
+                             h_last.eq(planner.close_len == 0)]
+            with m.Else():
+                m.d.sync += h_valid.eq(0)
         with m.If(fire):
             m.d.sync += buf_valid.eq(0)
             with m.If(is_last):
-                m.d.comb += burst_fifo.r_en.eq(1)
                 m.d.sync += sent.eq(0)
             with m.Else():
-                m.d.sync += sent.eq(sent + 1)
+                m.d.sync += [sent.eq(sent + 1), h_last.eq(sent + 1 == h_len)]
         with m.If(go):
             new_data = Cat(*(Mux(strb[q], window[8 * q:8 * q + 8],
                                  Mux(merge, buf_data[8 * q:8 * q + 8], 0))
@@ -260,7 +296,10 @@ class StoreEngine(wiring.Component):
                 m.d.comb += word_fifo.r_en.eq(1)
                 m.d.sync += [first.eq(1), k.eq(0)]
             with m.Else():
-                m.d.sync += [first.eq(0), k.eq(k + 1), remaining.eq(rem - nbytes)]
+                m.d.sync += [first.eq(0), k.eq(k + 1), remaining.eq(rem - nbytes),
+                             rest_strb.eq(Mux(first, d.strb1, Cat(*(remaining > q + nbytes
+                                                                   for q in range(nbytes))))),
+                             rest_last.eq(Mux(first, d.last1, remaining <= 2 * nbytes))]
 
         # A fault descriptor is reported once everything before it is acknowledged.
         fault_seen = Signal()
@@ -280,10 +319,14 @@ class StoreEngine(wiring.Component):
         m.d.comb += flush.eq(self.abort | write_error | fault_seen)
         with m.If(flush & ~fault_seen):
             m.d.sync += draining.eq(1)
-        with m.If(draining & ~burst_fifo.r_rdy & (bursts == 0)):
+        with m.If(draining & ~burst_fifo.r_rdy & ~h_valid & (bursts == 0)):
             m.d.comb += clear.eq(1)
             m.d.sync += draining.eq(0)
         with m.If(clear | fault_seen):
             m.d.sync += [first.eq(1), k.eq(0), buf_valid.eq(0), sent.eq(0)]
-        track_busy(m, self, clear=flush | clear, draining=draining)
+        with m.If(clear):
+            m.d.sync += h_valid.eq(0)
+        # cmd.ready is ~draining & ~flush in IDLE; without flush (it clears the count).
+        track_busy(m, self, clear=flush | clear, draining=draining,
+                   offered=self.cmd.valid & ~draining & fsm.ongoing("IDLE"))
         return m
