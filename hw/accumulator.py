@@ -83,8 +83,12 @@ class AccumulatorBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
+        # A read in the cycle its address is written back (by the row two before) gets
+        # a forwarded sum instead (below), so what the memory returns then does not
+        # matter: `no_rw_check` keeps yosys from building a collision bypass (a register
+        # and a multiplexer per bit after the block RAM's slow output).
         m.submodules.memory = memory = Memory(shape=self._row_layout, depth=cfg.acc_depth,
-                                              init=[])
+                                              init=[], attrs={"no_rw_check": 1})
         write = memory.write_port()
         read = memory.read_port()
         m.d.comb += read.addr.eq(self.addr)
