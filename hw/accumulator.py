@@ -83,24 +83,33 @@ class AccumulatorBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
+        # A read in the cycle its address is written back (by the row two before) gets
+        # a forwarded sum instead (below), so what the memory returns then does not
+        # matter: `no_rw_check` keeps yosys from building a collision bypass (a register
+        # and a multiplexer per bit after the block RAM's slow output).
         m.submodules.memory = memory = Memory(shape=self._row_layout, depth=cfg.acc_depth,
-                                              init=[])
+                                              init=[], attrs={"no_rw_check": 1})
         write = memory.write_port()
         read = memory.read_port()
         m.d.comb += read.addr.eq(self.addr)
 
         # The row's fields after one and two cycles (index 0: cycle t + 1).
-        stage = data.StructLayout({"valid": 1, "addr": range(cfg.acc_depth), "first": 1,
+        # Only the valid flags have a reset: the local clear of the unit around the
+        # buffer need not reach the data registers (a reset net to all of them routes
+        # badly), rows that are not valid are neither written nor passed on.
+        stage = data.StructLayout({"addr": range(cfg.acc_depth), "first": 1,
                                    "last": 1, "tag": self._tag_shape, "fp32": 1,
                                    "psum": self._row_layout})
-        s1, s2 = Signal(stage, name="row_s1"), Signal(stage, name="row_s2")
+        s1 = Signal(stage, name="row_s1", reset_less=True)
+        s2 = Signal(stage, name="row_s2", reset_less=True)
+        valid_s1, valid_s2 = Signal(name="valid_s1"), Signal(name="valid_s2")
         m.d.sync += [
-            s1.valid.eq(self.valid_in), s1.addr.eq(self.addr), s1.first.eq(self.first),
+            valid_s1.eq(self.valid_in), s1.addr.eq(self.addr), s1.first.eq(self.first),
             s1.last.eq(self.last), s1.tag.eq(self.tag_in), s1.psum.eq(self.psum),
             s1.fp32.eq(self.fp32_in if self._fp32 else 0),
-            s2.eq(s1),
+            s2.eq(s1), valid_s2.eq(valid_s1),
         ]
-        stored = Signal(self._row_layout, name="stored")
+        stored = Signal(self._row_layout, name="stored", reset_less=True)
         m.d.sync += stored.eq(read.data)
 
         # Forwarding, decided in cycle t + 1 by comparing the row with the two before it
@@ -110,15 +119,15 @@ class AccumulatorBuffer(wiring.Component):
         # registers only.
         older = Signal(stage.members["addr"], name="addr_s3")
         older_writes = Signal(name="writes_s3")
-        m.d.sync += [older.eq(s2.addr), older_writes.eq(s2.valid & ~s2.last)]
+        m.d.sync += [older.eq(s2.addr), older_writes.eq(valid_s2 & ~s2.last)]
         from_prev = Signal(name="from_prev")
         from_prev2 = Signal(name="from_prev2")
         m.d.comb += [
-            from_prev.eq(s2.valid & ~s2.last & (s2.addr == s1.addr)),
+            from_prev.eq(valid_s2 & ~s2.last & (s2.addr == s1.addr)),
             from_prev2.eq(older_writes & (older == s1.addr)),
         ]
-        prev = Signal(self._row_layout, name="sum_prev")
-        forward = Signal(self._row_layout, name="forward")
+        prev = Signal(self._row_layout, name="sum_prev", reset_less=True)
+        forward = Signal(self._row_layout, name="forward", reset_less=True)
         use_forward = Signal(name="use_forward")
         use_stored = Signal(name="use_stored")
         m.d.sync += [
@@ -136,7 +145,7 @@ class AccumulatorBuffer(wiring.Component):
                 m.submodules[f"fp32_add_{c}"] = add = FloatAdder(FLOAT32, latency=0)
                 m.d.comb += [add.operands.payload.a.as_value().eq(base),
                              add.operands.payload.b.as_value().eq(s2.psum[c]),
-                             add.operands.valid.eq(s2.valid & s2.fp32 & ~s2.first)]
+                             add.operands.valid.eq(valid_s2 & s2.fp32 & ~s2.first)]
                 fp32_sum = Mux(s2.first, s2.psum[c], add.result.payload.as_value())
                 m.d.comb += self.sum[c].eq(Mux(s2.fp32, fp32_sum, integer))
             else:
@@ -144,8 +153,8 @@ class AccumulatorBuffer(wiring.Component):
         m.d.comb += [
             write.addr.eq(s2.addr),
             write.data.eq(self.sum),
-            write.en.eq(s2.valid & ~s2.last),
-            self.valid_out.eq(s2.valid & s2.last),
+            write.en.eq(valid_s2 & ~s2.last),
+            self.valid_out.eq(valid_s2 & s2.last),
             self.tag_out.eq(s2.tag),
         ]
         return m

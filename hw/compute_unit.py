@@ -166,7 +166,9 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
         dp.submodules.core = core = GemmCore(cfg, pe_module=self._pe_module)
 
         # ------------------------------------------------------------ instruction slots
-        slots = [Signal(matmul_layout, name=f"slot_{i}") for i in range(2)]
+        # The slots and the quant registers hold data only (no reset: the clear of the
+        # unit need not reach them; each is written before it is used).
+        slots = [Signal(matmul_layout, name=f"slot_{i}", reset_less=True) for i in range(2)]
         inflight = Signal(range(3))
         head = Signal()                    # slot of the oldest MATMUL in flight
 
@@ -311,11 +313,12 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
         dp.d.sync += [q_reading.eq(q_issue), q_word.eq(q_step)]
         with dp.If(q_issue):
             dp.d.sync += q_step.eq(q_step + 1)
-        bias = Signal.like(quant.bias)
-        multiplier = Signal.like(quant.multiplier)
-        shift = Signal.like(quant.shift)
+        bias = Signal.like(quant.bias, reset_less=True)
+        multiplier = Signal.like(quant.multiplier, reset_less=True)
+        shift = Signal.like(quant.shift, reset_less=True)
         scalars = Signal(data.StructLayout({name: quant.shape()[name].shape for name in
-                                            ("out_zero_point", "out_min", "out_max", "raw")}))
+                                            ("out_zero_point", "out_min", "out_max", "raw")}),
+                         reset_less=True)
         with dp.If(q_issue & (q_step == 0)):
             dp.d.sync += [scalars[name].eq(field(q_ptr, name)) for name in
                           ("out_zero_point", "out_min", "out_max", "raw")]

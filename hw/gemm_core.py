@@ -204,7 +204,7 @@ class GemmCore(wiring.Component):
 
         # Requantization parameter slots.
         qlayout = quant_params_layout(cfg)
-        slots = [Signal(qlayout, name=f"quant_slot_{i}") for i in range(2)]
+        slots = [Signal(qlayout, name=f"quant_slot_{i}", reset_less=True) for i in range(2)]
         in_flight_limit = array.latency + acc.latency + 4
         slot_rows = [Signal(range(in_flight_limit + 1), name=f"quant_slot_rows_{i}")
                      for i in range(2)]
@@ -353,11 +353,16 @@ class GemmCore(wiring.Component):
             meta.row.eq(Mux(starting, 0, row_index)),
             meta.fp32.eq(row_mode == MODE_CODES["bf16"] if "bf16" in cfg.modes else 0),
         ]
+        # Only the valid flag has a reset (so does every flag of the control state; the
+        # data registers of the array, accumulator and requantizer have none: a reset
+        # net to all of them routes badly).
         delayed = meta
         for i in range(array.latency):
-            stage = Signal(meta_layout, name=f"meta_delay_{i}")
-            m.d.sync += stage.eq(delayed)
-            delayed = stage
+            stage = Signal(meta_layout, name=f"meta_delay_{i}", reset_less=True)
+            valid = Signal(name=f"meta_valid_{i}")
+            m.d.sync += [stage.eq(delayed), valid.eq(delayed.valid)]
+            delayed = Signal(meta_layout, name=f"meta_{i}")
+            m.d.comb += [delayed.eq(stage), delayed.valid.eq(valid)]
 
         # ---------------------------------------------------------------- accumulate
         m.d.comb += [

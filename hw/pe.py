@@ -18,11 +18,12 @@ Per clock edge::
     w_shadow_out <= w_shadow_in                     if shift  (passed up)
 
 ``w_next`` is the weight the row will use: ``w_shadow_out`` when it carries ``swap``,
-else ``w_active``.  The multiplier's operand registers, the active weight and the
-product register have no reset (a tile always swaps its weights in before use, and rows
-that are not valid are never accumulated), so on ECP5 they are exactly the input and
-output registers of a ``MULT18X18D`` block and the multiply has a cycle of its own
-(``npugen.flows.synth.pack_dsp_registers`` moves them into the block).  Without int4
+else ``w_active``.  No register but ``swap_out`` has a reset (a tile always swaps its
+weights in before use, and rows that are not valid are never accumulated): the
+multiplier's operand registers, the active weight and the product register are exactly
+the input and output registers of a ``MULT18X18D`` block on ECP5, so the multiply has a
+cycle of its own (``npugen.flows.synth.pack_dsp_registers`` moves them into the block),
+and a local reset of the unit around the array reaches only the swap flags.  Without int4
 and 2:4 the operands are ``act_out`` and ``w_active`` themselves.
 
 Activation bus of one lane (``act_in``), by mode:
@@ -231,13 +232,22 @@ class ProcessingElement(wiring.Component):
         wb, ab = self._weight_bits, self._act_bits
 
         # Pass-through registers (the activation bus, its mode and swap flag go right).
+        # Only swap_out has a reset: the other registers of the PE hold data of rows
+        # and weights that are always replaced before they are used, so the local clear
+        # of the unit around the array need not reach them (a reset net to every
+        # flip-flop of the array does not route well).
+        act_out = _data_register(self.act_out, "act_q")
+        mode_out = _data_register(self.mode_out, "mode_q")
+        w_shadow_out = _data_register(self.w_shadow_out, "w_shadow_q")
+        m.d.comb += [self.act_out.eq(act_out), self.mode_out.eq(mode_out),
+                     self.w_shadow_out.eq(w_shadow_out)]
         m.d.sync += [
-            self.act_out.eq(self.act_in),
-            self.mode_out.eq(self.mode_in),
+            act_out.eq(self.act_in),
+            mode_out.eq(self.mode_in),
             self.swap_out.eq(self.swap_in),
         ]
         with m.If(self.shift):
-            m.d.sync += self.w_shadow_out.eq(self.w_shadow_in)
+            m.d.sync += w_shadow_out.eq(self.w_shadow_in)
 
         # The active weight: no reset (a tile always swaps its weights in before use), so
         # that with its enable it is exactly a DSP block's input register.
@@ -258,29 +268,29 @@ class ProcessingElement(wiring.Component):
             if "int4" in modes:
                 y = self._y_operand(m, w_next[:wb].as_signed())
         else:
-            x = Signal(signed(ab), name="x")
+            x = Signal(signed(ab), name="x", reset_less=True)
             m.d.sync += x.eq(self.act_in[:ab])
 
         # The product register.  A binary row clears it (its multiplier operands are not
         # meaningful), so that the popcount can simply be ORed into the contribution.
         # bf16 rows clear it too: their contribution is the FP32 sum below.
         clears = [mode for mode in ("binary", "bf16") if mode in modes]
-        product = Signal(signed(len(x) + len(y)), name="product", reset_less=bool(clears))
+        product = Signal(signed(len(x) + len(y)), name="product", reset_less=True)
         if clears:
-            no_product = Signal(name="no_product_mid")
+            no_product = Signal(name="no_product_mid", reset_less=True)
             m.d.sync += no_product.eq(Cat(self.mode_in == MODE_CODES[mode]
                                           for mode in clears).any())
             m.d.sync += product.eq(Mux(no_product, 0, x * y))
         else:
             m.d.sync += product.eq(x * y)
         if "binary" in modes:
-            binary_mid = Signal(name="binary_mid")
+            binary_mid = Signal(name="binary_mid", reset_less=True)
             m.d.sync += binary_mid.eq(self.mode_in == MODE_CODES["binary"])
 
         contribution, carry = product, 0
         if "int4" in modes:
-            int4_mid = Signal(name="int4_mid")
-            int4_late = Signal(name="int4_late")
+            int4_mid = Signal(name="int4_mid", reset_less=True)
+            int4_late = Signal(name="int4_late", reset_less=True)
             m.d.sync += [int4_mid.eq(self.mode_in == MODE_CODES["int4"]),
                          int4_late.eq(int4_mid)]
             # The pair's sum is the 9-bit field at bit 9, rounded by the bit below it
@@ -299,11 +309,13 @@ class ProcessingElement(wiring.Component):
                                contribution[5:]).as_signed()
 
         integer_sum = self.psum_in + contribution + carry
+        psum_out = _data_register(self.psum_out, "psum_q")
+        m.d.comb += self.psum_out.eq(psum_out)
         if "bf16" in modes:
-            m.d.sync += self.psum_out.eq(Mux(self._bf16_mac(m, w_register), self._fp32_sum,
-                                             integer_sum))
+            m.d.sync += psum_out.eq(Mux(self._bf16_mac(m, w_register), self._fp32_sum,
+                                        integer_sum))
         else:
-            m.d.sync += self.psum_out.eq(integer_sum)
+            m.d.sync += psum_out.eq(integer_sum)
         return m
 
     def _bf16_mac(self, m, w_register):
@@ -321,8 +333,8 @@ class ProcessingElement(wiring.Component):
         m.submodules.fp32_add = add = FloatAdder(FLOAT32, latency=0)
         a = Signal(16, name="bf16_a", reset_less=True)
         w = Signal(16, name="bf16_w", reset_less=True)
-        live_mid = Signal(name="bf16_mid")
-        live_late = Signal(name="bf16_late")
+        live_mid = Signal(name="bf16_mid", reset_less=True)
+        live_late = Signal(name="bf16_late", reset_less=True)
         fp_product = Signal(32, name="fp32_product", reset_less=True)
         m.d.sync += [
             a.eq(self.act_in[:16]),
@@ -357,7 +369,7 @@ class ProcessingElement(wiring.Component):
         if "int4" in self._modes:
             a_lo, a_hi = act[0:5].as_signed(), act[5:10].as_signed()
             value = Mux(mode == MODE_CODES["int4"], a_lo + a_hi.shift_left(INT4_SPLIT), value)
-        x = Signal(signed(len(value)), name="x")
+        x = Signal(signed(len(value)), name="x", reset_less=True)
         m.d.sync += x.eq(value)
         return x
 
@@ -366,6 +378,11 @@ class ProcessingElement(wiring.Component):
         w_lo, w_hi = weight[0:4].as_signed(), weight[4:8].as_signed()
         value = Mux(self.mode_in == MODE_CODES["int4"], w_hi + w_lo.shift_left(INT4_SPLIT),
                     weight)
-        y = Signal(signed(len(value)), name="y")
+        y = Signal(signed(len(value)), name="y", reset_less=True)
         m.d.sync += y.eq(value)
         return y
+
+
+def _data_register(port, name):
+    """A register without reset driving the output ``port`` (ports cannot be reset-less)."""
+    return Signal.like(port, name=name, reset_less=True)

@@ -14,11 +14,12 @@ The bias joins the accumulator at its own width, as in ``golden.gemm.qgemm``.
 Eleven pipeline stages: the input register; the bias; the seven stages of
 :class:`QuantizedMultiplier` (``MultiplyByQuantizedMultiplier``, shared with the vector
 unit), whose rounding adder also adds the output zero point; the clamp decision (8-bit
-comparisons and the bound that applies); the clamp or raw multiplexer.  No stage holds
-more than one carry chain or barrel shifter: a row presented in cycle t is readable in
-cycle ``t + 11``.  The parameters are sampled together with the accumulator row and
-carried along, so consecutive rows may use different parameters.  The executable
-specification is ``npugen.golden.quant.requantize``.
+comparisons: below ``out_min``, above ``out_max``); the bound, value or raw multiplexer.
+No stage holds more than one carry chain or barrel shifter: a row presented in cycle t is
+readable in cycle ``t + 11``.  The parameters are sampled together with the accumulator
+row and carried along, so consecutive rows may use different parameters.  Only the
+valid flags have a reset (the data registers need none).  The executable specification
+is ``npugen.golden.quant.requantize``.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
@@ -133,8 +134,9 @@ class QuantizedMultiplier(wiring.Component):
         return m
 
     def _lane(self, m, lane):
-        def reg(shape, name, **kwargs):
-            return Signal(shape, name=f"{name}_{lane}", **kwargs)
+        def reg(shape, name):
+            # No reset: the lane holds data only (see Requantizer).
+            return Signal(shape, name=f"{name}_{lane}", reset_less=True)
 
         # Stage 1: the left shift (wraps at 32 bits); the right shift's amount e.
         shift_in = self.shift[lane]
@@ -189,7 +191,7 @@ class QuantizedMultiplier(wiring.Component):
         # Stage 4: q = (p + 2**30) >> 31, INT32_MAX when saturating (no reset, so the
         # saturation is the flip-flops' synchronous set/reset).
         total = (low + high.shift_left(_SPLIT))[:64].as_signed()
-        q = reg(signed(33), "q", reset_less=True)
+        q = reg(signed(33), "q")
         m.d.sync += q.eq(Mux(overflow[1], _INT32_MAX, total[31:64].as_signed()))
 
         # Stages 5-6: u = 2q >> e with a sticky bit of what is shifted out (by 4·(e // 4),
@@ -214,7 +216,9 @@ class QuantizedMultiplier(wiring.Component):
         # Stage 7: RoundingDivideByPOT = (u + 1 - d) >> 1, plus the offset: one adder,
         # 1 - d in the free low bit of 2·offset.
         total = u + Cat(~d, Value.cast(offset)).as_signed()
-        m.d.sync += self.result[lane].eq(total[1:1 + len(self.result[lane])].as_signed())
+        result = reg(self.result[lane].shape(), "result")
+        m.d.comb += self.result[lane].eq(result)
+        m.d.sync += result.eq(total[1:1 + len(self.result[lane])].as_signed())
 
 
 class Requantizer(wiring.Component):
@@ -249,15 +253,19 @@ class Requantizer(wiring.Component):
         # register after stage i + 1 (stage k reads p[k - 2]).  Each parameter travels
         # only as far as the last stage that reads it.
         last_use = {"bias": 0, "multiplier": 1, "shift": 1, "out_zero_point": 1,
-                    "out_min": 8, "out_max": 8, "raw": 9}
+                    "out_min": 9, "out_max": 9, "raw": 9}
         fields = dict(self._params_layout)
         p = [Signal(data.StructLayout({name: fields[name].shape for name in fields
-                                       if last_use[name] >= i}), name=f"params_s{i + 1}")
+                                       if last_use[name] >= i}), name=f"params_s{i + 1}",
+                    reset_less=True)
              for i in range(LATENCY - 1)]
         valid = [Signal(name=f"valid_s{i}") for i in range(1, LATENCY)]
-        raw_value = [Signal(data.ArrayLayout(signed(32), cols), name=f"raw_s{i}")
+        raw_value = [Signal(data.ArrayLayout(signed(32), cols), name=f"raw_s{i}",
+                            reset_less=True)
                      for i in range(1, LATENCY)]
-        acc = Signal.like(self.acc, name="acc_s1")
+        acc = Signal.like(self.acc, name="acc_s1", reset_less=True)
+        result = Signal.like(self.result, name="result_s11", reset_less=True)
+        m.d.comb += self.result.eq(result)
         m.submodules.mbqm = mbqm = QuantizedMultiplier(cols, offset_bits=QPARAM_BITS)
         m.d.sync += [valid[0].eq(self.valid_in), p[0].eq(self.params), acc.eq(self.acc)]
         for i in range(1, LATENCY - 1):
@@ -283,19 +291,19 @@ class Requantizer(wiring.Component):
 
             # Stage 10: the clamp decision.  The bounds are 8-bit: a value outside
             # [-128, 127] (high bits not all equal) clamps by its sign, one inside is
-            # compared on its low byte, so no comparison spans the whole width.  The
-            # bound that applies, if any, is chosen here.
+            # compared on its low byte, so no comparison spans the whole width.  Only
+            # the two flags are registered (one LUT after each comparison's carry chain).
             high = offset[QPARAM_BITS - 1:]
             inside = (high == 0) | (high == (1 << len(high)) - 1)
             low = offset[:QPARAM_BITS].as_signed()
-            below = Mux(inside, low < p[8].out_min, offset[-1])
-            above = Mux(inside, low > p[8].out_max, ~offset[-1])
-            value = Signal(signed(QPARAM_BITS), name=f"value_{lane}")
-            bound = Signal(signed(QPARAM_BITS), name=f"bound_{lane}")
-            clamp = Signal(name=f"clamp_{lane}")
-            m.d.sync += [value.eq(low), bound.eq(Mux(below, p[8].out_min, p[8].out_max)),
-                         clamp.eq(below | above)]
-            # Stage 11: the clamped value, or the raw sum.
-            m.d.sync += self.result[lane].eq(Mux(p[9].raw, raw_value[9][lane],
-                                                 Mux(clamp, bound, value)))
+            value = Signal(signed(QPARAM_BITS), name=f"value_{lane}", reset_less=True)
+            below = Signal(name=f"below_{lane}", reset_less=True)
+            above = Signal(name=f"above_{lane}", reset_less=True)
+            m.d.sync += [value.eq(low),
+                         below.eq(Mux(inside, low < p[8].out_min, offset[-1])),
+                         above.eq(Mux(inside, low > p[8].out_max, ~offset[-1]))]
+            # Stage 11: the bound that applies, the value, or the raw sum.
+            m.d.sync += result[lane].eq(Mux(p[9].raw, raw_value[9][lane],
+                                            Mux(below, p[9].out_min,
+                                                Mux(above, p[9].out_max, value))))
         return m

@@ -136,10 +136,12 @@ class SystolicArray(wiring.Component):
         pes = [[self._place_pe(m, r, c) for c in range(C)] for r in range(R)]
 
         # The input register.
-        act_in = Signal.like(self.act, name="act_in")
-        mode_in = Signal.like(self.mode, name="mode_in")
+        # Only the swap and shift flags have a reset: the rest is data of rows and
+        # weights that are always replaced before they are used.
+        act_in = Signal.like(self.act, name="act_in", reset_less=True)
+        mode_in = Signal.like(self.mode, name="mode_in", reset_less=True)
         swap_in = Signal(name="swap_in")
-        w_row_in = Signal.like(self.w_row, name="w_row_in")
+        w_row_in = Signal.like(self.w_row, name="w_row_in", reset_less=True)
         w_shift_in = Signal(name="w_shift_in")
         m.d.sync += [act_in.eq(self.act), mode_in.eq(self.mode), swap_in.eq(self.swap),
                      w_row_in.eq(self.w_row), w_shift_in.eq(self.w_shift)]
@@ -148,8 +150,9 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             act, mode, swap = act_in[r], mode_in, swap_in
             for i in range(r):
-                act_q = Signal.like(pes[r][0].act_in, name=f"act_skew_{r}_{i}")
-                mode_q = Signal.like(mode_in, name=f"mode_skew_{r}_{i}")
+                act_q = Signal.like(pes[r][0].act_in, name=f"act_skew_{r}_{i}",
+                                    reset_less=True)
+                mode_q = Signal.like(mode_in, name=f"mode_skew_{r}_{i}", reset_less=True)
                 swap_q = Signal(name=f"swap_skew_{r}_{i}")
                 m.d.sync += [act_q.eq(act), mode_q.eq(mode), swap_q.eq(swap)]
                 act, mode, swap = act_q, mode_q, swap_q
@@ -160,7 +163,7 @@ class SystolicArray(wiring.Component):
         for c in range(C):
             w, shift = w_row_in[c], w_shift_in
             for i in range(c):
-                w_q = Signal(self._weight_shape, name=f"w_skew_{c}_{i}")
+                w_q = Signal(self._weight_shape, name=f"w_skew_{c}_{i}", reset_less=True)
                 shift_q = Signal(name=f"w_shift_skew_{c}_{i}")
                 m.d.sync += [w_q.eq(w), shift_q.eq(shift)]
                 w, shift = w_q, shift_q
@@ -184,7 +187,7 @@ class SystolicArray(wiring.Component):
         for i in range(C + 2):
             if "binary" not in self._modes:
                 break
-            top_q = Signal(signed(self._acc_bits), name=f"psum_top_{i}")
+            top_q = Signal(signed(self._acc_bits), name=f"psum_top_{i}", reset_less=True)
             m.d.sync += top_q.eq(top)
             top = top_q
             if i >= 2:
@@ -197,7 +200,8 @@ class SystolicArray(wiring.Component):
         for c in range(C):
             psum = pes[R - 1][c].psum_out
             for i in range(C - 1 - c):
-                psum_q = Signal(signed(self._acc_bits), name=f"psum_deskew_{c}_{i}")
+                psum_q = Signal(signed(self._acc_bits), name=f"psum_deskew_{c}_{i}",
+                                reset_less=True)
                 m.d.sync += psum_q.eq(psum)
                 psum = psum_q
             m.d.comb += self.psum[c].eq(psum)
