@@ -208,7 +208,7 @@ UNITS: dict[str, Unit] = {
     "vector_unit": Unit(_npu_block("vector_unit", "VectorUnit"), 0,
                         "NPU block: vector unit (requantize, element-wise, softmax)"),
     "compute_unit": Unit(_npu_block("compute_unit", "ComputeUnit"), _peak_macs,
-                         "NPU block: GEMM core and sparse engine behind scratchpad ports"),
+                         "NPU block: MATMUL sequencers and the GEMM core behind scratchpad ports"),
     "scratchpads": Unit(_npu_block("scratchpad", "Scratchpads"), 0,
                         "NPU block: ACT, WGT, WIDX, PARAM and OUT scratchpads"),
     NPU_TOP: Unit(_npu, _peak_macs, "the NPU top: registers, controller, DMA, scratchpads, "

@@ -638,7 +638,14 @@ def test_quantized_multiplier_component():
         inputs.append([(rng.choice([rng.randint(INT32_MIN, INT32_MAX), *EXTREMES]),
                         rng.choice([rng.randint(0, INT32_MAX), INT32_MIN, INT32_MAX, 0]),
                         rng.randint(-31, 30)) for _ in range(lanes)])
-    cycles = [{"x": [v[0] for v in row], "multiplier": [v[1] for v in row],
+    check_quantized_multiplier(dut, lanes, inputs)
+
+
+def check_quantized_multiplier(dut, lanes, inputs, x_in=lambda x, shift: x):
+    """Runs rows of ``(x, multiplier, shift)`` per lane through ``dut`` (``x_in`` gives
+    the x it is fed) and checks each result row against the golden
+    MultiplyByQuantizedMultiplier, :data:`MBQM_LATENCY` cycles later."""
+    cycles = [{"x": [x_in(v[0], v[2]) for v in row], "multiplier": [v[1] for v in row],
                "shift": [v[2] for v in row]} for row in inputs]
     cycles += [{"x": [0] * lanes, "multiplier": [0] * lanes, "shift": [0] * lanes}] * 8
 
@@ -683,18 +690,7 @@ def test_quantized_multiplier_without_left_shift():
         assert got[0] == (x << max(s, 0)) & 0xFFFF_FFFF
         return got[0] - (1 << 32) if got[0] >> 31 else got[0]
 
-    cycles = [{"x": [shifted(x, sh) for x, _, sh in row], "multiplier": [v[1] for v in row],
-               "shift": [v[2] for v in row]} for row in inputs]
-    cycles += [{"x": [0] * lanes, "multiplier": [0] * lanes, "shift": [0] * lanes}] * 8
-
-    def read(ctx):
-        result = ctx.get(dut.result)
-        return [result[i] for i in range(lanes)]
-
-    trace = run_cycles(dut, cycles, read)
-    for t, row in enumerate(inputs):
-        want = [int(multiply_by_quantized_multiplier(x, m, s)) for x, m, s in row]
-        assert trace[t + MBQM_LATENCY] == want, (t, row)
+    check_quantized_multiplier(dut, lanes, inputs, shifted)
     with pytest.raises(TypeError, match=r"^left_shift must be a bool, not 1$"):
         QuantizedMultiplier(lanes, left_shift=1)
 
