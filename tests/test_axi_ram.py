@@ -23,18 +23,21 @@ def test_burst_reads_and_strobed_writes():
         while not ctx.get(signal):
             await ctx.tick()
 
+    async def address(ctx, channel, addr, length, ident):
+        """One handshake on the address channel ``channel`` ("aw" or "ar")."""
+        for name, value in (("addr", addr), ("len", length - 1), ("id", ident), ("valid", 1)):
+            ctx.set(getattr(bus, channel + name), value)
+        await wait(ctx, getattr(bus, channel + "ready"))
+        await ctx.tick()
+        ctx.set(getattr(bus, channel + "valid"), 0)
+
     async def bench(ctx):
         for _ in range(12):
             start, length = rng.randrange(depth), rng.randrange(1, 6)
             ident = rng.randrange(2)
             if rng.random() < 0.5:
-                ctx.set(bus.awaddr, start * 8 + depth * 8 * rng.randrange(3))
-                ctx.set(bus.awlen, length - 1)
-                ctx.set(bus.awid, ident)
-                ctx.set(bus.awvalid, 1)
-                await wait(ctx, bus.awready)
-                await ctx.tick()
-                ctx.set(bus.awvalid, 0)
+                await address(ctx, "aw", start * 8 + depth * 8 * rng.randrange(3), length,
+                              ident)
                 for beat in range(length):
                     data, strobe = rng.getrandbits(width), rng.getrandbits(width // 8)
                     ctx.set(bus.wdata, data)
@@ -53,13 +56,7 @@ def test_burst_reads_and_strobed_writes():
                 await ctx.tick()
                 ctx.set(bus.bready, 0)
             else:
-                ctx.set(bus.araddr, start * 8)
-                ctx.set(bus.arlen, length - 1)
-                ctx.set(bus.arid, ident)
-                ctx.set(bus.arvalid, 1)
-                await wait(ctx, bus.arready)
-                await ctx.tick()
-                ctx.set(bus.arvalid, 0)
+                await address(ctx, "ar", start * 8, length, ident)
                 for beat in range(length):
                     ctx.set(bus.rready, rng.random() < 0.7)
                     while not (ctx.get(bus.rvalid) and ctx.get(bus.rready)):
