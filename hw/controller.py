@@ -79,7 +79,7 @@ _ranges_layout = data.StructLayout({name: _range_layout for name in (
 #: VECTOR a src, b dst, c src_b, d n_words·cols (the largest n_valid).
 _ends_layout = data.StructLayout({name: 34 for name in "abcd"})
 #: What the range ends add to the products, and the words a VECTOR writes per row.
-_bases_layout = data.StructLayout({**{name: 34 for name in "abcd"}, "d_words": 17})
+_bases_layout = data.StructLayout({**_ends_layout.members, "d_words": 17})
 #: Static error classes, reported in this order.
 _CLASSES = ("illegal", "feature", "field", "sp")
 #: Instruction kinds of the check table.
