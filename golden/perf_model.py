@@ -8,12 +8,12 @@ The model replays the core's scheduling rules (see ``npugen.hw.gemm_core``):
 * a tile issues one activation row per cycle; the next tile may start
   ``max(m_rows, 2·rows + 1)`` cycles after the previous one started (its weights
   shift in from ``rows + 1`` cycles after the previous swap, for ``rows`` cycles);
-* the last row's result reaches the ``result`` port ``rows + cols + 17`` cycles later
+* the last row's result reaches the ``result`` port ``rows + cols + 18`` cycles later
   (array with its input register, accumulator, requantizer, result FIFO and the stream
   hand-over).
 
 It assumes the sources never pause, the sink never back-pressures, and the result
-FIFO holds the rows in flight (``out_fifo_depth > rows + cols + 17``), as in every
+FIFO holds the rows in flight (``out_fifo_depth > rows + cols + 18``), as in every
 preset.  Tests compare it with the simulated RTL cycle for cycle.
 """
 
@@ -50,7 +50,7 @@ def tile_rows(config, m: int, k: int, n: int, mode: str = "int8",
 
 def result_latency(config) -> int:
     """Cycles from the last activation row issued to its result row taken."""
-    return config.rows + config.cols + 17
+    return config.rows + config.cols + 18
 
 
 def gemm_cycles(config, m: int, k: int, n: int, mode: str = "int8",

@@ -29,8 +29,14 @@ Scheduling rules that make consecutive tiles flow back to back:
 Errors (``error`` output, sticky until reset; the core stops accepting input and
 drains what is in flight): see :class:`CoreError`.
 
+The array's inputs (activation lanes, mode, swap, ``psum_top``, weight row and shift)
+pass one *feed register* before the array's own input register.  The decisions to issue
+a row or shift a weight row (which also pop the operand streams and take the quant beat)
+end in those flip-flops, next to the logic that makes them; the wires across the die to
+the array then run register to register.
+
 Latency: a row accepted on ``act`` in cycle t leaves the accumulator in cycle
-``t + rows + cols + 4`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 15``.
+``t + rows + cols + 5`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 16``.
 """
 
 import enum
@@ -44,12 +50,18 @@ from npugen.golden.precision import MODE_CODES, SPARSE_K_FACTOR, SPARSE_MODE_COD
 
 from .accumulator import LATENCY as ACC_LATENCY, AccumulatorBuffer
 from .pe import ProcessingElement
-from .layouts import (activation_row_layout, quant_params_layout, result_row_layout,
-                      tile_command_layout, weight_row_layout)
+from .layouts import (SHIFT_BITS, activation_row_layout, quant_params_layout,
+                      result_row_layout, tile_command_layout, weight_row_layout)
 from .requantizer import LATENCY as REQUANT_LATENCY, Requantizer
 from .systolic_array import SystolicArray
 
-__all__ = ["GemmCore", "CoreError"]
+__all__ = ["GemmCore", "CoreError", "FEED_LATENCY"]
+
+#: Cycles of the feed register between the issue logic and the array's input register.
+FEED_LATENCY = 1
+
+#: The array's inputs, all of which pass the feed register.
+_ARRAY_INPUTS = ("act", "mode", "swap", "psum_top", "w_row", "w_shift")
 
 
 class CoreError(enum.IntEnum):
@@ -138,7 +150,7 @@ class GemmCore(wiring.Component):
     @property
     def latency(self):
         """Cycles from an activation row accepted to its result entering the FIFO."""
-        return self._array().latency + ACC_LATENCY + REQUANT_LATENCY
+        return FEED_LATENCY + self._array().latency + ACC_LATENCY + REQUANT_LATENCY
 
     def elaborate(self, platform):
         m = Module()
@@ -155,6 +167,18 @@ class GemmCore(wiring.Component):
         failed = Signal()
         m.d.comb += failed.eq(self.error != CoreError.NONE)
 
+        # The array's inputs are computed on `feed` and registered here (see the module
+        # documentation); only the swap and shift flags have a reset.
+        feed_layout = data.StructLayout({name: array.signature.members[name].shape
+                                         for name in _ARRAY_INPUTS})
+        feed = Signal(feed_layout)
+        fed = Signal(feed_layout, reset_less=True)
+        fed_swap, fed_shift = Signal(), Signal()
+        m.d.sync += [fed.eq(feed), fed_swap.eq(feed.swap), fed_shift.eq(feed.w_shift)]
+        m.d.comb += [getattr(array, name).eq(getattr(fed, name)) for name in _ARRAY_INPUTS
+                     if name not in ("swap", "w_shift")]
+        m.d.comb += [array.swap.eq(fed_swap), array.w_shift.eq(fed_shift)]
+
         # ---------------------------------------------------------------- weights
         shadow_full = Signal()
         load_count = Signal(range(R))
@@ -164,7 +188,7 @@ class GemmCore(wiring.Component):
         m.d.comb += [
             self.weight.ready.eq(load_ok),
             w_shift.eq(self.weight.valid & load_ok),
-            array.w_shift.eq(w_shift),
+            feed.w_shift.eq(w_shift),
         ]
         # 2:4 index check: rows 2g and 2g+1 of a tile are the two slots of group g, whose
         # indices must strictly increase in every column (as the golden NMMatrix demands).
@@ -173,7 +197,7 @@ class GemmCore(wiring.Component):
         shadow_bad = Signal()
         if cfg.sparse_2_4:
             payload = self.weight.payload
-            m.d.comb += [array.w_row[c].eq(Cat(payload.value[c], payload.index[c]))
+            m.d.comb += [feed.w_row[c].eq(Cat(payload.value[c], payload.index[c]))
                          for c in range(C)]
             slot0_index = Signal.like(payload.index)
             pair_bad = Cat(payload.index[c] <= slot0_index[c] for c in range(C)).any()
@@ -185,7 +209,7 @@ class GemmCore(wiring.Component):
                 with m.Elif(pair_bad):
                     m.d.sync += shadow_bad.eq(1)
         else:
-            m.d.comb += array.w_row.eq(self.weight.payload)
+            m.d.comb += feed.w_row.eq(self.weight.payload)
         with m.If(w_shift):
             with m.If(load_count == R - 1):
                 m.d.sync += [load_count.eq(0), shadow_full.eq(1)]
@@ -205,7 +229,7 @@ class GemmCore(wiring.Component):
         # Requantization parameter slots.
         qlayout = quant_params_layout(cfg)
         slots = [Signal(qlayout, name=f"quant_slot_{i}", reset_less=True) for i in range(2)]
-        in_flight_limit = array.latency + acc.latency + 4
+        in_flight_limit = FEED_LATENCY + array.latency + acc.latency + 4
         slot_rows = [Signal(range(in_flight_limit + 1), name=f"quant_slot_rows_{i}")
                      for i in range(2)]
         next_slot = Signal()
@@ -215,8 +239,12 @@ class GemmCore(wiring.Component):
         outstanding = Signal(range(cfg.out_fifo_depth + 1))
 
         quant = self.quant.payload
+        # A shift lane holds [lo, hi] = [-32, 31]: [-31, 30] is "neither end", two
+        # equality tests per lane (no carry chain in front of the issue decision).
+        shift_lo, shift_hi = -(1 << (SHIFT_BITS - 1)), (1 << (SHIFT_BITS - 1)) - 1
+        assert (shift_lo + 1, shift_hi - 1) == (-31, 30)
         shift_ok = Signal()
-        m.d.comb += shift_ok.eq(Cat((quant.shift[c] >= -31) & (quant.shift[c] <= 30)
+        m.d.comb += shift_ok.eq(Cat((quant.shift[c] != shift_lo) & (quant.shift[c] != shift_hi)
                                     for c in range(C)).all())
         clamp_ok = quant.out_min <= quant.out_max
 
@@ -285,35 +313,35 @@ class GemmCore(wiring.Component):
         row_sparse = Mux(starting, pending.sparse, current.sparse)
         for r in range(R):
             byte = self.act.payload[r]
-            m.d.comb += array.act[r].eq(byte - zero_point)
+            m.d.comb += feed.act[r].eq(byte - zero_point)
             if "int4" in cfg.modes:
                 with m.If(row_mode == MODE_CODES["int4"]):
-                    m.d.comb += array.act[r].eq(Cat((byte[0:4].as_signed() - zero_point)[:5],
+                    m.d.comb += feed.act[r].eq(Cat((byte[0:4].as_signed() - zero_point)[:5],
                                                     (byte[4:8].as_signed() - zero_point)[:5]))
             if "binary" in cfg.modes:
                 valid_bits = Cat(row_k > 8 * r + i for i in range(8))
                 with m.If(row_mode == MODE_CODES["binary"]):
-                    m.d.comb += array.act[r].eq(Cat(byte.as_unsigned(), valid_bits))
+                    m.d.comb += feed.act[r].eq(Cat(byte.as_unsigned(), valid_bits))
             if "bf16" in cfg.modes:
                 # Lane 2j: BF16 activation j (lanes 2j, 2j+1) and whether j is real; the
                 # odd lanes carry nothing, their PEs pass the sums on.
                 with m.If(row_mode == MODE_CODES["bf16"]):
                     if r % 2 == 0:
-                        m.d.comb += array.act[r].eq(Cat(byte, self.act.payload[r + 1],
+                        m.d.comb += feed.act[r].eq(Cat(byte, self.act.payload[r + 1],
                                                         row_k > r // 2))
                     else:
-                        m.d.comb += array.act[r].eq(0)
+                        m.d.comb += feed.act[r].eq(0)
             if cfg.sparse_2_4:
                 # Rows 2g and 2g+1 both see the 4 activations of group g.
                 group = [(self.act.payload[4 * (r // 2) + j] - zero_point)[:cfg.lane_bits + 1]
                          for j in range(4)]
                 with m.If(row_sparse):
-                    m.d.comb += array.act[r].eq(Cat(*group))
+                    m.d.comb += feed.act[r].eq(Cat(*group))
         if "binary" in cfg.modes:
             with m.If(row_mode == MODE_CODES["binary"]):
-                m.d.comb += array.psum_top.eq(-row_k)
+                m.d.comb += feed.psum_top.eq(-row_k)
         array_mode = Mux(row_sparse, SPARSE_MODE_CODE, row_mode) if cfg.sparse_2_4 else row_mode
-        m.d.comb += [array.mode.eq(array_mode), array.swap.eq(issue & starting)]
+        m.d.comb += [feed.mode.eq(array_mode), feed.swap.eq(issue & starting)]
         m.d.comb += self.quant.ready.eq(issue & starting & pending.last)
 
         with m.If(issue):
@@ -357,7 +385,7 @@ class GemmCore(wiring.Component):
         # data registers of the array, accumulator and requantizer have none: a reset
         # net to all of them routes badly).
         delayed = meta
-        for i in range(array.latency):
+        for i in range(FEED_LATENCY + array.latency):
             stage = Signal(meta_layout, name=f"meta_delay_{i}", reset_less=True)
             valid = Signal(name=f"meta_valid_{i}")
             m.d.sync += [stage.eq(delayed), valid.eq(delayed.valid)]

@@ -331,7 +331,7 @@ def test_gemm_cycles_single_tile():
         assert gemm_cycles(config, m, 4, 3) == 1 + 4 + m - 1 + result_latency(config)
         assert gemm_cycles(config, m, 8, 3, "int4") == gemm_cycles(config, m, 4, 3)
         assert gemm_cycles(config, m, 32, 3, "binary") == gemm_cycles(config, m, 4, 3)
-    assert result_latency(config) == 4 + 3 + 17
+    assert result_latency(config) == 4 + 3 + 18
 
 
 @pytest.mark.parametrize("mode", MODES)
