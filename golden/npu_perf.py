@@ -35,7 +35,10 @@ times instead of a cycle loop:
 * **MATMUL** follows the GEMM core exactly (:mod:`npugen.golden.perf_model`): the first
   activation row enters the core ``rows + 4`` cycles after the instruction is accepted
   (its first weight tile shifts in first), K tiles follow each other every
-  ``max(m_rows, 2·rows + 1)`` cycles, also across consecutive MATMULs, and ``done``
+  ``max(m_rows, 2·rows + 1)`` cycles, also across consecutive MATMULs, the last tile
+  starts :attr:`Timing.matmul_quant` cycles after the acceptance and
+  :attr:`Timing.quant_reload` after the previous MATMUL's last tile at the earliest (its
+  requantization beat), and ``done``
   follows the last activation row by the core's ``result_latency``: alone, a MATMUL
   takes ``gemm_cycles + 3`` from acceptance to ``done``.
 * **VECTOR** takes :func:`npugen.golden.vector.vector_cycles`.
@@ -114,6 +117,12 @@ class Timing:
     write_single_run: int = 5
     #: MATMUL accepted → first activation row in the idle core, beyond ``rows``.
     matmul_first_row: int = 4
+    #: MATMUL accepted → its last tile may start at the earliest (its requantization
+    #: beat read from PARAM, offered, and checked by the core).
+    matmul_quant: int = 7
+    #: The previous MATMUL's last tile started → this one's last tile may start (its
+    #: requantization beat is read once the previous one is taken).
+    quant_reload: int = 6
     #: MATMUL ``reads_done`` this many cycles before its last activation row.
     reads_done_lead: int = 1
     #: DONE: END in X → finish; last ``done`` → finish; last fetch beat → finish.
@@ -516,11 +525,15 @@ class _Machine:
         c, t = self.c, self.t
         period = 2 * c.rows + 1
         first = u + c.rows + t.matmul_first_row
+        quant = u + t.matmul_quant
         if self.core_next is not None:
             first = max(first, self.core_next)
-        last_tile = first + (ins.k_tiles - 1) * max(ins.m_rows, period)
+            quant = max(quant, self.quant_next)
+        tiles = (ins.k_tiles - 1) * max(ins.m_rows, period)
+        last_tile = max(first + tiles, quant)
         last_row = last_tile + ins.m_rows - 1
         self.core_next = last_tile + max(ins.m_rows, period)
+        self.quant_next = last_tile + t.quant_reload
         done = last_row + result_latency(c)      # the core's result → OUT, done pulse
         return last_row - t.reads_done_lead, done
 
@@ -528,7 +541,7 @@ class _Machine:
 
     def run(self, keep_timeline):
         c, t = self.c, self.t
-        self.core_next = None
+        self.core_next = self.quant_next = None
         busy = dict.fromkeys(UNITS, 0)
         # in flight per unit: (reads, writes, reads released, done)
         last = {"load": None, "store": None, "vector": None}

@@ -41,6 +41,9 @@ acceptance (the first weight tile shifts in first), its last result row is writt
 OUT ``golden.perf_model.result_latency`` cycles after its last activation row entered
 the core, and ``done`` pulses the cycle after: accept to ``done`` takes
 ``m_rows·k_tiles + rows + 3 + result_latency`` cycles (tiles of ``m_rows ≥ 2·rows + 1``).
+A MATMUL's last tile starts 6 cycles after its acceptance, and 6 cycles after the
+previous MATMUL's last tile, at the earliest: its requantization beat is read (4 cycles,
+once the previous beat is taken) and checked by the core a cycle after it is offered.
 """
 
 import re
@@ -267,7 +270,7 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
 
         def operand_sequencer(name, port, sink, base_field, inner):
             """Read ``k_tiles × inner`` consecutive words from ``base_field`` into ``sink``;
-            returns pulses on a MATMUL's last read and on its last word taken by ``sink``."""
+            returns a pulse on a MATMUL's last read."""
             offset = Signal(16, name=f"{name}_offset")
             issue = Signal(name=f"{name}_issue")
             ptr, finish = walk(name, issue, inner, [offset.eq(0)], [offset.eq(offset + 1)])
@@ -287,13 +290,12 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
                 fifo.r_en.eq(sink.ready),
             ]
             dp.d.sync += reading.eq(issue)
-            _, delivered = walk(f"{name}_sink", sink.valid & sink.ready, inner, [])
-            return finish, delivered
+            return finish
 
-        w_finish, w_delivered = operand_sequencer("weight", self.wgt_rd, core.weight,
-                                                  "wgt_addr", lambda ptr: R)
-        a_finish, _ = operand_sequencer("act", self.act_rd, core.act, "act_addr",
-                                        lambda ptr: field(ptr, "m_rows"))
+        w_finish = operand_sequencer("weight", self.wgt_rd, core.weight, "wgt_addr",
+                                     lambda ptr: R)
+        a_finish = operand_sequencer("act", self.act_rd, core.act, "act_addr",
+                                     lambda ptr: field(ptr, "m_rows"))
 
         # ------------------------------------------------------------ quant sequencer
         q_ptr = Signal()
@@ -335,13 +337,11 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
                 for c in range(cfg.cols):
                     dp.d.sync += shift[c].eq(
                         Mux(word[c] < lo, lo, Mux(word[c] > hi, hi, word[c][:SHIFT_BITS])))
-        # The beat is offered once the MATMUL's last weight row is in the core (the core
-        # cannot start the last tile earlier anyway), so that a 2:4 index error of that
-        # tile is found in the same cycle as a bad shift, and reported first.
-        w_in_core = Signal(range(3))
-        dp.d.sync += w_in_core.eq(w_in_core + w_delivered - q_taken)
+        # The beat is offered as soon as it is read (the core takes it when the MATMUL's
+        # last tile starts, and checks it once that tile's weights are in, so that a 2:4
+        # index error of the tile found in the same cycle is reported first).
         dp.d.comb += [
-            core.quant.valid.eq(q_valid & (w_in_core != 0)),
+            core.quant.valid.eq(q_valid),
             quant.bias.eq(bias),
             quant.multiplier.eq(multiplier),
             quant.shift.eq(shift),

@@ -24,7 +24,9 @@ Scheduling rules that make consecutive tiles flow back to back:
   guaranteed to have room for it (credit counter), so the array never stalls and
   back-pressure on ``result`` only pauses issue.
 * Requantization parameters live in two slots: the next output tile may start while
-  rows of the previous one are still in flight.
+  rows of the previous one are still in flight.  The beat of a ``last`` tile is checked
+  in the cycle it is first offered and taken (at the tile's start) one cycle later at
+  the earliest, so a producer offers it ahead of the tile.
 
 Errors (``error`` output, sticky until reset; the core stops accepting input and
 drains what is in flight): see :class:`CoreError`.
@@ -247,6 +249,17 @@ class GemmCore(wiring.Component):
         m.d.comb += shift_ok.eq(Cat((quant.shift[c] != shift_lo) & (quant.shift[c] != shift_hi)
                                     for c in range(C)).all())
         clamp_ok = quant.out_min <= quant.out_max
+        # The checks of the beat at the head of `quant`, registered: `quant_seen` says the
+        # beat of this cycle was offered and not taken in the previous one (a stream's
+        # payload holds while it waits), so the registered flags describe it.  A tile
+        # start needs it: a beat is taken one cycle after it is first offered at the
+        # earliest, and the checks are not in front of `issue`.
+        quant_seen = Signal()
+        shift_ok_seen = Signal()
+        clamp_ok_seen = Signal()
+        m.d.sync += [quant_seen.eq(self.quant.valid & ~self.quant.ready),
+                     shift_ok_seen.eq(shift_ok), clamp_ok_seen.eq(clamp_ok)]
+        quant_head = self.quant.valid & quant_seen
 
         # `starting` (rows_left == 0) and `credit` (outstanding < out_fifo_depth) are
         # registered copies of comparisons, kept up to date with the counters.
@@ -255,8 +268,8 @@ class GemmCore(wiring.Component):
         row_last = Mux(starting, pending.last, current.last)
         # slot_free[i] (slot_rows[i] == 0), registered like `starting` and `credit`.
         slot_free = [Signal(init=1, name=f"quant_slot_free_{i}") for i in range(2)]
-        start_quant_ok = ~pending.last | (
-            self.quant.valid & shift_ok & clamp_ok & Mux(next_slot, slot_free[1], slot_free[0]))
+        start_quant_ok = ~pending.last | (quant_head & shift_ok_seen & clamp_ok_seen &
+                                          Mux(next_slot, slot_free[1], slot_free[0]))
         sparse_ok = ~(pending.sparse & shadow_bad)
         can_start = pending_valid & shadow_full & start_quant_ok & sparse_ok
         credit_ok = ~row_last | credit
@@ -264,8 +277,10 @@ class GemmCore(wiring.Component):
         m.d.comb += issue.eq(~failed & self.act.valid & Mux(starting, can_start, 1) & credit_ok)
         m.d.comb += self.act.ready.eq(issue)
 
-        # Pending command register (one command of look-ahead).
-        m.d.comb += self.cmd.ready.eq(~failed & (~pending_valid | (issue & starting)))
+        # Pending command register (one command of look-ahead), refilled the cycle after
+        # its tile starts (`ready` is a register, not a function of `issue`; a tile
+        # lasts at least 2·rows + 1 cycles).
+        m.d.comb += self.cmd.ready.eq(~failed & ~pending_valid)
         with m.If(issue & starting):
             m.d.sync += pending_valid.eq(0)
         command = self.cmd.payload
@@ -296,11 +311,13 @@ class GemmCore(wiring.Component):
             with m.Else():
                 m.d.sync += [pending.eq(command), pending_valid.eq(1)]
 
-        # Malformed requantization parameters at the head of the queue.
-        with m.If(~failed & starting & pending_valid & pending.last & self.quant.valid):
-            with m.If(~shift_ok):
+        # Malformed requantization parameters of the tile about to start (once its
+        # weights are in, so that a 2:4 index error found in the same cycle wins).
+        with m.If(~failed & starting & pending_valid & pending.last & shadow_full &
+                  quant_head):
+            with m.If(~shift_ok_seen):
                 m.d.sync += self.error.eq(CoreError.BAD_SHIFT)
-            with m.Elif(~clamp_ok):
+            with m.Elif(~clamp_ok_seen):
                 m.d.sync += self.error.eq(CoreError.BAD_CLAMP)
         # Malformed 2:4 weights of the tile about to start.
         with m.If(~failed & starting & pending_valid & shadow_full & ~sparse_ok):

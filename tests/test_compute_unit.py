@@ -23,6 +23,7 @@ from amaranth.lib import wiring
 
 from cycle_sim import simulate
 from npugen.golden.config import NPUConfig, PRESETS
+from npugen.golden.npu_perf import Timing
 from npugen.golden.perf_model import result_latency
 from npugen.golden.precision import mode_code, k_per_tile
 from npugen.golden.tile_program import lower_gemm, random_gemm_job
@@ -365,6 +366,35 @@ def test_two_in_flight_and_backlog():
 
 
 # -------------------------------------------------------------------- throughput
+
+
+def test_short_one_tile_matmuls_wait_for_their_requantization_beat():
+    """Tiny (2 rows): two back-to-back one-tile MATMULs of 3 rows finish
+    ``Timing.quant_reload`` cycles apart (the next beat is read once the previous one is taken
+    and checked a cycle after it is offered), not ``2·rows + 1``; 7-row ones 7 cycles
+    apart (their rows)."""
+    seed = 115
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    config = TINY
+    for m_rows, period in ((3, Timing().quant_reload), (7, 7)):
+        jobs = [random_gemm_job(rng, m_rows, config.rows, config.cols) for _ in range(2)]
+        matmuls = [make_matmul(config, job, act_addr=8 * i, wgt_addr=2 * i, out_addr=8 * i,
+                               param_addr=3 * i, rng=random.Random(seed), name=f"matmul {i}")
+                   for i, job in enumerate(jobs)]
+
+        async def script(ctx, bench):
+            for mm in matmuls:
+                await bench.load_matmul(ctx, mm)
+            for mm in matmuls:
+                await bench.issue(ctx, mm.instruction())
+            await bench.wait_done(ctx, 2, timeout=2000)
+            await bench.read_out(ctx, [8 * i + r for i in range(2) for r in range(m_rows)])
+
+        bench = Bench(config)
+        trace = bench.run(script)
+        check_results(bench, matmuls)
+        assert trace.done[1] - trace.done[0] == period, m_rows
 
 def test_default_preset_throughput():
     """Default preset: MATMULs run at one activation row per cycle; operand fetch,
