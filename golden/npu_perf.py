@@ -16,7 +16,8 @@ times instead of a cycle loop:
 * **Decode and issue.**  An instruction is in the issue stage ``decode`` cycles after
   its last beat (five decode registers hold the instructions behind it), issues one cycle
   later at the earliest, and the stage takes the next instruction two cycles after an
-  issue.  It issues when its unit has a free slot (one LOAD, STORE and VECTOR, two
+  issue; its unit takes it :attr:`Timing.dispatch` cycle after the issue (the command's
+  register slice).  It issues when its unit has a free slot (one LOAD, STORE and VECTOR, two
   MATMULs in flight) and no instruction in flight in *another* unit (and no VECTOR in
   flight, for a VECTOR) overlaps its scratchpad ranges (read-after-write,
   write-after-read, write-after-write; a MATMUL's reads end at its ``reads_done``, its
@@ -92,6 +93,8 @@ class Timing:
     decode_slots: int = 5
     #: An issue → the next instruction in X.
     issue_gap: int = 2
+    #: An issue → its unit takes the command (the register slice between them).
+    dispatch: int = 1
     #: A unit's ``done`` → the next instruction of that unit may issue.
     slot_delay: int = 1
     #: A hazard's range released (``done``/``reads_done``) → the waiting instruction issues.
@@ -572,7 +575,7 @@ class _Machine:
         def resolve():
             while pending:
                 i, ins, issue, reads, writes = pending.pop()
-                done = self.run_load(ins, issue)
+                done = self.run_load(ins, issue + t.dispatch)
                 complete("load", i, issue, done, done, reads, writes)
 
         self.enter_x(0, None)
@@ -632,12 +635,12 @@ class _Machine:
                 pending.append((i, ins, issue, reads, writes))
                 continue
             if unit == "store":
-                done = rel = self.run_store(ins, issue)
+                done = rel = self.run_store(ins, issue + t.dispatch)
             elif unit == "vector":
-                done = rel = issue + vector_cycles(c, ins.op, count=ins.count,
+                done = rel = issue + t.dispatch + vector_cycles(c, ins.op, count=ins.count,
                                                    n_words=ins.n_words, n_valid=ins.n_valid)
             else:
-                rel, done = self.run_matmul(ins, issue)
+                rel, done = self.run_matmul(ins, issue + t.dispatch)
             complete(unit, i, issue, done, rel, reads, writes)
         if finish is None:
             raise ValueError("instructions must end with an End instruction")

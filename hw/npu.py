@@ -13,6 +13,12 @@
                                  │           ▲ └──► VectorUnit ──┘
                             m_axi AW/W/B     └───────────────────┘
 
+Each unit's command goes through a :class:`~.stream_slice.StreamSlice` (a register
+stage: a command issued in cycle t reaches the unit at t + 1; no combinational path from
+the controller's dispatch decision into a unit); the controller and the ``*_BUSY``
+counters see a unit busy while its command waits in the slice, and ``abort`` empties
+the slices.
+
 One clock domain (``sync``: Verilog ``clk`` and the synchronous, active-high ``rst``).
 Ports: ``s_axil`` (AXI4-Lite subordinate, 12 address bits), ``m_axi`` (AXI4 manager,
 ``axi_data_bits`` wide, 1-bit IDs: reads of ID 0 fetch instructions, ID 1 load data;
@@ -27,11 +33,12 @@ from amaranth.lib.wiring import In, Out
 
 from .axi import AXI4LiteSignature, AXI4Signature, connect_channels
 from .compute_unit import ComputeUnit, PEModuleMixin
-from .controller import Controller
+from .controller import UNIT_KINDS, Controller
 from .dma_read import InstructionFetch, LoadEngine, ReadMux
 from .dma_write import StoreEngine
 from .registers import RegisterFile
 from .scratchpad import Scratchpads
+from .stream_slice import StreamSlice
 from .vector_unit import VectorUnit
 
 __all__ = ["NPU", "REGISTER_ADDR_BITS"]
@@ -89,7 +96,6 @@ class NPU(PEModuleMixin, wiring.Component):
             regs.fail_detail.eq(ctrl.fail_detail),
             regs.fail_pc.eq(ctrl.fail_pc),
             regs.retire.eq(ctrl.retire),
-            regs.unit_busy.eq(Cat(load.busy, compute.busy, vector.busy, store.busy)),
             fetch.start.eq(ctrl.fetch_start),
             fetch.start_addr.eq(ctrl.fetch_addr),
             fetch.flush.eq(ctrl.fetch_flush),
@@ -103,15 +109,25 @@ class NPU(PEModuleMixin, wiring.Component):
         ]
         wiring.connect(m, fetch=fetch.instr, controller=ctrl.instr)
 
-        # Controller ↔ units.
-        for port, unit in ((ctrl.load, load), (ctrl.store, store), (ctrl.vector, vector),
-                           (ctrl.compute, compute)):
-            wiring.connect(m, controller=port.cmd, unit=unit.cmd)
-            m.d.comb += [port.done.eq(unit.done), port.busy.eq(unit.busy),
-                         unit.abort.eq(port.abort)]
-            for name in ("error", "error_valid", "error_detail", "error_index", "reads_done"):
-                if name in port.signature.members:
-                    m.d.comb += getattr(port, name).eq(getattr(unit, name))
+        # Controller ↔ units: each command through a register slice (no combinational
+        # path from the dispatch decision into a unit); a command in the slice counts as
+        # busy, and abort drops it (the units refuse commands during abort).
+        busy = {}
+        for name, port, unit in (("load", ctrl.load, load), ("store", ctrl.store, store),
+                                 ("vector", ctrl.vector, vector),
+                                 ("compute", ctrl.compute, compute)):
+            m.submodules[f"{name}_cmd"] = cmd = StreamSlice(UNIT_KINDS[name])
+            wiring.connect(m, controller=port.cmd, slice=cmd.i)
+            wiring.connect(m, slice=cmd.o, unit=unit.cmd)
+            busy[name] = unit.busy | cmd.full
+            m.d.comb += [port.done.eq(unit.done), port.busy.eq(busy[name]),
+                         unit.abort.eq(port.abort), cmd.clear.eq(port.abort)]
+            for member in ("error", "error_valid", "error_detail", "error_index",
+                           "reads_done"):
+                if member in port.signature.members:
+                    m.d.comb += getattr(port, member).eq(getattr(unit, member))
+        m.d.comb += regs.unit_busy.eq(Cat(busy["load"], busy["compute"], busy["vector"],
+                                          busy["store"]))
 
         # Units ↔ scratchpads.
         m.d.comb += [
