@@ -333,10 +333,15 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
             with dp.Else():
                 dp.d.comb += q_finish.eq(1)
                 dp.d.sync += q_valid.eq(1)
+                # Saturate to [lo, hi]: a lane is in range when its bits above the
+                # shift's sign bit all equal that sign (LUTs, no comparator behind the
+                # scratchpad's read port).
                 lo, hi = -(1 << (SHIFT_BITS - 1)), (1 << (SHIFT_BITS - 1)) - 1
                 for c in range(cfg.cols):
-                    dp.d.sync += shift[c].eq(
-                        Mux(word[c] < lo, lo, Mux(word[c] > hi, hi, word[c][:SHIFT_BITS])))
+                    upper = word[c][SHIFT_BITS - 1:]
+                    in_range = ~upper.any() | upper.all()
+                    dp.d.sync += shift[c].eq(Mux(in_range, word[c][:SHIFT_BITS],
+                                                 Mux(word[c][-1], lo, hi)))
         # The beat is offered as soon as it is read (the core takes it when the MATMUL's
         # last tile starts, and checks it once that tile's weights are in, so that a 2:4
         # index error of the tile found in the same cycle is reported first).
