@@ -31,11 +31,12 @@ Scheduling rules that make consecutive tiles flow back to back:
 Errors (``error`` output, sticky until reset; the core stops accepting input and
 drains what is in flight): see :class:`CoreError`.
 
-The array's inputs (activation lanes, mode, swap, ``psum_top``, weight row and shift)
-pass one *feed register* before the array's own input register.  The decisions to issue
-a row or shift a weight row (which also pop the operand streams and take the quant beat)
-end in those flip-flops, next to the logic that makes them; the wires across the die to
-the array then run register to register.
+A row and a weight row pass one *feed register* before the array's own input register:
+the activation bytes with the fields of their tile (zero point, mode, K, 2:4), the
+swap, the weight row and its shift.  The zero-point correction and per-mode unpacking
+come after it.  So the decisions to issue a row or shift a weight row (which also pop
+the operand streams and take the quant beat) end in a few flip-flops, the tile
+command registers reach only those, and the control logic need not sit by the array.
 
 Latency: a row accepted on ``act`` in cycle t leaves the accumulator in cycle
 ``t + rows + cols + 5`` and, if ``last``, enters the result FIFO at ``t + rows + cols + 16``.
@@ -61,9 +62,6 @@ __all__ = ["GemmCore", "CoreError", "FEED_LATENCY"]
 
 #: Cycles of the feed register between the issue logic and the array's input register.
 FEED_LATENCY = 1
-
-#: The array's inputs, all of which pass the feed register.
-_ARRAY_INPUTS = ("act", "mode", "swap", "psum_top", "w_row", "w_shift")
 
 
 class CoreError(enum.IntEnum):
@@ -169,17 +167,27 @@ class GemmCore(wiring.Component):
         failed = Signal()
         m.d.comb += failed.eq(self.error != CoreError.NONE)
 
-        # The array's inputs are computed on `feed` and registered here (see the module
-        # documentation); only the swap and shift flags have a reset.
-        feed_layout = data.StructLayout({name: array.signature.members[name].shape
-                                         for name in _ARRAY_INPUTS})
+        # What the array needs of a row and of a weight row is registered here, as it
+        # was accepted (see the module documentation): the activation bytes and the row's
+        # command fields, formatted for the array after the register; only the swap and
+        # shift flags have a reset.
+        command_shape = tile_command_layout(cfg)
+        feed_layout = data.StructLayout({
+            "bytes": activation_row_layout(cfg),
+            "zero_point": command_shape["a_zero_point"].shape,
+            "mode": command_shape["mode"].shape,
+            "k": command_shape["k_valid"].shape,
+            "sparse": 1,
+            "swap": 1,
+            "w_row": array.signature.members["w_row"].shape,
+            "w_shift": 1,
+        })
         feed = Signal(feed_layout)
         fed = Signal(feed_layout, reset_less=True)
         fed_swap, fed_shift = Signal(), Signal()
         m.d.sync += [fed.eq(feed), fed_swap.eq(feed.swap), fed_shift.eq(feed.w_shift)]
-        m.d.comb += [getattr(array, name).eq(getattr(fed, name)) for name in _ARRAY_INPUTS
-                     if name not in ("swap", "w_shift")]
-        m.d.comb += [array.swap.eq(fed_swap), array.w_shift.eq(fed_shift)]
+        m.d.comb += [array.w_row.eq(fed.w_row), array.swap.eq(fed_swap),
+                     array.w_shift.eq(fed_shift)]
 
         # ---------------------------------------------------------------- weights
         shadow_full = Signal()
@@ -323,42 +331,49 @@ class GemmCore(wiring.Component):
         with m.If(~failed & starting & pending_valid & shadow_full & ~sparse_ok):
             m.d.sync += self.error.eq(CoreError.BAD_SPARSE_INDEX)
 
-        # Issue one activation row: zero-point correction / unpacking per mode.
-        zero_point = Mux(starting, pending.a_zero_point, current.a_zero_point)
-        row_mode = Mux(starting, pending.mode, current.mode)
-        row_k = Mux(starting, pending.k_valid, current.k_valid)
-        row_sparse = Mux(starting, pending.sparse, current.sparse)
+        # Issue one activation row: its bytes and its tile's fields into the feed
+        # register; after it, zero-point correction / unpacking per mode.
+        m.d.comb += [
+            feed.bytes.eq(self.act.payload),
+            feed.zero_point.eq(Mux(starting, pending.a_zero_point, current.a_zero_point)),
+            feed.mode.eq(Mux(starting, pending.mode, current.mode)),
+            feed.k.eq(Mux(starting, pending.k_valid, current.k_valid)),
+            feed.sparse.eq(Mux(starting, pending.sparse, current.sparse)),
+            feed.swap.eq(issue & starting),
+        ]
+        zero_point, row_mode, row_k = fed.zero_point, fed.mode, fed.k
         for r in range(R):
-            byte = self.act.payload[r]
-            m.d.comb += feed.act[r].eq(byte - zero_point)
+            byte = fed.bytes[r]
+            m.d.comb += array.act[r].eq(byte - zero_point)
             if "int4" in cfg.modes:
                 with m.If(row_mode == MODE_CODES["int4"]):
-                    m.d.comb += feed.act[r].eq(Cat((byte[0:4].as_signed() - zero_point)[:5],
+                    m.d.comb += array.act[r].eq(Cat((byte[0:4].as_signed() - zero_point)[:5],
                                                     (byte[4:8].as_signed() - zero_point)[:5]))
             if "binary" in cfg.modes:
                 valid_bits = Cat(row_k > 8 * r + i for i in range(8))
                 with m.If(row_mode == MODE_CODES["binary"]):
-                    m.d.comb += feed.act[r].eq(Cat(byte.as_unsigned(), valid_bits))
+                    m.d.comb += array.act[r].eq(Cat(byte.as_unsigned(), valid_bits))
             if "bf16" in cfg.modes:
                 # Lane 2j: BF16 activation j (lanes 2j, 2j+1) and whether j is real; the
                 # odd lanes carry nothing, their PEs pass the sums on.
                 with m.If(row_mode == MODE_CODES["bf16"]):
                     if r % 2 == 0:
-                        m.d.comb += feed.act[r].eq(Cat(byte, self.act.payload[r + 1],
-                                                        row_k > r // 2))
+                        m.d.comb += array.act[r].eq(Cat(byte, fed.bytes[r + 1], row_k > r // 2))
                     else:
-                        m.d.comb += feed.act[r].eq(0)
+                        m.d.comb += array.act[r].eq(0)
             if cfg.sparse_2_4:
                 # Rows 2g and 2g+1 both see the 4 activations of group g.
-                group = [(self.act.payload[4 * (r // 2) + j] - zero_point)[:cfg.lane_bits + 1]
+                group = [(fed.bytes[4 * (r // 2) + j] - zero_point)[:cfg.lane_bits + 1]
                          for j in range(4)]
-                with m.If(row_sparse):
-                    m.d.comb += feed.act[r].eq(Cat(*group))
+                with m.If(fed.sparse):
+                    m.d.comb += array.act[r].eq(Cat(*group))
         if "binary" in cfg.modes:
             with m.If(row_mode == MODE_CODES["binary"]):
-                m.d.comb += feed.psum_top.eq(-row_k)
-        array_mode = Mux(row_sparse, SPARSE_MODE_CODE, row_mode) if cfg.sparse_2_4 else row_mode
-        m.d.comb += [feed.mode.eq(array_mode), feed.swap.eq(issue & starting)]
+                m.d.comb += array.psum_top.eq(-row_k)
+        if cfg.sparse_2_4:
+            m.d.comb += array.mode.eq(Mux(fed.sparse, SPARSE_MODE_CODE, row_mode))
+        else:
+            m.d.comb += array.mode.eq(row_mode)
         m.d.comb += self.quant.ready.eq(issue & starting & pending.last)
 
         with m.If(issue):
@@ -396,7 +411,7 @@ class GemmCore(wiring.Component):
             meta.last.eq(row_last),
             meta.slot.eq(issue_slot),
             meta.row.eq(Mux(starting, 0, row_index)),
-            meta.fp32.eq(row_mode == MODE_CODES["bf16"] if "bf16" in cfg.modes else 0),
+            meta.fp32.eq(feed.mode == MODE_CODES["bf16"] if "bf16" in cfg.modes else 0),
         ]
         # Only the valid flag has a reset (so does every flag of the control state; the
         # data registers of the array, accumulator and requantizer have none: a reset
