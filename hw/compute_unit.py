@@ -175,18 +175,28 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
         inflight = Signal(range(3))
         head = Signal()                    # slot of the oldest MATMUL in flight
 
+        # Beside each slot, the index of its MATMUL's last row and last K tile: the
+        # sequencers compare their counters with these (no subtraction before a compare).
+        last_layout = data.StructLayout({name: matmul_layout[name].shape
+                                         for name in ("m_rows", "k_tiles")})
+        lasts = [Signal(last_layout, name=f"slot_last_{i}", reset_less=True) for i in range(2)]
+
         def field(ptr, name):
             return Mux(ptr, getattr(slots[1], name), getattr(slots[0], name))
+
+        def last(ptr, name):
+            """``field(ptr, name) − 1`` (``name``: ``m_rows`` or ``k_tiles``)."""
+            return Mux(ptr, lasts[1][name], lasts[0][name])
 
         accept = Signal()
         m.d.comb += [self.cmd.ready.eq((inflight != 2) & ~clear),
                      accept.eq(self.cmd.valid & self.cmd.ready)]
         new_slot = head ^ (inflight == 1)
-        with dp.If(accept):
-            with dp.If(new_slot):
-                dp.d.sync += slots[1].eq(self.cmd.payload)
-            with dp.Else():
-                dp.d.sync += slots[0].eq(self.cmd.payload)
+        for i in range(2):
+            with dp.If(accept & (new_slot == i)):
+                dp.d.sync += [slots[i].eq(self.cmd.payload),
+                              lasts[i].m_rows.eq(self.cmd.payload.m_rows - 1),
+                              lasts[i].k_tiles.eq(self.cmd.payload.k_tiles - 1)]
 
         def pending_counter(name, finish):
             """MATMULs accepted and not yet finished by one sequencer."""
@@ -206,8 +216,7 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
         t_finish = Signal()
         t_pending = pending_counter("tile", t_finish)
         err_slot = Signal()                # slot of the last tile command the core took
-        k_tiles = field(t_ptr, "k_tiles")
-        t_last = t_kt == k_tiles - 1
+        t_last = t_kt == last(t_ptr, "k_tiles")
         mode = field(t_ptr, "mode")
         sparse = field(t_ptr, "sparse")
         k_tile = Signal(range(R * 8 + 1))
@@ -249,16 +258,17 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
 
         # ------------------------------------------------------------ operand sequencers
         def walk(name, step, inner, on_last, on_next=()):
-            """Count ``k_tiles × inner`` steps of a MATMUL in (row, K tile) order; returns
+            """Count ``k_tiles × rows`` steps of a MATMUL in (row, K tile) order, ``inner``
+            giving the index of the last row of a slot; returns
             (slot, a pulse on the MATMUL's last step)."""
             ptr = Signal(name=f"{name}_ptr")
             row = Signal(16, name=f"{name}_row")
             kt = Signal(16, name=f"{name}_kt")
-            last = Signal(name=f"{name}_last")
-            row_last = row == inner(ptr) - 1
+            final = Signal(name=f"{name}_last")
+            row_last = row == inner(ptr)
             with dp.If(step):
-                with dp.If(row_last & (kt == field(ptr, "k_tiles") - 1)):
-                    dp.d.comb += last.eq(1)
+                with dp.If(row_last & (kt == last(ptr, "k_tiles"))):
+                    dp.d.comb += final.eq(1)
                     dp.d.sync += [row.eq(0), kt.eq(0), ptr.eq(~ptr), *on_last]
                 with dp.Else():
                     dp.d.sync += list(on_next)
@@ -266,10 +276,11 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
                         dp.d.sync += [row.eq(0), kt.eq(kt + 1)]
                     with dp.Else():
                         dp.d.sync += row.eq(row + 1)
-            return ptr, last
+            return ptr, final
 
         def operand_sequencer(name, port, sink, base_field, inner):
-            """Read ``k_tiles × inner`` consecutive words from ``base_field`` into ``sink``;
+            """Read a MATMUL's ``k_tiles × rows`` consecutive words (``inner``: the index of
+            the last row of a slot) from ``base_field`` into ``sink``;
             returns a pulse on a MATMUL's last read."""
             offset = Signal(16, name=f"{name}_offset")
             issue = Signal(name=f"{name}_issue")
@@ -293,9 +304,9 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
             return finish
 
         w_finish = operand_sequencer("weight", self.wgt_rd, core.weight, "wgt_addr",
-                                     lambda ptr: R)
+                                     lambda ptr: R - 1)
         a_finish = operand_sequencer("act", self.act_rd, core.act, "act_addr",
-                                     lambda ptr: field(ptr, "m_rows"))
+                                     lambda ptr: last(ptr, "m_rows"))
 
         # ------------------------------------------------------------ quant sequencer
         q_ptr = Signal()
@@ -368,7 +379,7 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
 
         # ------------------------------------------------------------ result writer
         r_row = Signal(16)
-        r_last = r_row == field(head, "m_rows") - 1
+        r_last = r_row == last(head, "m_rows")
         written = Signal()
         dp.d.comb += [
             self.out_wr.valid.eq(core.result.valid),
