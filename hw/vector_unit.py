@@ -171,6 +171,18 @@ def _tag_layout(cols):
     })
 
 
+def _less_by_halves(m, a, b, name):
+    """``a < b`` of two signed 32-bit values, its halves compared into registers (the
+    comparison of 16 bits, then of their results: a cycle later, one LUT level)."""
+    high_less, high_equal, low_less = (Signal(name=f"{name}_{part}")
+                                       for part in ("high_less", "high_equal", "low_less"))
+    m.d.sync += [
+        high_less.eq(a[16:].as_signed() < b[16:].as_signed()),
+        high_equal.eq(a[16:] == b[16:]),
+        low_less.eq(a[:16] < b[:16]),
+    ]
+    return high_less | (high_equal & low_less)
+
 class VectorUnit(wiring.Component):
     """The VECTOR instruction unit of one :class:`~npugen.golden.config.NPUConfig`.
 
@@ -548,12 +560,11 @@ class VectorUnit(wiring.Component):
         added = Signal(lanes32)             # a ± b: an adder straight into its register
         other = Signal(lanes32)             # PACK's bytes, TO_BF16's bytes, MAX's a
         take_other = Signal()
-        take_lo = Signal(cols)
-        take_hi = Signal(cols)
-        take_x = Signal(cols)
         v_elem = Signal(lanes32)
         m.d.sync += take_other.eq(is_max_op | (tag.kind == _Kind.PACK) |
                                   (tag.kind == _Kind.CONV))
+        clamp3, max3 = Signal(), Signal()
+        m.d.sync += [clamp3.eq(is_clamp), max3.eq(is_max_op)]
         for j in range(cols):
             choice = a_word[j]
             if has_bf16:
@@ -563,12 +574,13 @@ class VectorUnit(wiring.Component):
                 x3[j].eq(x[j]),
                 added[j].eq(Mux(subtract, a_word[j] - x[j], a_word[j] + x[j])[:32]),
                 other[j].eq(Mux(tag.kind == _Kind.PACK, merged[8 * j:8 * j + 8], choice)),
-                take_lo[j].eq(is_clamp & (x[j] < lo)),
-                take_hi[j].eq(is_clamp & (x[j] > hi)),
-                take_x[j].eq(is_clamp | (is_max_op & (a_word[j] < x[j]))),
-                v_elem[j].eq(Mux(take_lo[j], lo, Mux(take_hi[j], hi, Mux(
-                    take_x[j], x3[j], Mux(take_other, other[j], added[j]))))),
             ]
+            # The comparisons by halves into registers at s3, combined in the select.
+            take_lo = clamp3 & _less_by_halves(m, x[j], lo, f"x_lt_lo_{j}")
+            take_hi = clamp3 & _less_by_halves(m, hi, x[j], f"hi_lt_x_{j}")
+            take_x = clamp3 | (max3 & _less_by_halves(m, a_word[j], x[j], f"a_lt_x_{j}"))
+            m.d.sync += v_elem[j].eq(Mux(take_lo, lo, Mux(take_hi, hi, Mux(
+                take_x, x3[j], Mux(take_other, other[j], added[j])))))
 
         # MAX (SOFTMAX pass 1, ROWMAX): the maximum of the word's valid lanes, a pairwise
         # tree: the first level compares the word's lanes into flag registers; every

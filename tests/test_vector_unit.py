@@ -421,6 +421,34 @@ def test_extreme_values(seed):
     run_and_check(config, init, commands, seed=seed, stall=0.5)
 
 
+@pytest.mark.parametrize("seed", [0x7EC_0035, 0x7EC_0036])
+def test_comparisons_near_the_bounds(seed):
+    """CLAMP and MAX compare 32-bit values by 16-bit halves: values whose upper half
+    equals the bound's (or the other operand's) and whose lower half is just below, at or
+    just above it, on both sides of zero."""
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    config = TINY.replace(out_sp_depth=64)
+    cols = config.cols
+    lo, hi = -0x0001_8000 + rng.randrange(-4, 4), 0x0002_7FFF + rng.randrange(-4, 4)
+
+    def near(bound):
+        return [bound + d for d in (-0x1_0000, -0x8000, -1, 0, 1, 0x8000, 0x1_0000)
+                if INT32_MIN <= bound + d <= INT32_MAX]
+
+    values = near(lo) + near(hi) + near(0) + near(-0x1_0000) + EXTREMES
+    init = [[rng.choice(values) for _ in range(cols)] for _ in range(config.out_sp_depth)]
+    for w in range(8, 16):    # MAX operands that share their upper half
+        init[w + 8] = [(v & ~0xFFFF) | rng.randrange(0x1_0000) for v in init[w]]
+        init[w + 8] = [v - (1 << 32) if v > INT32_MAX else v for v in init[w + 8]]
+    commands = [
+        command("clamp", count=4, src=0, dst=40, n_words=2, lo=lo, hi=hi, cols=cols),
+        command("max", count=4, src=8, src_b=16, dst=48, n_words=2, cols=cols),
+        command("max", count=4, src=16, src_b=8, dst=56, n_words=2, cols=cols),
+    ]
+    run_and_check(config, init, commands, seed=seed, stall=0.3)
+
+
 def test_back_to_back_and_cycle_counts():
     """With wr_ready high every command takes exactly ``vector_cycles``; the next one is
     accepted in the cycle of the previous one's done pulse; busy spans accept to done."""
