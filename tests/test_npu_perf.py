@@ -50,43 +50,43 @@ def test_single_load_hand_checked():
 
     Fetch: one burst of both instructions (16 beats) handshaken in cycle 7, beats 9..24;
     the LOAD's last beat is 16, so it enters decode in 17, the issue stage in 23 and
-    issues in 24.  Its words are planned from 27, one a cycle; a burst holds 16 segments
-    (8 beats), so bursts close in 43 and 59 (when the 17th and 33rd words open the next)
-    and 67 (after the last), with ARs in 44, 60, 68.  The first beat arrives in 46; the
-    consumer writes one two-byte word a cycle, 46..85; done is 87.  END reached the
-    issue stage in 31; DONE comes 4 cycles after the last done: finish 91, CYCLES 89
-    (the RTL measured 89 and a LOAD_BUSY of 63)."""
+    issues in 24.  Its words are planned from 28, one a cycle; a burst holds 16 segments
+    (8 beats), so bursts close in 44 and 60 (when the 17th and 33rd words open the next)
+    and 68 (after the last), with ARs in 45, 61, 69.  The first beat arrives in 47; the
+    consumer takes one two-byte word a cycle, 47..86 (each written two cycles later);
+    done is 89.  END reached the issue stage in 31; DONE comes 4 cycles after the last
+    done: finish 93, CYCLES 91 (the RTL measured 91 and a LOAD_BUSY of 65)."""
     load = Load(target=LoadTarget.ACT, sp_addr=0, addr=0, inner_count=40, inner_stride=2,
                 lanes=2)
     result = _run(TINY, [load, End()])
     (ld, end) = result.timeline
-    assert (ld.unit, ld.issue, ld.done) == ("load", 24, 87)
+    assert (ld.unit, ld.issue, ld.done) == ("load", 24, 89)
     assert end.issue == 31
-    assert result.cycles == 89
-    assert result.busy["load"] == 63
+    assert result.cycles == 91
+    assert result.busy["load"] == 65
     assert result.fetch_beats == 16 and result.load_beats == 20
 
 
 def test_single_load_default_hand_checked():
-    """default (64-bit bus): 16 eight-byte words are one 16-beat burst: planned 23..38,
-    AR in 40, beats 42..57, done 59; the instruction burst (8 beats) ends in 16 (the RTL
-    measured CYCLES 61)."""
+    """default (64-bit bus): 16 eight-byte words are one 16-beat burst: planned 24..39,
+    AR in 41, beats 43..58, done 61; the instruction burst (8 beats) ends in 16 (the RTL
+    measured CYCLES 63)."""
     load = Load(target=LoadTarget.ACT, sp_addr=0, addr=0, inner_count=16, inner_stride=8,
                 lanes=8)
     result = _run(DEFAULT, [load, End()])
-    assert [(t.issue, t.done) for t in result.timeline] == [(20, 59), (23, 63)]
-    assert result.cycles == 61
+    assert [(t.issue, t.done) for t in result.timeline] == [(20, 61), (23, 65)]
+    assert result.cycles == 63
 
 
 def test_store_hand_checked():
-    """tiny: STORE of 16 int8 words of two lanes (contiguous): planned 26..41, one burst
-    of 8 beats closed in 42, AW in 43; the W beats go at one word a cycle (two per beat)
-    from 43, the write response in 59, done 60, CYCLES 62 (as on the RTL)."""
+    """tiny: STORE of 16 int8 words of two lanes (contiguous): planned 27..42, one burst
+    of 8 beats closed in 43, AW in 44; the W beats go at one word a cycle (two per beat)
+    from 44, the write response in 60, done 61, CYCLES 63 (as on the RTL)."""
     store = Store(elem_bytes=1, sp_addr=0, addr=0x10000, inner_count=16, inner_stride=2,
                   lanes=2)
     result = _run(TINY, [store, End()])
-    assert (result.timeline[0].issue, result.timeline[0].done) == (24, 60)
-    assert result.cycles == 62
+    assert (result.timeline[0].issue, result.timeline[0].done) == (24, 61)
+    assert result.cycles == 63
 
 
 def test_prefetch_past_end_is_drained():
