@@ -218,10 +218,12 @@ def segment_beats(data_bytes, len_bits, start, length):
     return ((Value.cast(start)[:lb] + length - 1) >> lb)[:len_bits + 1]
 
 
-def describe_segment(m, data_bytes, len_bits, start, length, prev_b1, nb=None):
+def describe_segment(m, data_bytes, len_bits, start, length, prev_b1, nb=None,
+                     prev_b1p1=None):
     """The :func:`segment_layout` value of the segment ``[start, start + length)``
     (``length`` ≥ 1), computed in ``m`` (no registers); ``prev_b1`` is the last beat of
-    the data segment before it; ``nb``, if given, is its :func:`segment_beats`."""
+    the data segment before it (``prev_b1p1``, if given, is ``prev_b1 + 1``); ``nb``, if
+    given, is its :func:`segment_beats`."""
     lb = log2(data_bytes)
     page_bits = log2(_PAGE_BYTES // data_bytes)
     seg = Signal(segment_layout(data_bytes, len_bits))
@@ -253,7 +255,8 @@ def describe_segment(m, data_bytes, len_bits, start, length, prev_b1, nb=None):
         seg.croom0.eq(croom0), seg.clim0.eq(clim0), seg.croom1.eq(croom1),
         seg.clim1.eq(clim1),
         seg.start.eq(start), seg.b0p1.eq(b0 + 1), seg.same.eq(b0 == prev_b1),
-        seg.next.eq(b0 == (prev_b1 + 1)[:len(b0)]), seg.b1.eq(b0 + nb),
+        seg.next.eq(b0 == (prev_b1 + 1 if prev_b1p1 is None else prev_b1p1)[:len(b0)]),
+        seg.b1.eq(b0 + nb),
         seg.nb.eq(nb), seg.nb0.eq(nb == 0), seg.beats.eq(nb + 1),
         seg.room0.eq(room0), seg.fits0.eq(Mux(is16, nb < MAX_BURST_BEATS, small)),
         seg.lim0.eq(lim0),
@@ -462,8 +465,9 @@ def planner_stage(m, planner, descriptors, *, valid, data, start, length, close,
     valid_in, valid = valid, pre_valid
     packed = Cat(*raw)
     prev_b1 = Signal(ADDR_BITS - log2(planner.data_bytes))   # of the last data segment
+    prev_b1p1 = Signal.like(prev_b1)                         # and its successor
     seg = describe_segment(m, planner.data_bytes, planner.len_bits, start, length, prev_b1,
-                           nb=nb)
+                           nb=nb, prev_b1p1=prev_b1p1)
     skid = Signal(len(packed))
     skid_seg = Signal.like(seg)
     skid_valid = Signal()
@@ -484,7 +488,7 @@ def planner_stage(m, planner, descriptors, *, valid, data, start, length, close,
         m.d.sync += [pre_valid.eq(valid_in), pre.eq(packed_in)]
     taken = head_valid & planner.seg_ready
     with m.If(accept & Value.cast(data)):
-        m.d.sync += prev_b1.eq(seg.b1)
+        m.d.sync += [prev_b1.eq(seg.b1), prev_b1p1.eq(seg.b1 + 1)]
     with m.If(flush):
         m.d.sync += [head_valid.eq(0), skid_valid.eq(0)]
     with m.Elif(~head_valid | taken):

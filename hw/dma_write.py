@@ -207,7 +207,8 @@ class StoreEngine(wiring.Component):
             m.d.sync += flight_desc.eq(head_desc)
         entry_in = Signal(entry_layout)
         m.d.comb += [entry_in.desc.eq(flight_desc), entry_in.word.eq(self.rd_data),
-                     word_fifo.w_en.eq(in_flight & ~clear), word_fifo.w_data.eq(entry_in)]
+                     # (during clear the FIFO is reset: a write then is lost anyway)
+                     word_fifo.w_en.eq(in_flight), word_fifo.w_data.eq(entry_in)]
 
         # ---- beat assembler ----------------------------------------------------------
         entry = Signal(entry_layout)
