@@ -102,7 +102,7 @@ class Timing:
     #: Beats and byte segments of one burst at most.
     burst_beats: int = 16
     burst_segments: int = 16
-    #: LOAD: last word written → ``done``.
+    #: LOAD: last piece (or pad word) taken → ``done`` (it is written two cycles later).
     load_tail: int = 3
     #: STORE accepted → its first W beat at the earliest.
     store_first_w: int = 7
