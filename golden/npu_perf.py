@@ -100,18 +100,18 @@ class Timing:
     #: A hazard's range released (``done``/``reads_done``) → the waiting instruction issues.
     hazard_delay: int = 2
     #: LOAD accepted → its first word planned.
-    load_setup: int = 3
+    load_setup: int = 4
     #: A LOAD piece planned → consumed at the earliest (the descriptor FIFO's latency).
-    load_desc: int = 2
+    load_desc: int = 3
     #: STORE accepted → its first word planned.
-    store_setup: int = 2
+    store_setup: int = 3
     #: Beats and byte segments of one burst at most.
     burst_beats: int = 16
     burst_segments: int = 16
-    #: LOAD: last word written → ``done``.
-    load_tail: int = 2
+    #: LOAD: last piece (or pad word) taken → ``done`` (it is written two cycles later).
+    load_tail: int = 3
     #: STORE accepted → its first W beat at the earliest.
-    store_first_w: int = 6
+    store_first_w: int = 7
     #: Last W beat of a burst → its write response.
     write_response: int = 2
     #: STORE: last write response → ``done``.

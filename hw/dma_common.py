@@ -138,9 +138,12 @@ class WordWalk:
         self.lo = Signal(signed(HOST_BITS + 1), name="lo")
         self.hi_row = Signal(signed(HOST_BITS + 1), name="hi_row")
         self.hi = Signal(signed(HOST_BITS + 1), name="hi")
-        # i == inner_count - 1 and o == outer_count - 1 (the counts are ≥ 1), registers.
+        # i == inner_count - 1 and o == outer_count - 1 (the counts are ≥ 1), registers,
+        # set from equalities with the counts minus 2 (registers too).
         self.last_i = Signal(name="last_i")
         self.last_o = Signal(name="last_o")
+        self.inner_m2 = Signal(16, name="inner_m2")
+        self.outer_m2 = Signal(16, name="outer_m2")
 
     def start(self, payload, base, limit, extent=0):
         """The statements that begin the instruction ``payload`` at its first word, in
@@ -151,6 +154,8 @@ class WordWalk:
         return [self.cmd.eq(payload), self.o.eq(0), self.i.eq(0),
                 self.last_i.eq(payload.inner_count == 1),
                 self.last_o.eq(payload.outer_count == 1),
+                self.inner_m2.eq(payload.inner_count - 2),
+                self.outer_m2.eq(payload.outer_count - 2),
                 self.sp.eq(payload.sp_addr), self.row.eq(payload.addr),
                 self.addr.eq(payload.addr), self.lo_row.eq(lo), self.lo.eq(lo),
                 self.hi_row.eq(hi), self.hi.eq(hi)]
@@ -167,7 +172,7 @@ class WordWalk:
         with m.If(self.last_i):
             m.d.sync += [self.o.eq(self.o + 1), self.i.eq(0),
                          self.last_i.eq(cmd.inner_count == 1),
-                         self.last_o.eq(self.o + 2 == cmd.outer_count),
+                         self.last_o.eq(self.o == self.outer_m2),
                          self.row.eq(self.row + cmd.outer_stride),
                          self.addr.eq(self.row + cmd.outer_stride),
                          self.lo_row.eq(self.lo_row + cmd.outer_stride),
@@ -178,7 +183,7 @@ class WordWalk:
                 m.next = "IDLE"
         with m.Else():
             m.d.sync += [self.i.eq(self.i + 1), self.addr.eq(self.addr + cmd.inner_stride),
-                         self.last_i.eq(self.i + 2 == cmd.inner_count),
+                         self.last_i.eq(self.i == self.inner_m2),
                          self.lo.eq(self.lo + cmd.inner_stride),
                          self.hi.eq(self.hi - cmd.inner_stride)]
 

@@ -19,23 +19,28 @@ consumed in order.  Read ID 0 fetches instructions, ID 1 loads data (:class:`Rea
   (else BAD_HOST_ADDRESS), and for PARAM every lane 4-aligned (else MISALIGNED; the
   window is checked first).  A word becomes byte *segments*: one when the lanes are
   contiguous (``lane_stride`` = lane bytes, or one lane) or broadcast (``lane_stride``
-  0: lane 0 is read once and copied), one per lane for a gather.  Segments pass a
-  two-entry register stage (:func:`planner_stage`, which also precomputes their beats,
-  burst room and limits) to the planner: one a cycle, a cycle of latency.
+  0: lane 0 is read once and copied), one per lane for a gather.  Segments pass an
+  input register and a two-entry register stage (:func:`planner_stage`, which also
+  precomputes their beats, burst room and limits) to the planner: one a cycle, two
+  cycles of latency.  The sequencer's registers follow the offered command while idle
+  (only its state waits for the handshake).
 * The **planner** joins segments into bursts: a segment whose first beat is the last
   beat of the open burst shares it (*shared*), one starting at the next beat extends
   the burst; a long segment spans several bursts.  A burst is closed (issued) when a
   segment does not fit, in a cycle that adds nothing to it, or at 16 beats / 4 KB.
 * The **consumer** takes one beat per segment piece, rotates it to the segment's place
-  in the word and writes the word (lanes ≥ ``lanes`` and pad words get ``pad``).  Its
-  descriptor FIFO has a registered output and holds byte masks derived from each
-  descriptor, so a piece is consumed 2 cycles after it is planned at the earliest.
+  in the word and writes the word (lanes ≥ ``lanes`` and pad words get ``pad``) from a
+  formatting register stage.  Its descriptor FIFO is written through a register, has a
+  registered output and holds byte masks derived from each descriptor, so a piece is
+  consumed 3 cycles after it is planned at the earliest.  The planner side sees
+  ``abort`` and errors a cycle late (what it takes then is dropped).
 
 Throughput: aligned contiguous words whose size is a multiple of the bus width (or
 divides it) stream at one beat per cycle (one word per cycle for words smaller than a
 beat); an unaligned stream pays one extra cycle per beat shared by two words; a gather
 takes a cycle per lane.  Latency: the first SP write of a LOAD follows the first R beat
-by one cycle; ``done`` pulses the cycle after the last ``wr_en``.
+by two cycles (the word is formatted in a register stage after its last piece);
+``done`` pulses the cycle after the last ``wr_en``.
 
 Errors: a failing word travels as a *fault* descriptor behind the words before it, so
 those are written first; then ``error_valid`` pulses and the unit is idle.  An R beat
@@ -171,9 +176,14 @@ def segment_layout(data_bytes, len_bits):
     beat_bits = ADDR_BITS - log2(data_bytes)
     # ``beats`` = ``nb + 1``; ``fits0``: the segment fits a burst opened at ``b0``,
     # ``fits1``: its beats after ``b0`` fit a burst opened at ``b0 + 1``; ``same``
-    # (``next``): ``b0`` is (follows) the last beat of the previous segment.
+    # (``next``): ``b0`` is (follows) the last beat of the previous segment; ``nb0``:
+    # ``nb == 0``; ``croom0``, ``clim0`` (``croom1``, ``clim1``): room and last beat of
+    # the burst after ``lim0`` (``lim1``), where the segment continues when it does not
+    # fit.
     return data.StructLayout({
-        "start": unsigned(ADDR_BITS), "b0p1": unsigned(beat_bits),
+        "croom0": unsigned(5), "clim0": unsigned(beat_bits),
+        "croom1": unsigned(5), "clim1": unsigned(beat_bits),
+        "start": unsigned(ADDR_BITS), "b0p1": unsigned(beat_bits), "nb0": unsigned(1),
         "same": unsigned(1), "next": unsigned(1),
         "b1": unsigned(beat_bits), "nb": unsigned(len_bits + 1),
         "beats": unsigned(len_bits + 1), "room0": unsigned(5), "room1": unsigned(5),
@@ -192,27 +202,66 @@ def _room_after(beat, page_bits):
             Mux(is16, beat + MAX_BURST_BEATS, page_end)[:len(beat)])
 
 
-def describe_segment(m, data_bytes, len_bits, start, length, prev_b1):
+def _room_after_sum(beat, k, page_bits):
+    """``_room_after(beat + k)``, each figure an adder from ``beat`` (no chained adders)."""
+    s = (beat + k)[:len(beat)]
+    r = ~s[:page_bits]
+    is16 = r[4:].any() | (r == 0)
+    page_end = Cat(Const((1 << page_bits) - 1, page_bits), s[page_bits:])
+    return (Mux(is16, MAX_BURST_BEATS, r[:4]),
+            Mux(is16, (beat + (k + MAX_BURST_BEATS))[:len(beat)], page_end))
+
+
+def segment_beats(data_bytes, len_bits, start, length):
+    """``b1 - b0`` of the segment ``[start, start + length)``: its beats after the first."""
+    lb = log2(data_bytes)
+    return ((Value.cast(start)[:lb] + length - 1) >> lb)[:len_bits + 1]
+
+
+def describe_segment(m, data_bytes, len_bits, start, length, prev_b1, nb=None,
+                     prev_b1p1=None):
     """The :func:`segment_layout` value of the segment ``[start, start + length)``
     (``length`` ≥ 1), computed in ``m`` (no registers); ``prev_b1`` is the last beat of
-    the data segment before it."""
+    the data segment before it (``prev_b1p1``, if given, is ``prev_b1 + 1``); ``nb``, if
+    given, is its :func:`segment_beats`."""
     lb = log2(data_bytes)
     page_bits = log2(_PAGE_BYTES // data_bytes)
     seg = Signal(segment_layout(data_bytes, len_bits))
     b0 = Value.cast(start)[lb:ADDR_BITS]
-    nb = ((Value.cast(start)[:lb] + length - 1) >> lb)[:len_bits + 1]
+    if nb is None:
+        nb = segment_beats(data_bytes, len_bits, start, length)
     low = b0[:page_bits]
     is16 = ~(low[4:].all() & low[:4].any())      # b0 at most 16 beats before the page end
     page_end = Cat(Const((1 << page_bits) - 1, page_bits), b0[page_bits:])
     room1, lim1 = _room_after(b0, page_bits)
     room0 = Mux(is16, MAX_BURST_BEATS, MAX_BURST_BEATS - low[:4])
+    lim0 = Signal(len(b0))
+    m.d.comb += lim0.eq(Mux(is16, b0 + (MAX_BURST_BEATS - 1), page_end))
+    # The burst after lim0 (lim1): after b0 + 15 (b0 + 16), or the first 16 beats of the
+    # next page when lim0 (lim1) is the page end.
+    r1 = ~low
+    is16_1 = r1[4:].any() | (r1 == 0)
+    # Whether the segment fits a burst that ends at the page end (room 16 − low[:4] from
+    # b0, 15 − low[:4] after it): one narrow sum beside the room logic.
+    small = (nb + low[:4])[4:] == 0
+    next_page = Cat(Const(MAX_BURST_BEATS - 1, page_bits), b0[page_bits:] + 1)
+    croom0, clim0 = (Mux(is16, a, b) for a, b in
+                     zip(_room_after_sum(b0, MAX_BURST_BEATS - 1, page_bits),
+                         (MAX_BURST_BEATS, next_page)))
+    croom1, clim1 = (Mux(is16_1, a, b) for a, b in
+                     zip(_room_after_sum(b0, MAX_BURST_BEATS, page_bits),
+                         (MAX_BURST_BEATS, next_page)))
     m.d.comb += [
+        seg.croom0.eq(croom0), seg.clim0.eq(clim0), seg.croom1.eq(croom1),
+        seg.clim1.eq(clim1),
         seg.start.eq(start), seg.b0p1.eq(b0 + 1), seg.same.eq(b0 == prev_b1),
-        seg.next.eq(b0 == (prev_b1 + 1)[:len(b0)]), seg.b1.eq(b0 + nb),
-        seg.nb.eq(nb), seg.beats.eq(nb + 1),
-        seg.room0.eq(room0), seg.fits0.eq(nb < room0),
-        seg.lim0.eq(Mux(is16, b0 + (MAX_BURST_BEATS - 1), page_end)),
-        seg.room1.eq(room1), seg.fits1.eq(nb <= room1), seg.lim1.eq(lim1),
+        seg.next.eq(b0 == (prev_b1 + 1 if prev_b1p1 is None else prev_b1p1)[:len(b0)]),
+        seg.b1.eq(b0 + nb),
+        seg.nb.eq(nb), seg.nb0.eq(nb == 0), seg.beats.eq(nb + 1),
+        seg.room0.eq(room0), seg.fits0.eq(Mux(is16, nb < MAX_BURST_BEATS, small)),
+        seg.lim0.eq(lim0),
+        seg.room1.eq(room1), seg.fits1.eq(Mux(is16_1, nb <= MAX_BURST_BEATS, small)),
+        seg.lim1.eq(lim1),
     ]
     return seg
 
@@ -291,8 +340,12 @@ class BurstPlanner(wiring.Component):
         segments = Signal(range(max_segs + 1))   # segments in the open burst
         one_more = segments != max_segs - 1      # room for another after this one
 
-        # A continuation opens the next burst at blim + 1 (it never joins the open one).
-        room_c, lim_c = _room_after(blim, page_bits)
+        # A continuation opens the next burst at blim + 1 (it never joins the open one):
+        # its room and last beat are registers set with blim (from the segment's
+        # precomputed figures, or from themselves for a continuation's continuation).
+        room_c = Signal(5)
+        lim_c = Signal(beat_bits)
+        croom_next, clim_next = _room_after(lim_c, page_bits)
 
         # While the burst can take a segment, blast is the last beat of the previous
         # segment: ``same``/``next`` (precomputed) compare the segment with it.
@@ -300,7 +353,7 @@ class BurstPlanner(wiring.Component):
         m.d.comb += shared.eq(joinable & seg.same)
         adjacent = seg.next
         active = cont | (self.seg_valid & self.desc_ok & self.seg_data)
-        covered = ~cont & shared & (seg.nb == 0)
+        covered = ~cont & shared & seg.nb0
         can_append = ~cont & joinable & (shared | adjacent) & (broom != 0)
         need = Mux(cont, left, Mux(shared, seg.nb, seg.beats))
         room = Mux(cont, room_c, Mux(shared, seg.room1, seg.room0))
@@ -345,6 +398,10 @@ class BurstPlanner(wiring.Component):
                 with m.Elif(~is_open | self.close_ok):
                     m.d.comb += [opened.eq(1), closing.eq(is_open)]
                     m.d.sync += [is_open.eq(1), segments.eq(1), blim.eq(lim), bfull.eq(room),
+                                 room_c.eq(Mux(cont, croom_next,
+                                               Mux(shared, seg.croom1, seg.croom0))),
+                                 lim_c.eq(Mux(cont, clim_next,
+                                              Mux(shared, seg.clim1, seg.clim0))),
                                  baddr.eq(Mux(cont, Cat(Const(0, lb), blim + 1),
                                               Mux(shared, Cat(Const(0, lb), seg.b0p1),
                                                   seg.start))),
@@ -377,22 +434,40 @@ def segment_queue(m, data_bytes, desc_layout, *, reset, buffered=False):
 
 
 def planner_stage(m, planner, descriptors, *, valid, data, start, length, close, desc, flush,
-                  extra=None):
+                  extra=None, write_stage=False):
     """Offers a segment ``[start, start + length)`` (a marker without bytes unless
     ``data``; ``close`` ends its burst) to ``planner`` and its descriptor ``desc`` to the
-    FIFO ``descriptors`` through a two-entry register stage (a skid buffer: no
-    combinational path joins the producer and the planner) that also precomputes the
-    segment (:func:`describe_segment`).  The planner and the FIFO take the stage's head
-    in the same cycle; ``desc.shared`` is set from the planner on the way.  Returns
-    ``ready``, a register: the stage takes the item when ``valid & ready``.  One item a
-    cycle, a cycle of latency; ``flush`` empties the stage and nothing is taken during
-    it.  ``extra(desc)``, if given, is written to the FIFO above the descriptor (figures
-    derived from it, so that the reader has them in a register)."""
+    FIFO ``descriptors`` through an input register (which adds the segment's beat count,
+    :func:`segment_beats`) and a two-entry register stage (a skid buffer) that
+    precomputes the rest of the segment (:func:`describe_segment`): no combinational
+    path joins the producer, the segment arithmetic and the planner.  The planner and
+    the FIFO take the stage's head in the same cycle; ``desc.shared`` is set from the
+    planner on the way.  Returns ``ready`` (an AND of two registers): the input register
+    takes the item when ``valid & ready``.  One item a cycle, two cycles of latency;
+    ``flush`` empties the registers and nothing is taken during it.  ``extra(desc)``,
+    if given, is written to the FIFO above the descriptor (figures derived from it, so
+    that the reader has them in a register).  With ``write_stage``
+    the descriptor reaches the FIFO through a register (a cycle later; the FIFO's write
+    enable, which fans out to every storage cell, is then a register too)."""
     raw = [Value.cast(data), Value.cast(start), Value.cast(length), Value.cast(close),
            Value.cast(desc)]
+    # The input register: the item and its beat count.
+    nb_in = segment_beats(planner.data_bytes, planner.len_bits, start, length)
+    packed_in = Cat(*raw, nb_in)
+    pre = Signal(len(packed_in), name="pre")
+    pre_valid = Signal(name="pre_valid")
+    fields, at = [], 0
+    for value in [*raw, nb_in]:
+        fields.append(pre[at:at + len(value)])
+        at += len(value)
+    data, start, length, _, _, nb = fields
+    raw = fields[:-1]
+    valid_in, valid = valid, pre_valid
     packed = Cat(*raw)
     prev_b1 = Signal(ADDR_BITS - log2(planner.data_bytes))   # of the last data segment
-    seg = describe_segment(m, planner.data_bytes, planner.len_bits, start, length, prev_b1)
+    prev_b1p1 = Signal.like(prev_b1)                         # and its successor
+    seg = describe_segment(m, planner.data_bytes, planner.len_bits, start, length, prev_b1,
+                           nb=nb, prev_b1p1=prev_b1p1)
     skid = Signal(len(packed))
     skid_seg = Signal.like(seg)
     skid_valid = Signal()
@@ -406,9 +481,14 @@ def planner_stage(m, planner, descriptors, *, valid, data, start, length, close,
     h_data, _, _, h_close, h_desc = fields
 
     accept = valid & ~skid_valid
+    ready = ~pre_valid | ~skid_valid          # the input register is empty or moves on
+    with m.If(flush):
+        m.d.sync += pre_valid.eq(0)
+    with m.Elif(ready):
+        m.d.sync += [pre_valid.eq(valid_in), pre.eq(packed_in)]
     taken = head_valid & planner.seg_ready
     with m.If(accept & Value.cast(data)):
-        m.d.sync += prev_b1.eq(seg.b1)
+        m.d.sync += [prev_b1.eq(seg.b1), prev_b1p1.eq(seg.b1 + 1)]
     with m.If(flush):
         m.d.sync += [head_valid.eq(0), skid_valid.eq(0)]
     with m.Elif(~head_valid | taken):
@@ -416,18 +496,33 @@ def planner_stage(m, planner, descriptors, *, valid, data, start, length, close,
                      head.eq(Mux(skid_valid, skid, packed)),
                      head_seg.eq(Mux(skid_valid, skid_seg, seg))]
     with m.Elif(accept):
-        m.d.sync += [skid_valid.eq(1), skid.eq(packed), skid_seg.eq(seg)]
+        m.d.sync += skid_valid.eq(1)
+    with m.If(~skid_valid):     # the skid's data follow the input while it is empty
+        m.d.sync += [skid.eq(packed), skid_seg.eq(seg)]
 
     out_desc = Signal.like(desc)
     m.d.comb += [
         planner.seg_valid.eq(head_valid & ~flush), planner.seg_data.eq(h_data),
         planner.seg.eq(head_seg), planner.seg_close.eq(h_close),
-        planner.desc_ok.eq(descriptors.w_rdy),
         out_desc.eq(h_desc), out_desc.shared.eq(planner.shared),
-        descriptors.w_data.eq(Cat(out_desc, extra(out_desc)) if extra else out_desc),
-        descriptors.w_en.eq(taken & ~flush),
     ]
-    return ~skid_valid
+    if write_stage:
+        # The write a cycle later.  Room is a register: two free entries (the pending
+        # write and one more) a cycle earlier leave one now, as one item a cycle is taken.
+        w_pending = Signal(name="desc_w_pending")
+        w_desc = Signal.like(desc, name="desc_w_reg")
+        room = Signal(name="desc_room")
+        m.d.sync += [w_pending.eq(taken & ~flush), w_desc.eq(out_desc),
+                     room.eq(descriptors.level + w_pending <= descriptors.depth - 2)]
+        m.d.comb += planner.desc_ok.eq(room)
+    else:
+        w_pending, w_desc = taken & ~flush, out_desc
+        m.d.comb += planner.desc_ok.eq(descriptors.w_rdy)
+    m.d.comb += [
+        descriptors.w_data.eq(Cat(w_desc, extra(w_desc)) if extra else w_desc),
+        descriptors.w_en.eq(w_pending),
+    ]
+    return ready
 
 
 class InstructionFetch(wiring.Component):
@@ -498,14 +593,17 @@ class InstructionFetch(wiring.Component):
         to_limit = Signal(signed(34))           # bytes from pc_req to read_limit
         m.d.comb += to_limit.eq(self.read_limit - pc_req)
         page_room = Mux(pc_req[5 + pb:12].all(), per_burst - pc_req[5:5 + pb], per_burst)
-        window_room = Mux(to_limit[5 + pb:].any(), per_burst, to_limit[5:5 + pb])
+        # min(page_room, window room): the low bits of to_limit (early out of the carry
+        # chain) are compared with page_room while its high bits settle; page_room ≤
+        # per_burst, so a window room of per_burst or more leaves page_room.
+        near_room = min_(page_room, to_limit[5:5 + pb])
         page_tail = Signal()                    # the burst may reach the page end:
         tail_room = Signal(pb + 1)              # with this many instructions
         m.d.sync += [
             page_tail.eq(pc_req[5 + pb:12].all()),
             tail_room.eq(per_burst - pc_req[5:5 + pb]),
             in_window.eq((pc_req >= self.read_base) & ~to_limit[-1] & to_limit[5:].any()),
-            to_window.eq(min_(page_room, window_room)),
+            to_window.eq(Mux(to_limit[5 + pb:].any(), page_room, near_room)),
             stale.eq(issued | self.start),
         ]
         # Buffer slots neither filled nor requested (FETCH_DEPTH - level - inflight), kept
@@ -649,7 +747,12 @@ class LoadEngine(wiring.Component):
                                          "lanes": unsigned(word_bytes),
                                          "one": unsigned(1), "two": unsigned(1)})
         entry_layout = data.StructLayout({"desc": desc_layout, "masks": mask_layout})
-        planner, desc_fifo = segment_queue(m, nbytes, entry_layout, reset=flush,
+        # The planner side (stage, planner, descriptor FIFO) and the sequencer see the
+        # flush a cycle later (``late_flush``, a register: no path from the consumer's
+        # error logic to the planner's state); what they take in between is dropped then.
+        late_flush = Signal()
+        m.d.sync += late_flush.eq(flush)
+        planner, desc_fifo = segment_queue(m, nbytes, entry_layout, reset=late_flush,
                                            buffered=True)
 
         def masks(d):
@@ -668,9 +771,13 @@ class LoadEngine(wiring.Component):
         bus = self.bus
         r_fire = bus.rvalid & bus.rready
         ar = AddressChannel(m, bus, "ar", axi_id=LOAD_ID, size=lb)
-        issue_bursts(m, planner, ar, finished=r_fire & bus.rlast, drop=flush)
+        issue_bursts(m, planner, ar, finished=r_fire & bus.rlast, drop=late_flush)
+        # Beats requested and not received; a closed burst's beats are added a cycle
+        # later (``new_beats``, a register), before its first R beat can arrive.
         beats = Signal(range(MAX_OUTSTANDING * MAX_BURST_BEATS + 1))
-        m.d.sync += beats.eq(beats + Mux(planner.close, planner.close_len + 1, 0) - r_fire)
+        new_beats = Signal(range(MAX_BURST_BEATS + 1))
+        m.d.sync += [new_beats.eq(Mux(planner.close, planner.close_len + 1, 0)),
+                     beats.eq(beats + new_beats - r_fire)]
 
         # ---- word sequencer ----------------------------------------------------------
         walk = WordWalk(load_layout)
@@ -712,13 +819,13 @@ class LoadEngine(wiring.Component):
         seg_code = Signal(8)
         seg_valid = Signal()
         desc = Signal(desc_layout)
-        seq_flush = Signal()                   # flush, a cycle later
-        m.d.sync += seq_flush.eq(flush)
+        seq_flush = late_flush
         # A register stage between the sequencer and the planner (its address, window
         # and alignment logic never meets the planner's in one cycle).
         st_ready = planner_stage(m, planner, desc_fifo, valid=seg_valid,
                                  data=seg_kind == _SEG, start=seg_start, length=seg_len,
-                                 close=0, desc=desc, flush=flush | seq_flush, extra=masks)
+                                 close=0, desc=desc, flush=seq_flush, extra=masks,
+                                 write_stage=True)
         take = seg_valid & st_ready
 
         # On abort or error (flush) the sequencer stops where it is, a cycle later
@@ -727,15 +834,17 @@ class LoadEngine(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
+                # The walk's registers follow the offered command in every IDLE cycle
+                # (unused until it is accepted): only the state depends on the handshake.
+                p = self.cmd.payload
+                param = p.target == LoadTarget.PARAM
+                m.d.sync += [*walk.start(p, self.read_base, self.read_limit),
+                             i_in.eq((p.inner_lo == 0) & (p.inner_hi != 0)),
+                             o_in.eq((p.outer_lo == 0) & (p.outer_hi != 0)),
+                             lane_bytes4.eq(param),
+                             lanes.eq(p.lanes), stride.eq(p.lane_stride),
+                             extent.eq((p.lanes - 1) * p.lane_stride + Mux(param, 4, 1))]
                 with m.If(self.cmd.valid & self.cmd.ready):
-                    p = self.cmd.payload
-                    param = p.target == LoadTarget.PARAM
-                    m.d.sync += [*walk.start(p, self.read_base, self.read_limit),
-                                 i_in.eq((p.inner_lo == 0) & (p.inner_hi != 0)),
-                                 o_in.eq((p.outer_lo == 0) & (p.outer_hi != 0)),
-                                 lane_bytes4.eq(param),
-                                 lanes.eq(p.lanes), stride.eq(p.lane_stride),
-                                 extent.eq((p.lanes - 1) * p.lane_stride + Mux(param, 4, 1))]
                     m.next = "SETUP"
             with m.State("SETUP"):
                 e = lane_e
@@ -837,6 +946,7 @@ class LoadEngine(wiring.Component):
         # flag for the first piece, k_last, set a piece ahead, for the others).
         seg_done = Mux(first, entry.masks.one, k_last)
         emit = Signal()
+        fmt_valid = Signal()       # a word in the formatting stage (see below)
         fault_seen = Signal()
         read_error = Signal()
         with m.If(piece):
@@ -846,7 +956,8 @@ class LoadEngine(wiring.Component):
                 m.d.sync += beat_reg.eq(bus.rdata)
                 m.d.comb += read_error.eq(bus.rresp != RESP_OKAY)
             with m.If(seg_done):
-                m.d.comb += [desc_fifo.r_en.eq(~read_error), emit.eq(head.last_word & ~read_error)]
+                # (Popped on a read error too: the FIFO is reset a cycle later.)
+                m.d.comb += [desc_fifo.r_en.eq(1), emit.eq(head.last_word & ~read_error)]
                 m.d.sync += first.eq(1)
             with m.Else():
                 m.d.sync += [first.eq(0), k.eq(Mux(first, 1, k + 1)),
@@ -854,32 +965,42 @@ class LoadEngine(wiring.Component):
                              window.eq(cur_window << nbytes)]
         with m.Elif(have & (head.kind == _PAD)):
             m.d.comb += [desc_fifo.r_en.eq(1), emit.eq(1)]
-        with m.Elif(have & (head.kind == _FAULT) & ~self.wr_en):
+        with m.Elif(have & (head.kind == _FAULT) & ~fmt_valid & ~self.wr_en):
             # Reported once the last word before it is written and its done is out.
             m.d.comb += [desc_fifo.r_en.eq(1), fault_seen.eq(1)]
         with m.If(draining):
             m.d.comb += bus.rready.eq(1)
 
-        # Word formatting: lanes < lanes from the word (lane 0 for a broadcast), the rest pad.
-        lane_on = entry.masks.lanes            # lane < lanes, none for a pad word
-        byte_word = Signal(8 * word_bytes)
-        for lane in range(word_bytes):
-            value = Mux(head.bcast, merged[:8], merged[8 * lane:8 * lane + 8])
-            m.d.comb += byte_word[8 * lane:8 * lane + 8].eq(Mux(lane_on[lane], value, head.pad))
-        param_word = Signal(32 * cfg.cols)
-        pad32 = head.pad.as_signed()
-        for lane in range(cfg.cols):
-            value = Mux(head.bcast, merged[:32], merged[32 * lane:32 * lane + 32])
-            m.d.comb += param_word[32 * lane:32 * lane + 32].eq(
-                Mux(lane_on[lane], value, pad32))
         kill = Signal()            # abort or read error: no more writes or done pulses
         write = emit & ~kill
+        # Word formatting, a cycle after the word's last piece (a register stage: the
+        # word register holds the merged word then): lanes < lanes from the word (lane 0
+        # for a broadcast), the rest pad.
+        fmt_last = Signal()
+        fmt = Signal(data.StructLayout({"lanes": unsigned(word_bytes), "bcast": unsigned(1),
+                                        "pad": unsigned(8), "target": unsigned(2),
+                                        "sp": unsigned(16)}))
+        # (The fields follow the head in every cycle: they matter only with fmt_valid.)
+        m.d.sync += [fmt_valid.eq(write), fmt_last.eq(head.last_instr),
+                     fmt.lanes.eq(entry.masks.lanes), fmt.bcast.eq(head.bcast),
+                     fmt.pad.eq(head.pad), fmt.target.eq(head.target), fmt.sp.eq(head.sp)]
+        lane_on = fmt.lanes                    # lane < lanes, none for a pad word
+        byte_word = Signal(8 * word_bytes)
+        for lane in range(word_bytes):
+            value = Mux(fmt.bcast, word[:8], word[8 * lane:8 * lane + 8])
+            m.d.comb += byte_word[8 * lane:8 * lane + 8].eq(Mux(lane_on[lane], value, fmt.pad))
+        param_word = Signal(32 * cfg.cols)
+        pad32 = fmt.pad.as_signed()
+        for lane in range(cfg.cols):
+            value = Mux(fmt.bcast, word[:32], word[32 * lane:32 * lane + 32])
+            m.d.comb += param_word[32 * lane:32 * lane + 32].eq(
+                Mux(lane_on[lane], value, pad32))
         wr_last = Signal()
-        m.d.sync += [self.wr_en.eq(write), wr_last.eq(write & head.last_instr),
+        m.d.sync += [self.wr_en.eq(fmt_valid), wr_last.eq(fmt_valid & fmt_last),
                      self.done.eq(self.wr_en & wr_last & ~kill)]
-        with m.If(write):
-            m.d.sync += [self.wr_addr.eq(head.sp), self.wr_target.as_value().eq(head.target),
-                         self.wr_data.eq(Mux(head.target == LoadTarget.PARAM,
+        with m.If(fmt_valid):
+            m.d.sync += [self.wr_addr.eq(fmt.sp), self.wr_target.as_value().eq(fmt.target),
+                         self.wr_data.eq(Mux(fmt.target == LoadTarget.PARAM,
                                              param_word, byte_word))]
 
         # ---- errors, abort, drain, busy ----------------------------------------------
@@ -889,7 +1010,8 @@ class LoadEngine(wiring.Component):
         with m.If(flush):
             m.d.sync += [draining.eq(1), first.eq(1)]
         # While draining every R beat is taken: the last one is in when beats == rvalid.
-        with m.Elif(draining & Mux(bus.rvalid, beats == 1, beats == 0) & ~planner.close):
+        with m.Elif(draining & Mux(bus.rvalid, beats == 1, beats == 0) & ~planner.close &
+                    (new_beats == 0)):
             m.d.sync += draining.eq(0)
         # cmd.ready is ~draining & ~flush in IDLE; without flush (it clears the count).
         track_busy(m, self, clear=flush, draining=draining,

@@ -13,15 +13,17 @@
   checks each word before anything of it is written: all its ``lanes·elem_bytes``
   bytes inside ``[write_base, write_limit)`` (else BAD_HOST_ADDRESS), and for int32 the
   address 4-aligned (else MISALIGNED; the window is checked first).  A good word is one
-  byte segment (lanes are contiguous in host memory).  Segments pass a two-entry
-  register stage (:func:`~npugen.hw.dma_read.planner_stage`) to the planner: one a
-  cycle, a cycle of latency.
+  byte segment (lanes are contiguous in host memory).  Segments pass an input register
+  and a two-entry register stage (:func:`~npugen.hw.dma_read.planner_stage`) to the
+  planner: one a cycle, two cycles of latency.
 * The **planner** (:class:`~npugen.hw.dma_read.BurstPlanner`) joins consecutive
   segments into INCR bursts (≤ 16 beats, never across 4 KB); two words that meet inside
   a beat share it.  Bursts never span two instructions.
 * The **OUT read** fetches each word once (``rd_en``, data the next cycle) into a small
-  FIFO; the **beat assembler** cuts the word's bytes (the low byte of each lane for
-  int8) into beats with their strobes, merging the shared beat of two words, and sends
+  FIFO; the **beat assembler** cuts the word's bytes (the low
+  byte of each lane for int8) into beats with their strobes (a piece rotates one chunk
+  of the word; the next chunk and the last rotated one are registers), merging the
+  shared beat of two words, and sends
   a beat only once its burst is closed (its length, and so ``wlast``, is known; the
   oldest unsent burst's length and its "last beat next" flag are registers in front of
   the length FIFO, loaded in the cycle after the burst closes, as the FIFO would be).
@@ -29,8 +31,10 @@
 * B responses arrive in order; the last burst of an instruction pulses ``done``.
 
 Throughput: one beat per cycle for words of a beat or more (an unaligned stream pays a
-cycle per shared beat), one word per cycle for smaller ones.  ``done`` pulses the cycle
-after the B response of the instruction's last burst.
+cycle per shared beat), one word per cycle for smaller ones.  Latency: the first OUT
+read 4 cycles after the command is accepted, its first W beat 3 cycles later at the
+earliest; ``done`` pulses the cycle after the B response of the instruction's last burst.  A fault
+is reported a cycle after it reaches the word FIFO's head with nothing outstanding.
 
 Errors: a failing word travels as a *fault* descriptor behind the words before it; they
 are written and acknowledged, then ``error_valid`` pulses and the unit is idle.  A B
@@ -39,7 +43,7 @@ every burst already closed is completed (its AW and all W beats, with the real d
 the outstanding responses are taken and the unit goes idle; nothing else is written.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -48,7 +52,7 @@ from .axi import RESP_OKAY
 from .dma_common import (ADDR_BITS, ID_BITS, MAX_OUTSTANDING, AddressChannel,
                          BusPortSignature, WordWalk, check_config, issue_bursts, log2,
                          report_errors, stop_on, track_busy)
-from .dma_read import planner_stage, segment_queue
+from .dma_read import planner_stage, rotate_left_bytes, segment_queue
 from .isa import NPUError, store_layout
 
 __all__ = ["WritePortSignature", "StoreEngine", "WRITE_ID"]
@@ -160,11 +164,13 @@ class StoreEngine(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(~draining & ~flush)
+                # The walk's registers follow the offered command in every IDLE cycle
+                # (unused until it is accepted): only the state depends on the handshake.
+                p = self.cmd.payload
+                size = Mux(p.elem_bytes == 4, p.lanes << 2, p.lanes)
+                m.d.sync += [*walk.start(p, self.write_base, self.write_limit, size),
+                             int32.eq(p.elem_bytes == 4), nbytes_word.eq(size)]
                 with m.If(self.cmd.valid & self.cmd.ready):
-                    p = self.cmd.payload
-                    size = Mux(p.elem_bytes == 4, p.lanes << 2, p.lanes)
-                    m.d.sync += [*walk.start(p, self.write_base, self.write_limit, size),
-                                 int32.eq(p.elem_bytes == 4), nbytes_word.eq(size)]
                     m.next = "WORD"
             with m.State("WORD"):
                 m.d.comb += seg_valid.eq(1)
@@ -201,7 +207,8 @@ class StoreEngine(wiring.Component):
             m.d.sync += flight_desc.eq(head_desc)
         entry_in = Signal(entry_layout)
         m.d.comb += [entry_in.desc.eq(flight_desc), entry_in.word.eq(self.rd_data),
-                     word_fifo.w_en.eq(in_flight & ~clear), word_fifo.w_data.eq(entry_in)]
+                     # (during clear the FIFO is reset: a write then is lost anyway)
+                     word_fifo.w_en.eq(in_flight), word_fifo.w_data.eq(entry_in)]
 
         # ---- beat assembler ----------------------------------------------------------
         entry = Signal(entry_layout)
@@ -216,7 +223,6 @@ class StoreEngine(wiring.Component):
                   Cat(c, Const(0, 8 * nbytes - len(c))) for c in chunks]
 
         first = Signal(init=1)
-        k = Signal(range(chunk_count + 1))
         remaining = Signal(10)
         buf_data = Signal(8 * nbytes)
         buf_strb = Signal(nbytes)
@@ -226,13 +232,20 @@ class StoreEngine(wiring.Component):
 
         seg_piece = word_fifo.r_rdy & (d.kind == _SEG)
         merge = first & d.shared
+        # Beat k of the segment holds bytes [k·nbytes − off, (k+1)·nbytes − off) of the
+        # packed word: byte q is byte q − off of chunk k (q ≥ off) or of chunk k − 1.  The
+        # chunks after the current one shift through ``tail``; chunk k − 1 rotated by off
+        # is kept from the previous piece (``prev_rot``), so a piece rotates one chunk.
+        tail = Signal(8 * nbytes * (chunk_count - 1))
+        prev_rot = Signal(8 * nbytes)
         cur = Signal(8 * nbytes)
-        prev = Signal(8 * nbytes)
+        cur_rot = Signal(8 * nbytes)
         window = Signal(8 * nbytes)
-        m.d.comb += [cur.eq(Array(chunks)[k]),
-                     prev.eq(Mux(k == 0, 0, Array([chunks[0]] + chunks[:-1])[k])),
-                     window.eq((Cat(prev, cur) >> ((nbytes - d.off).as_unsigned() << 3))
-                               [:8 * nbytes])]
+        m.d.comb += [cur.eq(Mux(first, chunks[0], tail[:8 * nbytes])),
+                     cur_rot.eq(rotate_left_bytes(cur, d.off, nbytes)),
+                     window.eq(Cat(*(Mux(d.off <= q, cur_rot[8 * q:8 * q + 8],
+                                         Mux(first, 0, prev_rot[8 * q:8 * q + 8]))
+                                     for q in range(nbytes))))]
         # The strobes of the beat and whether it ends the segment: precomputed in the
         # descriptor for its first two beats, in registers from the third one.
         rest_strb = Signal(nbytes)
@@ -243,9 +256,11 @@ class StoreEngine(wiring.Component):
         m.d.comb += strb.eq(Mux(first, d.strb0, rest_strb))
         piece_last = Mux(first, d.last0, rest_last)
 
-        # A buffered beat that ends its segment is final unless the next segment (in the
-        # word FIFO, the OUT read or the descriptor FIFO) merges into it; with no next
-        # segment anywhere, once it is the last beat of its (closed) burst.
+        # A buffered beat that ends its segment is final unless the next segment (at the
+        # word FIFO's head or in the OUT read) merges into it; with no next segment
+        # anywhere, once it is the last beat of its (closed) burst.  A next segment in
+        # the descriptor FIFO is waited for (it moves on in a cycle; the descriptor FIFO's
+        # memory never drives the send decision).
         # The length of the oldest burst not fully sent is a register in front of the
         # length FIFO (h_valid, h_len) with h_last = (sent == h_len) kept a beat ahead,
         # so wlast and the send decision read no FIFO and compare nothing.  When the
@@ -257,14 +272,16 @@ class StoreEngine(wiring.Component):
         burst_known = h_valid
         is_last = h_valid & h_last
         next_desc = Signal(desc_layout)
-        m.d.comb += next_desc.eq(Mux(word_fifo.r_rdy, d.as_value(),
-                                     Mux(in_flight, flight_desc.as_value(), head_desc.as_value())))
-        next_any = word_fifo.r_rdy | in_flight | desc_fifo.r_rdy
+        m.d.comb += next_desc.eq(Mux(word_fifo.r_rdy, d.as_value(), flight_desc.as_value()))
         next_merges = (next_desc.kind == _SEG) & next_desc.shared
-        tail_final = Mux(next_any, ~next_merges, is_last)
+        tail_final = Mux(word_fifo.r_rdy | in_flight, ~next_merges,
+                         is_last & ~desc_fifo.r_rdy)
         send = buf_valid & burst_known & (~buf_seg_last | tail_final)
         fire = send & bus.wready
-        go = seg_piece & Mux(merge, buf_valid & ~send, ~buf_valid | fire)
+        # A piece enters the buffer when it is free or sent (a head that does not merge
+        # makes the buffered beat final: sent when its burst is known), or merges into
+        # the buffered beat (which then waits for it).  No path from ``send``.
+        go = seg_piece & Mux(merge, buf_valid, ~buf_valid | (burst_known & bus.wready))
         m.d.comb += [bus.wvalid.eq(send), bus.wdata.eq(buf_data), bus.wstrb.eq(buf_strb),
                      bus.wlast.eq(is_last)]
         head_free = ~h_valid | (fire & h_last)
@@ -294,17 +311,23 @@ class StoreEngine(wiring.Component):
                          buf_seg_last.eq(piece_last)]
             with m.If(piece_last):
                 m.d.comb += word_fifo.r_en.eq(1)
-                m.d.sync += [first.eq(1), k.eq(0)]
+                m.d.sync += first.eq(1)
             with m.Else():
-                m.d.sync += [first.eq(0), k.eq(k + 1), remaining.eq(rem - nbytes),
+                m.d.sync += [first.eq(0), remaining.eq(rem - nbytes), prev_rot.eq(cur_rot),
+                             tail.eq(Mux(first, Cat(*chunks[1:]), tail[8 * nbytes:])),
                              rest_strb.eq(Mux(first, d.strb1, Cat(*(remaining > q + nbytes
                                                                    for q in range(nbytes))))),
                              rest_last.eq(Mux(first, d.last1, remaining <= 2 * nbytes))]
 
-        # A fault descriptor is reported once everything before it is acknowledged.
+        # A fault descriptor is reported once everything before it is acknowledged, a
+        # cycle after it is found so (a register: the FIFO's head never reaches the
+        # planner's drop in one cycle).  Nothing changes in that cycle: nothing follows
+        # the fault, no burst is open, and an abort or write error starts a drain.
         fault_seen = Signal()
-        with m.If(word_fifo.r_rdy & (d.kind == _FAULT) & ~buf_valid & (bursts == 0) &
-                  ~draining):
+        fault_ready = Signal()
+        m.d.sync += fault_ready.eq(word_fifo.r_rdy & (d.kind == _FAULT) & ~buf_valid &
+                                   (bursts == 0) & ~draining & ~flush)
+        with m.If(fault_ready & ~draining):
             m.d.comb += [word_fifo.r_en.eq(1), fault_seen.eq(1)]
 
         # ---- B responses, done, errors -------------------------------------------------
@@ -323,7 +346,7 @@ class StoreEngine(wiring.Component):
             m.d.comb += clear.eq(1)
             m.d.sync += draining.eq(0)
         with m.If(clear | fault_seen):
-            m.d.sync += [first.eq(1), k.eq(0), buf_valid.eq(0), sent.eq(0)]
+            m.d.sync += [first.eq(1), buf_valid.eq(0), sent.eq(0)]
         with m.If(clear):
             m.d.sync += h_valid.eq(0)
         # cmd.ready is ~draining & ~flush in IDLE; without flush (it clears the count).
