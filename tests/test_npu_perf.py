@@ -105,7 +105,10 @@ def test_prefetch_past_end_is_drained():
 @pytest.mark.parametrize("config", [TINY, DEFAULT, LARGE], ids=["tiny", "default", "large"])
 def test_matmul_alone_is_the_gemm_core_figure(config):
     """A MATMUL alone takes the GEMM core's exact time (perf_model.gemm_cycles of its
-    m_rows × K × cols) plus 3 cycles of scratchpad reads and the done pulse."""
+    m_rows × K × cols) plus 3 cycles of scratchpad reads and the done pulse from its
+    acceptance by the compute unit, a cycle after its issue (the command's register
+    slice), and, if its last tile would start before its requantization beat is checked,
+    the wait."""
     seed = SEED + config.rows
     print(f"seed={seed}")
     rng = np.random.default_rng(seed)
@@ -122,7 +125,11 @@ def test_matmul_alone_is_the_gemm_core_figure(config):
         timing = result.timeline[0]
         k = (k_tiles - 1) * kpt + k_valid
         want = gemm_cycles(config, m_rows, k, config.cols, mode, "2:4" if sparse else None)
-        assert timing.done - timing.issue == want + 3, (mode, sparse, m_rows, k_tiles)
+        # a one-tile MATMUL on 2 rows waits for its requantization beat
+        quant_wait = max(0, TIMING.matmul_quant - config.rows - TIMING.matmul_first_row -
+                         (k_tiles - 1) * max(m_rows, 2 * config.rows + 1))
+        assert timing.done - timing.issue == TIMING.dispatch + want + 3 + quant_wait, (
+            mode, sparse, m_rows, k_tiles)
         assert result.cycles == timing.done + TIMING.end_after_done - TIMING.cycles_offset
 
 
@@ -158,7 +165,8 @@ def test_load_overlaps_matmul_and_waits_on_hazards():
     assert over.cycles == alone.cycles
     dep = _run(config, [mm, clash, End()])
     m, ld = dep.timeline[:2]
-    last_row = m.issue + config.rows + 4 + 3 * 65 + 64 - 1      # tiles every 2·rows + 1
+    # accepted a cycle after its issue; tiles every 2·rows + 1
+    last_row = m.issue + TIMING.dispatch + config.rows + 4 + 3 * 65 + 64 - 1
     assert ld.issue == last_row - 1 + 2
     wload = Load(target=LoadTarget.WGT, sp_addr=0, addr=0, inner_count=32, inner_stride=32,
                  lanes=32)
@@ -188,8 +196,8 @@ def test_vector_takes_vector_cycles():
                      n_words=n_words, n_valid=n_valid, src_stride=n_words,
                      dst_stride=1 if op == VectorOp.ROWMAX else n_words, src_b=32)
         t = _run(config, [vec, End()]).timeline[0]
-        assert t.done - t.issue == vector_cycles(config, op, count=count, n_words=n_words,
-                                                 n_valid=n_valid)
+        assert t.done - t.issue == TIMING.dispatch + vector_cycles(
+            config, op, count=count, n_words=n_words, n_valid=n_valid)
 
 
 def test_store_waits_for_the_matmul_it_reads():
