@@ -339,15 +339,12 @@ def test_random_matmuls_tiny(seed):
     assert trace.busy[-1] == 0
 
 
-def test_two_in_flight_and_backlog():
-    """A third MATMUL waits until the first is done; the second is accepted at once."""
-    seed = 111
-    print(f"seed={seed}")
-    rng = np.random.default_rng(seed)
-    config = TINY
-    jobs = [random_gemm_job(rng, 9, 5, 2) for _ in range(3)]
-    matmuls = [make_matmul(config, job, act_addr=40 * i, wgt_addr=10 * i, out_addr=16 * i,
-                           param_addr=3 * i, rng=random.Random(seed), name=f"matmul {i}")
+def run_back_to_back(config, jobs, *, seed, act_stride, wgt_stride, out_stride):
+    """Load a MATMUL per job (its operands ``*_stride`` words after the previous one's),
+    issue them one after the other, wait for every ``done`` and check the results."""
+    matmuls = [make_matmul(config, job, act_addr=act_stride * i, wgt_addr=wgt_stride * i,
+                           out_addr=out_stride * i, param_addr=3 * i, rng=random.Random(seed),
+                           name=f"matmul {i}")
                for i, job in enumerate(jobs)]
 
     async def script(ctx, bench):
@@ -355,12 +352,24 @@ def test_two_in_flight_and_backlog():
             await bench.load_matmul(ctx, mm)
         for mm in matmuls:
             await bench.issue(ctx, mm.instruction())
-        await bench.wait_done(ctx, 3, timeout=2000)
-        await bench.read_out(ctx, [16 * i + r for i in range(3) for r in range(9)])
+        await bench.wait_done(ctx, len(matmuls), timeout=2000)
+        await bench.read_out(ctx, [out_stride * i + r for i, mm in enumerate(matmuls)
+                                   for r in range(mm.m_rows)])
 
     bench = Bench(config)
     trace = bench.run(script)
     check_results(bench, matmuls)
+    return trace
+
+
+def test_two_in_flight_and_backlog():
+    """A third MATMUL waits until the first is done; the second is accepted at once."""
+    seed = 111
+    print(f"seed={seed}")
+    rng = np.random.default_rng(seed)
+    jobs = [random_gemm_job(rng, 9, 5, 2) for _ in range(3)]
+    trace = run_back_to_back(TINY, jobs, seed=seed, act_stride=40, wgt_stride=10,
+                             out_stride=16)
     assert trace.accepted[1] == trace.accepted[0] + 1
     assert trace.accepted[2] == trace.done[0]     # the cycle after the last write
 
@@ -370,31 +379,19 @@ def test_two_in_flight_and_backlog():
 
 def test_short_one_tile_matmuls_wait_for_their_requantization_beat():
     """Tiny (2 rows): two back-to-back one-tile MATMULs of 3 rows finish
-    ``Timing.quant_reload`` cycles apart (the next beat is read once the previous one is taken
-    and checked a cycle after it is offered), not ``2·rows + 1``; 7-row ones 7 cycles
-    apart (their rows)."""
+    ``Timing.quant_reload`` cycles apart (the next beat is read once the previous one is
+    taken and checked a cycle after it is offered), not ``2·rows + 1``; 7-row ones 7
+    cycles apart (their rows)."""
     seed = 115
     print(f"seed={seed}")
     rng = np.random.default_rng(seed)
     config = TINY
     for m_rows, period in ((3, Timing().quant_reload), (7, 7)):
         jobs = [random_gemm_job(rng, m_rows, config.rows, config.cols) for _ in range(2)]
-        matmuls = [make_matmul(config, job, act_addr=8 * i, wgt_addr=2 * i, out_addr=8 * i,
-                               param_addr=3 * i, rng=random.Random(seed), name=f"matmul {i}")
-                   for i, job in enumerate(jobs)]
-
-        async def script(ctx, bench):
-            for mm in matmuls:
-                await bench.load_matmul(ctx, mm)
-            for mm in matmuls:
-                await bench.issue(ctx, mm.instruction())
-            await bench.wait_done(ctx, 2, timeout=2000)
-            await bench.read_out(ctx, [8 * i + r for i in range(2) for r in range(m_rows)])
-
-        bench = Bench(config)
-        trace = bench.run(script)
-        check_results(bench, matmuls)
+        trace = run_back_to_back(config, jobs, seed=seed, act_stride=8, wgt_stride=2,
+                                 out_stride=8)
         assert trace.done[1] - trace.done[0] == period, m_rows
+
 
 def test_default_preset_throughput():
     """Default preset: MATMULs run at one activation row per cycle; operand fetch,
