@@ -192,23 +192,21 @@ def segment_layout(data_bytes, len_bits):
     })
 
 
-def _room_after(beat, page_bits):
-    """``(room, limit)`` of a burst that starts after beat ``beat``: its beats (≤ 16, up
-    to the page end) and its last beat."""
+def _sixteen_after(beat, page_bits):
+    """A burst that starts after beat ``beat`` may take 16 beats (the page does not end
+    within them)."""
     r = ~beat[:page_bits]                        # beats left in the page after ``beat``
-    is16 = r[4:].any() | (r == 0)
-    page_end = Cat(Const((1 << page_bits) - 1, page_bits), beat[page_bits:])
-    return (Mux(is16, MAX_BURST_BEATS, r[:4]),
-            Mux(is16, beat + MAX_BURST_BEATS, page_end)[:len(beat)])
+    return r[4:].any() | (r == 0)
 
 
-def _room_after_sum(beat, k, page_bits):
-    """``_room_after(beat + k)``, each figure an adder from ``beat`` (no chained adders)."""
-    s = (beat + k)[:len(beat)]
-    r = ~s[:page_bits]
-    is16 = r[4:].any() | (r == 0)
+def _room_after(beat, page_bits, k=0):
+    """``(room, limit)`` of a burst that starts after beat ``beat + k``: its beats (≤ 16,
+    up to the page end) and its last beat; each figure one adder from ``beat`` (no
+    chained adders)."""
+    s = (beat + k)[:len(beat)] if k else beat
+    is16 = _sixteen_after(s, page_bits)
     page_end = Cat(Const((1 << page_bits) - 1, page_bits), s[page_bits:])
-    return (Mux(is16, MAX_BURST_BEATS, r[:4]),
+    return (Mux(is16, MAX_BURST_BEATS, (~s[:page_bits])[:4]),
             Mux(is16, (beat + (k + MAX_BURST_BEATS))[:len(beat)], page_end))
 
 
@@ -239,17 +237,16 @@ def describe_segment(m, data_bytes, len_bits, start, length, prev_b1, nb=None,
     m.d.comb += lim0.eq(Mux(is16, b0 + (MAX_BURST_BEATS - 1), page_end))
     # The burst after lim0 (lim1): after b0 + 15 (b0 + 16), or the first 16 beats of the
     # next page when lim0 (lim1) is the page end.
-    r1 = ~low
-    is16_1 = r1[4:].any() | (r1 == 0)
+    is16_1 = _sixteen_after(b0, page_bits)
     # Whether the segment fits a burst that ends at the page end (room 16 − low[:4] from
     # b0, 15 − low[:4] after it): one narrow sum beside the room logic.
     small = (nb + low[:4])[4:] == 0
     next_page = Cat(Const(MAX_BURST_BEATS - 1, page_bits), b0[page_bits:] + 1)
     croom0, clim0 = (Mux(is16, a, b) for a, b in
-                     zip(_room_after_sum(b0, MAX_BURST_BEATS - 1, page_bits),
+                     zip(_room_after(b0, page_bits, MAX_BURST_BEATS - 1),
                          (MAX_BURST_BEATS, next_page)))
     croom1, clim1 = (Mux(is16_1, a, b) for a, b in
-                     zip(_room_after_sum(b0, MAX_BURST_BEATS, page_bits),
+                     zip(_room_after(b0, page_bits, MAX_BURST_BEATS),
                          (MAX_BURST_BEATS, next_page)))
     m.d.comb += [
         seg.croom0.eq(croom0), seg.clim0.eq(clim0), seg.croom1.eq(croom1),
@@ -819,17 +816,16 @@ class LoadEngine(wiring.Component):
         seg_code = Signal(8)
         seg_valid = Signal()
         desc = Signal(desc_layout)
-        seq_flush = late_flush
         # A register stage between the sequencer and the planner (its address, window
         # and alignment logic never meets the planner's in one cycle).
         st_ready = planner_stage(m, planner, desc_fifo, valid=seg_valid,
                                  data=seg_kind == _SEG, start=seg_start, length=seg_len,
-                                 close=0, desc=desc, flush=seq_flush, extra=masks,
+                                 close=0, desc=desc, flush=late_flush, extra=masks,
                                  write_stage=True)
         take = seg_valid & st_ready
 
         # On abort or error (flush) the sequencer stops where it is, a cycle later
-        # (seq_flush, a register: no path from the consumer to the walk); the stage
+        # (late_flush, a register: no path from the consumer to the walk); the stage
         # drops what it takes in that cycle too.
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -856,7 +852,7 @@ class LoadEngine(wiring.Component):
                     lane_misaligned.eq(lane_bytes4 & (lanes != 1) & (stride[:2] != 0)),
                 ]
                 m.next = "WORD"
-                stop_on(m, seq_flush)
+                stop_on(m, late_flush)
             with m.State("WORD"):
                 m.d.comb += [seg_valid.eq(1), seg_last_word.eq(1)]
                 with m.If(~in_windows):
@@ -874,7 +870,7 @@ class LoadEngine(wiring.Component):
                         m.next = "LANES"
                     with m.Else():
                         step()
-                stop_on(m, seq_flush)
+                stop_on(m, late_flush)
             with m.State("LANES"):
                 m.d.comb += [seg_valid.eq(1), seg_kind.eq(_SEG), seg_last_word.eq(last_lane)]
                 with m.If(take):
@@ -884,11 +880,11 @@ class LoadEngine(wiring.Component):
                         m.d.sync += in_lanes.eq(0)
                         m.next = "WORD"
                         step()
-                stop_on(m, seq_flush)
+                stop_on(m, late_flush)
             with m.State("FAULTED"):
-                stop_on(m, seq_flush)
+                stop_on(m, late_flush)
 
-        with m.If(seq_flush):
+        with m.If(late_flush):
             m.d.sync += in_lanes.eq(0)
         # The segment's bytes depend on registers only (not on the FSM state or the
         # word's checks): a gather word's lanes, or the word.
