@@ -30,7 +30,7 @@ PARTIAL_PRODUCTS_NOTE = ("Partial-product model: (m+1)² bits for m stored signi
 
 def run_cost(config: NPUConfig, target: str, *, units=None, seeds=(1,), jobs: int = 1,
              pnr: bool = True, workdir, freq_mhz=None, timeout=None,
-             progress: bool = True) -> list[dict]:
+             placer=None, router=None, progress: bool = True) -> list[dict]:
     """Synthesize ``units`` (default: all registered) alone; one record per unit."""
     from npugen.flows.units import UNITS, get_unit
 
@@ -38,7 +38,7 @@ def run_cost(config: NPUConfig, target: str, *, units=None, seeds=(1,), jobs: in
     for name in names:
         get_unit(name)
     options = {"workdir": str(workdir), "seeds": list(seeds), "pnr": pnr,
-               "freq_mhz": freq_mhz, "timeout": timeout}
+               "freq_mhz": freq_mhz, "timeout": timeout, "placer": placer, "router": router}
     tasks = [(i, config, {}, name, target, options) for i, name in enumerate(names)]
     records = run_points(tasks, jobs=jobs, progress=progress, desc="cost")
     for record in records:

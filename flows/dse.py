@@ -117,7 +117,8 @@ def _run_point(task):
         workdir = Path(options["workdir"]) / f"point{index:03d}"
         result = synthesize(config, target, unit=unit, seeds=options["seeds"], workdir=workdir,
                             pnr=options["pnr"], freq_mhz=options.get("freq_mhz"),
-                            timeout=options.get("timeout"))
+                            timeout=options.get("timeout"), placer=options.get("placer"),
+                            router=options.get("router"))
     except Exception as e:  # a failed point is reported, not fatal
         record["error"] = f"{type(e).__name__}: {e}"
         record["traceback"] = traceback.format_exc(limit=4)
@@ -166,10 +167,10 @@ def run_points(tasks, *, jobs: int = 1, progress: bool = True, desc: str = "synt
 
 def run_sweep(base: NPUConfig, sweeps: dict[str, list], target: str, *, unit=None,
               seeds=(1,), jobs: int = 1, pnr: bool = True, workdir, freq_mhz=None,
-              timeout=None, progress: bool = True) -> list[dict]:
+              timeout=None, placer=None, router=None, progress: bool = True) -> list[dict]:
     """Synthesize every point of ``grid(sweeps)`` over ``base``; one record per point."""
     options = {"workdir": str(workdir), "seeds": list(seeds), "pnr": pnr,
-               "freq_mhz": freq_mhz, "timeout": timeout}
+               "freq_mhz": freq_mhz, "timeout": timeout, "placer": placer, "router": router}
     tasks = [(i, base, point, unit, target, options) for i, point in enumerate(grid(sweeps))]
     return run_points(tasks, jobs=jobs, progress=progress, desc="dse")
 

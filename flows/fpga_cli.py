@@ -80,7 +80,7 @@ def cmd_synth(args):
         result = synth.synthesize(config, target, unit=args.unit,
                                   seeds=range(1, args.seeds + 1), workdir=workdir,
                                   pnr=not args.synth_only, freq_mhz=args.freq, jobs=args.jobs,
-                                  log=print)
+                                  log=print, placer=args.placer, router=args.router)
     except synth.SynthError as e:
         return _fail(str(e))
     text = synth.format_markdown(result)
@@ -150,7 +150,8 @@ def cmd_dse(args):
     records = dse.run_sweep(config, sweeps, target.name, unit=args.unit,
                             seeds=range(1, args.seeds + 1), jobs=args.jobs,
                             pnr=not args.synth_only, workdir=outdir / "work",
-                            freq_mhz=args.freq, progress=not args.no_progress)
+                            freq_mhz=args.freq, placer=args.placer, router=args.router,
+                            progress=not args.no_progress)
     meta = {"target": target.name, "base": config.to_dict(), "source": source,
             "unit": args.unit or NPU_TOP, "sweeps": {k: [list(v) if isinstance(v, tuple) else v
                                                         for v in vs] for k, vs in sweeps.items()}}
@@ -191,7 +192,8 @@ def cmd_cost(args):
         return _fail(str(e))
     records = cost.run_cost(config, target.name, units=units, seeds=range(1, args.seeds + 1),
                             jobs=args.jobs, pnr=not args.synth_only, workdir=workdir,
-                            freq_mhz=args.freq, progress=not args.no_progress)
+                            freq_mhz=args.freq, placer=args.placer, router=args.router,
+                            progress=not args.no_progress)
     rows = cost.cost_rows(records, config)
     text = cost.write_outputs(rows, target=target.name, config=config, json_path=args.json,
                               md_path=args.md, csv_path=args.csv, records=records)
@@ -252,7 +254,7 @@ def cmd_build_board(args):
 # -- parsers ----------------------------------------------------------------------------------
 
 def _flow_options(parser, *, seeds_help="place-and-route seeds 1..N (default: %(default)s)"):
-    from npugen.flows.synth import TARGETS
+    from npugen.flows.synth import PLACERS, ROUTERS, TARGETS
     parser.add_argument("--target", required=True, metavar="TARGET",
                         help=f"FPGA device: {', '.join(TARGETS)}")
     parser.add_argument("--seeds", type=int, default=1, metavar="N", help=seeds_help)
@@ -260,6 +262,10 @@ def _flow_options(parser, *, seeds_help="place-and-route seeds 1..N (default: %(
                         help="parallel tool runs (default: %(default)s)")
     parser.add_argument("--freq", type=float, metavar="MHZ",
                         help="nextpnr timing target (default: 150 on ECP5, 30 on iCE40)")
+    parser.add_argument("--placer", choices=PLACERS,
+                        help="nextpnr placer (default: nextpnr's, heap)")
+    parser.add_argument("--router", choices=ROUTERS,
+                        help="nextpnr router (default: nextpnr's, router1)")
     parser.add_argument("--synth-only", action="store_true",
                         help="stop after yosys: area only, no placement and no Fmax")
 

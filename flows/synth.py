@@ -45,7 +45,8 @@ from npugen.golden.config import PRESETS, NPUConfig
 
 __all__ = [
     "Target", "TARGETS", "Family", "FAMILIES", "Tool", "SynthError", "ToolNotFoundError",
-    "find_tool", "find_tools", "yosys_script", "nextpnr_command", "count_cells",
+    "find_tool", "find_tools", "yosys_script", "nextpnr_command", "PLACERS", "ROUTERS",
+    "check_pnr_options", "count_cells",
     "check_netlist", "area_from_cells", "parse_nextpnr_report", "IOSerializer",
     "design_verilog", "synthesize", "run_yosys", "run_nextpnr", "preset_name",
     "format_markdown", "REFERENCE_PATH", "reference_key", "load_reference",
@@ -255,12 +256,32 @@ def _yosys_quote(text):
     return '"' + text.replace('"', '\\"') + '"'
 
 
+#: nextpnr's placers and routers the flow can select (``None``: nextpnr's default, HeAP
+#: and router1).  The electrostatic placer (``static``) spreads a large design more
+#: evenly, which is what lets the default NPU top route (docs/ARCHITECTURE.md, FPGA flow).
+PLACERS = ("heap", "static", "sa")
+ROUTERS = ("router1", "router2")
+
+
+def check_pnr_options(placer=None, router=None):
+    """Raise ``ValueError`` naming ``placer`` or ``router`` if it is not one nextpnr has."""
+    for name, value, known in (("placer", placer, PLACERS), ("router", router, ROUTERS)):
+        if value is not None and value not in known:
+            raise ValueError(f"{name} must be one of {', '.join(known)}, not {value!r}")
+
+
 def nextpnr_command(target: Target, netlist, report, log, *, seed: int, freq_mhz: float,
-                    ooc: bool, constraints=None, bitstream_cfg=None) -> list[str]:
+                    ooc: bool, constraints=None, bitstream_cfg=None, placer=None,
+                    router=None) -> list[str]:
     """Arguments (after the nextpnr executable) of one place-and-route run."""
+    check_pnr_options(placer, router)
     args = [*target.device_args, "--json", str(netlist), "--report", str(report),
             "--seed", str(seed), "--freq", f"{freq_mhz:g}", "--timing-allow-fail",
             "-l", str(log), "-q"]
+    if placer is not None:
+        args += ["--placer", placer]
+    if router is not None:
+        args += ["--router", router]
     if target.family == "ecp5":
         if ooc:
             args.append("--out-of-context")
@@ -740,7 +761,7 @@ def run_yosys(yosys: Tool, target: Target, workdir: Path, sources, top: str, *,
 
 def run_nextpnr(nextpnr: Tool, target: Target, workdir: Path, netlist, *, seed: int,
                 freq_mhz: float, ooc: bool, constraints=None, bitstream_cfg=None,
-                clock=None, timeout=None) -> dict:
+                clock=None, timeout=None, placer=None, router=None) -> dict:
     """One place-and-route run; returns the parsed report or raises."""
     workdir = Path(workdir)
     report = workdir / f"nextpnr-seed{seed}.json"
@@ -750,7 +771,7 @@ def run_nextpnr(nextpnr: Tool, target: Target, workdir: Path, netlist, *, seed: 
     # File names relative to the working directory: YoWASP tools only see below it.
     argv = [*nextpnr.command, *nextpnr_command(
         target, _relative(netlist, workdir), report.name, log.name, seed=seed,
-        freq_mhz=freq_mhz, ooc=ooc,
+        freq_mhz=freq_mhz, ooc=ooc, placer=placer, router=router,
         constraints=None if constraints is None else _relative(constraints, workdir),
         bitstream_cfg=None if bitstream_cfg is None else _relative(bitstream_cfg, workdir))]
     seconds = _run(argv, log, timeout=timeout, what=f"{nextpnr.name} (seed {seed})",
@@ -780,18 +801,20 @@ def _median(values):
 
 def synthesize(config: NPUConfig, target, *, unit: str | None = None, seeds=(1,),
                workdir, pnr: bool = True, freq_mhz: float | None = None, jobs: int = 1,
-               timeout: float | None = None, log=None) -> dict:
+               timeout: float | None = None, log=None, placer=None, router=None) -> dict:
     """Synthesize ``unit`` (default: the NPU top) of ``config`` for ``target``.
 
     Writes everything into ``workdir`` and returns the result record (see the module
-    documentation); ``pnr=False`` stops after yosys (area only, no Fmax).  ``log`` is
-    called with progress lines.
+    documentation); ``pnr=False`` stops after yosys (area only, no Fmax).  ``placer`` and
+    ``router`` select nextpnr's algorithms (:data:`PLACERS`, :data:`ROUTERS`; ``None``:
+    nextpnr's default).  ``log`` is called with progress lines.
     """
     from npugen.flows.units import NPU_TOP, get_unit
 
     if isinstance(target, str):
         target = get_target(target)
     NPUConfig.check(config)
+    check_pnr_options(placer, router)
     design = unit or NPU_TOP
     get_unit(design)
     seeds = list(seeds)
@@ -832,6 +855,8 @@ def synthesize(config: NPUConfig, target, *, unit: str | None = None, seeds=(1,)
         "fmax_mhz_seeds": [],
         "seeds": seeds if pnr else [],
         "freq_target_mhz": freq if pnr else None,
+        "placer": placer if pnr else None,
+        "router": router if pnr else None,
         "pnr_utilization": None,
         **info,
         "tool_versions": {name: tool.version for name, tool in tools.items()},
@@ -848,7 +873,8 @@ def synthesize(config: NPUConfig, target, *, unit: str | None = None, seeds=(1,)
     def place(seed):
         say(f"{design}: {nextpnr.name} seed {seed}")
         return run_nextpnr(nextpnr, target, workdir, synth["netlist"], seed=seed,
-                           freq_mhz=freq, ooc=target.fam.ooc, clock="clk", timeout=timeout)
+                           freq_mhz=freq, ooc=target.fam.ooc, clock="clk", timeout=timeout,
+                           placer=placer, router=router)
 
     workers = max(1, min(int(jobs), len(seeds)))
     if workers == 1:

@@ -328,7 +328,8 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
             dp.d.sync += q_step.eq(q_step + 1)
         bias = Signal.like(quant.bias, reset_less=True)
         multiplier = Signal.like(quant.multiplier, reset_less=True)
-        shift = Signal.like(quant.shift, reset_less=True)
+        shift_word = Signal.like(self.param_rd.data, reset_less=True)   # the raw lanes
+        shift = Signal.like(quant.shift)
         scalars = Signal(data.StructLayout({name: quant.shape()[name].shape for name in
                                             ("out_zero_point", "out_min", "out_max", "raw")}),
                          reset_less=True)
@@ -343,16 +344,16 @@ class ComputeUnit(PEModuleMixin, wiring.Component):
                 dp.d.sync += multiplier.eq(word)
             with dp.Else():
                 dp.d.comb += q_finish.eq(1)
-                dp.d.sync += q_valid.eq(1)
-                # Saturate to [lo, hi]: a lane is in range when its bits above the
-                # shift's sign bit all equal that sign (LUTs, no comparator behind the
-                # scratchpad's read port).
-                lo, hi = -(1 << (SHIFT_BITS - 1)), (1 << (SHIFT_BITS - 1)) - 1
-                for c in range(cfg.cols):
-                    upper = word[c][SHIFT_BITS - 1:]
-                    in_range = ~upper.any() | upper.all()
-                    dp.d.sync += shift[c].eq(Mux(in_range, word[c][:SHIFT_BITS],
-                                                 Mux(word[c][-1], lo, hi)))
+                dp.d.sync += [q_valid.eq(1), shift_word.eq(word)]
+        # Saturate the registered lanes to [lo, hi]: a lane is in range when its bits
+        # above the shift's sign bit all equal that sign (after the register, so that no
+        # logic sits behind the scratchpad's read port).
+        lo, hi = -(1 << (SHIFT_BITS - 1)), (1 << (SHIFT_BITS - 1)) - 1
+        for c in range(cfg.cols):
+            lane = shift_word[c]
+            upper = lane[SHIFT_BITS - 1:]
+            in_range = ~upper.any() | upper.all()
+            dp.d.comb += shift[c].eq(Mux(in_range, lane[:SHIFT_BITS], Mux(lane[-1], lo, hi)))
         # The beat is offered as soon as it is read (the core takes it when the MATMUL's
         # last tile starts, and checks it once that tile's weights are in, so that a 2:4
         # index error of the tile found in the same cycle is reported first).

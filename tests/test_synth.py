@@ -94,6 +94,29 @@ def test_nextpnr_command_ice40():
     assert "--pcf-allow-unconstrained" in args and "--out-of-context" not in args
 
 
+def test_nextpnr_command_placer_and_router():
+    args = synth.nextpnr_command(ECP5, "n.json", "r.json", "p.log", seed=1, freq_mhz=100,
+                                 ooc=True, placer="static", router="router2")
+    text = " ".join(args)
+    assert "--placer static" in text and "--router router2" in text
+    default = " ".join(synth.nextpnr_command(ECP5, "n.json", "r.json", "p.log", seed=1,
+                                             freq_mhz=100, ooc=True))
+    assert "--placer" not in default and "--router" not in default
+
+
+@pytest.mark.parametrize("option, value, known", [("placer", "annealer", "heap, static, sa"),
+                                                  ("router", "router3", "router1, router2")])
+def test_unknown_placer_or_router(option, value, known, tmp_path):
+    message = rf"^{option} must be one of {known}, not '{value}'$"
+    with pytest.raises(ValueError, match=message):
+        synth.nextpnr_command(ECP5, "n.json", "r.json", "p.log", seed=1, freq_mhz=100,
+                              ooc=True, **{option: value})
+    with pytest.raises(ValueError, match=message):    # before any tool or file is touched
+        synth.synthesize(NPUConfig.preset("tiny"), "ecp5-85f", workdir=tmp_path / "w",
+                         **{option: value})
+    assert not (tmp_path / "w").exists()
+
+
 def test_unknown_target():
     with pytest.raises(ValueError, match=r"^target must be one of ecp5-85f, ecp5-25f, "
                                          r"ice40-up5k, not 'xc7'$"):
@@ -559,6 +582,10 @@ def test_shipped_reference_has_the_presets():
     (["synth", "--preset", "tiny", "--target", "ecp5-85f", "--seeds", "0"],
      r"--seeds must be at least 1, not 0"),
     (["synth", "--preset", "tiny"], r"the following arguments are required: --target"),
+    (["synth", "--preset", "tiny", "--target", "ecp5-85f", "--placer", "annealer"],
+     r"--placer: invalid choice: 'annealer'"),
+    (["dse", "--target", "ecp5-85f", "--sweep", "rows=2", "--router", "router3"],
+     r"--router: invalid choice: 'router3'"),
 ])
 def test_synth_usage_errors(capsys, argv, message):
     code, _out, err = run(capsys, *argv)
